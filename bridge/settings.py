@@ -79,6 +79,11 @@ class Settings:
     #: Only for local development: skip X-Twilio-Signature checks (logged loudly at start-up).
     insecure_skip_signature: bool = False
     stream_mode: StreamMode = "start"
+    #: What the call does after ``<Start><Stream>``: dial this number / ``sip:`` URI / ``client:`` name
+    #: (the agent leg). Empty: say :attr:`voice_greeting` and keep the line open :attr:`hold_seconds`.
+    voice_dial: str = ""
+    voice_greeting: str = ""
+    hold_seconds: int = 3600
     #: Largest accepted Twilio WebSocket text frame, in bytes.
     max_frame_bytes: int = 64 * 1024
 
@@ -144,6 +149,9 @@ class Settings:
             twilio_auth_token=e.get("TWILIO_AUTH_TOKEN", ""),
             insecure_skip_signature=_bool(e, "BRIDGE_INSECURE_SKIP_SIGNATURE", False),
             stream_mode=stream_mode,  # type: ignore[arg-type]
+            voice_dial=e.get("BRIDGE_VOICE_DIAL", ""),
+            voice_greeting=e.get("BRIDGE_VOICE_GREETING", ""),
+            hold_seconds=_int(e, "BRIDGE_HOLD_SECONDS", cls.hold_seconds),
             max_frame_bytes=_int(e, "BRIDGE_MAX_FRAME_BYTES", cls.max_frame_bytes),
             redis_url=e.get("REDIS_URL", ""),
             redis_prefix=e.get("BRIDGE_REDIS_PREFIX", cls.redis_prefix),
