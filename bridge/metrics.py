@@ -1,0 +1,113 @@
+"""Prometheus metrics of the bridge, and the latency bookkeeping behind its histograms.
+
+Each app owns a :class:`Metrics` with its own registry (so several apps can live in one process, as
+in tests). Latency is measured inside the bridge the way the benchmark harness measures it: every
+20 ms frame's send time is remembered per track, and a result covering audio up to ``end`` is
+matched to the send time of the frame that contains ``end``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+_FAST_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.active_calls = Gauge("bridge_active_calls", "Calls being carried by this instance", registry=r)
+        self.calls_total = Counter("bridge_calls_total", "Calls started", registry=r)
+        self.frames = Counter("bridge_frames_total", "Twilio media frames received", ["track"], registry=r)
+        self.frames_rejected = Counter(
+            "bridge_streams_rejected_total", "Media streams closed for bad input", ["reason"], registry=r
+        )
+        self.finals = Counter("bridge_finals_total", "Finals stored", registry=r)
+        self.finals_duplicate = Counter(
+            "bridge_finals_duplicate_total", "Finals already stored (idempotent re-write)", registry=r
+        )
+        self.partials = Counter("bridge_partials_total", "Partials published", registry=r)
+        self.reconnects = Counter("bridge_recognizer_reconnects_total", "Recognizer reconnects", registry=r)
+        self.replayed_seconds = Counter(
+            "bridge_recognizer_replayed_seconds_total", "Audio replayed after reconnects", registry=r
+        )
+        self.dropped_audio_seconds = Counter(
+            "bridge_recognizer_dropped_audio_seconds_total", "Audio that could not be kept", registry=r
+        )
+        self.recovery_seconds = Histogram(
+            "bridge_recognizer_recovery_seconds", "Outage to reconnected", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.recognizer_failures = Counter(
+            "bridge_recognizer_failures_total", "Recognizer streams that failed for good", registry=r
+        )
+        self.subscribers_dropped = Counter(
+            "bridge_subscribers_dropped_total", "Live subscribers dropped for being slow", registry=r
+        )
+        self.recordings = Counter("bridge_recordings_enqueued_total", "Recording jobs enqueued", registry=r)
+        self.first_partial = Histogram(
+            "bridge_time_to_first_partial_seconds",
+            "From the first frame of a track to its first partial",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.partial_latency = Histogram(
+            "bridge_partial_latency_seconds",
+            "From sending the frame holding a partial's last audio to receiving the partial",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.final_lag = Histogram(
+            "bridge_final_lag_seconds",
+            "From sending the frame holding a final's last audio to receiving the final",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.frame_handling = Histogram(
+            "bridge_frame_handling_seconds",
+            "Bridge-added time per Twilio frame (parse, record, forward)",
+            buckets=_FAST_BUCKETS,
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class SendClock:
+    """Remembers when each 20 ms frame of one track was sent, to time the results that cover it."""
+
+    FRAME = 0.02
+
+    def __init__(self, horizon_seconds: float = 120.0) -> None:
+        self._times: deque[float] = deque(maxlen=int(horizon_seconds / self.FRAME))
+        self._first_index = 0  # frame index of _times[0]
+        self.first_sent: float | None = None
+
+    def sent(self, audio_end: float, now: float | None = None) -> None:
+        """Record that audio up to ``audio_end`` seconds (connection-independent clock) was sent."""
+        t = time.monotonic() if now is None else now
+        if self.first_sent is None:
+            self.first_sent = t
+        index = int(audio_end / self.FRAME + 1e-6)
+        next_index = self._first_index + len(self._times)
+        if index < next_index:
+            return
+        for _ in range(index - next_index + 1):
+            if len(self._times) == self._times.maxlen:
+                self._first_index += 1
+            self._times.append(t)
+
+    def latency(self, audio_end: float, now: float | None = None) -> float | None:
+        """Seconds since the frame holding ``audio_end`` was sent, or None when it is unknown."""
+        t = time.monotonic() if now is None else now
+        index = int(max(audio_end - 1e-6, 0.0) / self.FRAME) - self._first_index
+        if index < 0 or index >= len(self._times):
+            return None
+        return max(0.0, t - self._times[index])
+
+
+__all__ = ["Metrics", "SendClock"]
