@@ -98,8 +98,8 @@ class CloseStream(msgspec.Struct, tag_field="type", tag="CloseStream"):
 ClientMessage = KeepAlive | Finalize | CloseStream
 
 _encoder = msgspec.json.Encoder()
-_server_decoder = msgspec.json.Decoder(ServerMessage)
-_client_decoder = msgspec.json.Decoder(ClientMessage)
+_server_decoder: msgspec.json.Decoder[ServerMessage] = msgspec.json.Decoder(ServerMessage)
+_client_decoder: msgspec.json.Decoder[ClientMessage] = msgspec.json.Decoder(ClientMessage)
 
 
 def encode(message: ServerMessage | ClientMessage) -> bytes:

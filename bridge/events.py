@@ -85,7 +85,7 @@ class RecognizerStatus(_Event, tag="recognizer_status"):
 LiveEvent = Partial | Final | UtteranceEnd | CallStarted | CallEnded | RecognizerStatus
 
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(LiveEvent)
+_decoder: msgspec.json.Decoder[LiveEvent] = msgspec.json.Decoder(LiveEvent)
 _final_decoder = msgspec.json.Decoder(Final)
 
 

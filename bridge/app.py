@@ -1,0 +1,143 @@
+"""Assembly of the bridge's ASGI app: routes, shared state and the start/stop sequence.
+
+``app.state`` holds the one instance of each part: ``settings``, ``metrics``, ``store``, ``writer``
+(write-behind for finals and live events), ``hub`` (the instance's pub/sub fan-out), ``calls`` (the
+:class:`~bridge.session.CallManager`) and ``recognizer``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from bridge import fanout, twilio_webhooks
+from bridge.media_stream import media_route
+from bridge.metrics import Metrics
+from bridge.recognizer import Recognizer
+from bridge.resilience import RetryPolicy
+from bridge.session import CallManager
+from bridge.settings import Settings
+from bridge.store import FinalsWriter, Store
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+
+
+def make_recognizer(settings: Settings, url: str) -> Recognizer:
+    """The configured recognizer client; the embedded recognizer speaks Deepgram's protocol."""
+    if settings.recognizer == "elevenlabs":
+        from bridge.elevenlabs import ElevenLabsRecognizer
+
+        return ElevenLabsRecognizer(
+            url=url or "wss://api.elevenlabs.io",
+            api_key=settings.recognizer_api_key,
+            model_id=settings.recognizer_model or "scribe_v2_realtime",
+        )
+    from bridge.deepgram import DeepgramRecognizer
+
+    default = "wss://api.deepgram.com" if settings.recognizer == "deepgram" else ""
+    return DeepgramRecognizer(
+        url=url or default,
+        api_key=settings.recognizer_api_key,
+        model=settings.recognizer_model or ("nova-3" if settings.recognizer == "deepgram" else "tiny.en"),
+    )
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    state = request.app.state
+    calls: CallManager | None = getattr(state, "calls", None)
+    if calls is None:
+        return JSONResponse({"status": "starting"}, status_code=503)
+    if calls.draining:
+        return JSONResponse({"status": "draining", "calls": len(calls.sessions)}, status_code=503)
+    return JSONResponse({"status": "ready", "calls": len(calls.sessions)})
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    metrics: Metrics = request.app.state.metrics
+    return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+async def dashboard(request: Request) -> Response:
+    return FileResponse(STATIC / "dashboard.html", media_type="text/html")
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    recognizer: Recognizer | None = None,
+    retry_policy: RetryPolicy | None = None,
+) -> Starlette:
+    """Build the bridge. Without ``recognizer``, the configured one is used, and with the embedded
+    recognizer and no URL configured, the embedded server is started in-process."""
+    settings = settings or Settings.from_env()
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            if settings.insecure_skip_signature:
+                log.warning("TWILIO SIGNATURE CHECKS ARE OFF (BRIDGE_INSECURE_SKIP_SIGNATURE): development only")
+            store = await Store.open(settings)
+            stack.push_async_callback(store.close)
+            writer = FinalsWriter(store)
+            writer.start()
+            stack.push_async_callback(writer.aclose)
+            hub = fanout.Hub(store)
+            await hub.start()
+            stack.push_async_callback(hub.stop)
+            rec = recognizer
+            if rec is None:
+                url = settings.recognizer_url
+                if settings.recognizer == "embedded" and not url:
+                    from bridge.embedded.server import EmbeddedConfig, running
+
+                    config = EmbeddedConfig(model=settings.embedded_model, workers=settings.embedded_workers)
+                    url = await stack.enter_async_context(running(config))
+                    log.info("embedded recognizer running at %s (model %s)", url, settings.embedded_model)
+                rec = make_recognizer(settings, url)
+            calls = CallManager(
+                settings=settings,
+                store=store,
+                recognizer=rec,
+                metrics=metrics,
+                writer=writer,
+                retry_policy=retry_policy,
+            )
+            app.state.store = store
+            app.state.writer = writer
+            app.state.hub = hub
+            app.state.recognizer = rec
+            app.state.calls = calls
+            try:
+                yield
+            finally:
+                await calls.drain(timeout=15.0)
+
+    routes: list[BaseRoute] = [
+        Route("/", dashboard),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics_endpoint),
+        *twilio_webhooks.routes,
+        media_route,
+        *fanout.routes,
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    return app
+
+
+__all__ = ["create_app", "make_recognizer"]
