@@ -10,6 +10,7 @@ import json
 import logging
 import secrets
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -36,24 +37,40 @@ class _DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.bridge_app = app
         self.drain_seconds = drain_seconds
-        self._draining: asyncio.Task[None] | None = None
+        self._draining: asyncio.Future[None] | None = None
+        self._drain_requested = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         calls = getattr(self.bridge_app.state, "calls", None)
-        if calls is None or self._draining is not None:
+        if calls is None or self._drain_requested or self._loop is None:
             super().handle_exit(sig, frame)
             return
+        self._drain_requested = True
         calls.draining = True
         log.info("signal %s: draining %d calls before exit", sig, len(calls.sessions))
 
         async def drain_then_exit() -> None:
+            drained = False
             try:
                 await asyncio.wait_for(calls.drain(self.drain_seconds), self.drain_seconds + 5)
+                drained = True
             except Exception:
                 log.exception("drain did not complete")
             super(_DrainingServer, self).handle_exit(sig, frame)
+            captured = getattr(self, "_captured_signals", None)
+            if drained and isinstance(captured, list) and sig in captured:
+                captured.remove(sig)  # drained: exit 0 rather than re-raising the signal after shutdown
 
-        self._draining = asyncio.get_event_loop().create_task(drain_then_exit())
+        def begin() -> None:
+            self._draining = asyncio.ensure_future(drain_then_exit())
+
+        # We are in a signal handler: hand the work to the event loop and wake it up.
+        self._loop.call_soon_threadsafe(begin)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -121,7 +138,6 @@ async def running_bridge(settings: Settings) -> AsyncIterator[tuple[Starlette, s
     app = create_app(settings)
     config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on")
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:

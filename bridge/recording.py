@@ -57,7 +57,7 @@ class CallRecording:
         if self.channels not in (1, 2):
             raise ValueError("a recording has one or two tracks")
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: BinaryIO | None = open(path, "wb")  # noqa: SIM115 - lives as long as the call
+        self._fh: BinaryIO | None = open(path, "wb")
         self._fh.write(_header(self.channels, 0))
         self._pending: dict[Track, bytearray] = {t: bytearray() for t in self.tracks}
         self._written = 0  # frames (samples per channel) already on disk
@@ -72,7 +72,7 @@ class CallRecording:
         return self._written + max(len(b) for b in self._pending.values())
 
     def write(self, track: Track, offset_bytes: int, payload: bytes) -> None:
-        """Place ``payload`` at byte ``offset_bytes`` of ``track`` (its Twilio timestamp × 8)."""
+        """Place ``payload`` at byte ``offset_bytes`` of ``track`` (its Twilio timestamp times 8)."""
         buf = self._pending.get(track)
         if buf is None or self._fh is None:
             return

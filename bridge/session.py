@@ -238,6 +238,8 @@ class StreamHandle:
         self.origin_bytes = round(origin * SAMPLE_RATE)
         self.pipelines: dict[str, TrackPipeline] = {t: TrackPipeline(session, t, origin) for t in tracks}
         self.closed = False
+        #: Call-clock second up to which this stream delivered audio.
+        self.audio_end = origin
 
     async def start(self) -> None:
         await asyncio.gather(*(p.start() for p in self.pipelines.values()))
@@ -252,6 +254,9 @@ class StreamHandle:
         rec = self.session.recording
         if rec is not None:
             rec.write(track, self.origin_bytes + offset, payload)
+        end = self.origin + (offset + len(payload)) / SAMPLE_RATE
+        if end > self.audio_end:
+            self.audio_end = end
         await pipeline.feed(offset, payload)
         self.session.manager.metrics.frame_handling.observe(time.perf_counter() - t0)
 
@@ -300,7 +305,8 @@ class CallSession:
         info = start.start
         tracks: list[Track] = [t for t in ("inbound", "outbound") if t in info.tracks] or ["inbound"]
         first = not self.streams
-        origin = 0.0 if first else round(self.clock, 3)
+        # A new stream starts "now" on the call clock, and never before audio already heard.
+        origin = 0.0 if first else round(max(self.clock, max(h.audio_end for h in self.streams)), 3)
         if self.recording is None:
             self.tracks = tracks
             directory = self.manager.settings.recording_dir

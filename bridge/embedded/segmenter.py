@@ -1,0 +1,192 @@
+"""Voice-activity segmentation: turns a stream of PCM into speech segments for Whisper.
+
+Whisper is not a streaming model, so streaming is a policy around it: webrtcvad marks 20 ms frames
+as speech, an onset opens a segment (with a little pre-roll), silence of ``endpoint`` seconds closes
+it, partial decodes are requested periodically while it is open, and a segment is cut before it
+outgrows the encoder context. All times are seconds of audio from stream start.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+import numpy as np
+import webrtcvad
+
+from bridge.embedded.audio import Upsampler, pcm16_to_float
+
+FRAME_S = 0.02
+
+
+@dataclass(frozen=True)
+class SpeechOnset:
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class PartialDue:
+    segment: int
+    start: float
+    end: float
+    audio: np.ndarray
+
+
+@dataclass(frozen=True)
+class SegmentClosed:
+    segment: int
+    start: float
+    end: float
+    audio: np.ndarray
+    #: "endpoint" (silence), "max" (context cap), "flush" (Finalize/close)
+    reason: str
+    has_speech: bool
+
+
+SegmentEvent = SpeechOnset | PartialDue | SegmentClosed
+
+
+class Segmenter:
+    """Feed native-rate 16-bit PCM; get :data:`SegmentEvent` values back."""
+
+    def __init__(
+        self,
+        sample_rate: int,
+        *,
+        endpoint_s: float = 0.3,
+        max_segment_s: float = 9.5,
+        partial_interval_s: float = 0.5,
+        first_partial_s: float = 0.3,
+        preroll_s: float = 0.3,
+        vad_mode: int = 2,
+    ) -> None:
+        if sample_rate not in (8000, 16000):
+            raise ValueError("sample_rate must be 8000 or 16000")
+        self.rate = sample_rate
+        self.vad = webrtcvad.Vad(vad_mode)
+        self.frame_bytes = int(sample_rate * FRAME_S) * 2
+        self.endpoint_frames = max(1, round(endpoint_s / FRAME_S))
+        self.max_frames = int(max_segment_s / FRAME_S)
+        self.partial_frames = max(1, round(partial_interval_s / FRAME_S))
+        self.first_partial_frames = max(1, round(first_partial_s / FRAME_S))
+        self._up = Upsampler() if sample_rate == 8000 else None
+        self._carry = b""
+        self._frames_seen = 0
+        self._preroll: collections.deque[np.ndarray] = collections.deque(maxlen=round(preroll_s / FRAME_S))
+        self._recent: collections.deque[bool] = collections.deque(maxlen=6)
+        self._seg: list[np.ndarray] = []
+        self._voiced: list[bool] = []
+        self._seg_start_frame = 0
+        self._silence_run = 0
+        self._since_partial = 0
+        self._segment_id = 0
+        self.in_speech = False
+        #: End time of the last voiced frame (seconds).
+        self.last_voiced_end = 0.0
+
+    @property
+    def time(self) -> float:
+        return self._frames_seen * FRAME_S
+
+    @property
+    def segment_id(self) -> int:
+        return self._segment_id
+
+    def feed(self, pcm: bytes) -> list[SegmentEvent]:
+        data = self._carry + pcm
+        n = len(data) // self.frame_bytes * self.frame_bytes
+        self._carry = data[n:]
+        out: list[SegmentEvent] = []
+        for i in range(0, n, self.frame_bytes):
+            self._frame(data[i : i + self.frame_bytes], out)
+        return out
+
+    def _to16k(self, frame: bytes) -> np.ndarray:
+        x = pcm16_to_float(frame)
+        return self._up(x) if self._up is not None else x
+
+    def _frame(self, frame: bytes, out: list[SegmentEvent]) -> None:
+        voiced = self.vad.is_speech(frame, self.rate)
+        samples = self._to16k(frame)
+        index = self._frames_seen
+        self._frames_seen += 1
+        if voiced:
+            self.last_voiced_end = self._frames_seen * FRAME_S
+        self._recent.append(voiced)
+        if not self.in_speech:
+            self._preroll.append(samples)
+            if sum(self._recent) >= 4:
+                self._open(index - len(self._preroll) + 1)
+                onset = (index - sum(self._recent) + 1) * FRAME_S
+                out.append(SpeechOnset(max(onset, self._seg_start_frame * FRAME_S)))
+            return
+        self._seg.append(samples)
+        self._voiced.append(voiced)
+        self._silence_run = 0 if voiced else self._silence_run + 1
+        self._since_partial += 1
+        if self._silence_run >= self.endpoint_frames:
+            out.append(self._close("endpoint", len(self._seg)))
+            return
+        if len(self._seg) >= self.max_frames:
+            out.append(self._cut())
+            return
+        due = self.first_partial_frames if self._since_partial == len(self._seg) else self.partial_frames
+        if self._since_partial >= due and self._silence_run == 0:
+            self._since_partial = 0
+            out.append(
+                PartialDue(
+                    self._segment_id,
+                    self._seg_start_frame * FRAME_S,
+                    self._frames_seen * FRAME_S,
+                    np.concatenate(self._seg),
+                )
+            )
+
+    def _open(self, start_frame: int) -> None:
+        self.in_speech = True
+        self._segment_id += 1
+        self._seg = list(self._preroll)
+        self._voiced = [True] * len(self._seg)
+        self._preroll.clear()
+        self._seg_start_frame = max(0, start_frame)
+        self._silence_run = 0
+        self._since_partial = len(self._seg)
+
+    def _close(self, reason: str, upto: int) -> SegmentClosed:
+        seg = self._seg[:upto]
+        closed = SegmentClosed(
+            self._segment_id,
+            self._seg_start_frame * FRAME_S,
+            (self._seg_start_frame + upto) * FRAME_S,
+            np.concatenate(seg) if seg else np.zeros(0, dtype=np.float32),
+            reason,
+            any(self._voiced[:upto]),
+        )
+        rest, rest_voiced = self._seg[upto:], self._voiced[upto:]
+        self._seg_start_frame += upto
+        if reason == "max":
+            self._segment_id += 1
+            self._seg, self._voiced = rest, rest_voiced
+            self._since_partial = len(rest)
+        else:
+            self.in_speech = False
+            self._seg, self._voiced = [], []
+            self._recent.clear()
+        return closed
+
+    def _cut(self) -> SegmentClosed:
+        """Close at the latest pause in the second half of the segment, else at the cap."""
+        half = len(self._voiced) // 2
+        cut = len(self._voiced)
+        for i in range(len(self._voiced) - 1, half, -1):
+            if not self._voiced[i]:
+                cut = i + 1
+                break
+        return self._close("max", cut)
+
+    def flush(self) -> SegmentClosed | None:
+        """Close the open segment now (Finalize / end of stream)."""
+        if not self.in_speech or not self._seg:
+            self.in_speech = False
+            return None
+        return self._close("flush", len(self._seg))

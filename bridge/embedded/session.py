@@ -1,0 +1,319 @@
+"""One ``/v1/listen`` connection: audio in, Deepgram-shaped messages out, in order.
+
+The receive side is cheap (decode, VAD) and never waits for inference; every decode goes to the
+shared :class:`~bridge.embedded.scheduler.DecodeScheduler`. Outgoing messages pass through one
+ordered queue, so a final is never overtaken by a later partial and ``Metadata`` is always last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from bridge import deepgram_wire as dg
+from bridge.embedded.audio import mulaw_to_pcm16
+from bridge.embedded.engine import Hypothesis, WhisperEngine, plain_word
+from bridge.embedded.params import ListenParams
+from bridge.embedded.scheduler import DecodeScheduler
+from bridge.embedded.segmenter import PartialDue, SegmentClosed, Segmenter, SpeechOnset
+
+logger = logging.getLogger(__name__)
+
+#: Whisper needs some context; Deepgram's 10 ms default endpoint would chop words apart.
+MIN_ENDPOINT_S = 0.2
+#: Segmentation gap used when the client disables endpointing (finals without ``speech_final``).
+NO_ENDPOINT_GAP_S = 0.8
+#: Hypotheses this unlikely to be speech are dropped (Whisper "hears" words in noise).
+NO_SPEECH_MAX = 0.6
+
+Send = Callable[[bytes], Awaitable[None]]
+OutItem = bytes | asyncio.Future[bytes | None] | Callable[[], bytes | None]
+
+
+@dataclass
+class _Agreement:
+    """Local agreement: words shared by two consecutive hypotheses are committed and kept."""
+
+    segment: int = -1
+    previous: list[str] = field(default_factory=list)
+    committed: list[str] = field(default_factory=list)
+
+    def update(self, segment: int, words: list[str]) -> None:
+        if segment != self.segment:
+            self.segment, self.previous, self.committed = segment, [], []
+        n = 0
+        for a, b in zip(self.previous, words, strict=False):
+            if a != b:
+                break
+            n += 1
+        if n > len(self.committed):
+            self.committed = words[:n]
+        self.previous = words
+
+    def prefix(self, segment: int) -> str:
+        return " ".join(self.committed) if segment == self.segment else ""
+
+
+class ListenSession:
+    """State of one stream. ``feed``/``control`` are called by the receive loop; ``run_sender`` drains."""
+
+    def __init__(
+        self,
+        *,
+        params: ListenParams,
+        engine: WhisperEngine,
+        scheduler: DecodeScheduler,
+        request_id: str,
+        model_name: str,
+        final_beam: int = 1,
+    ) -> None:
+        self.params = params
+        self.engine = engine
+        self.scheduler = scheduler
+        self.request_id = request_id
+        self.model_name = model_name
+        self.final_beam = final_beam
+        endpoint = params.endpointing_ms
+        gap = NO_ENDPOINT_GAP_S if endpoint is None else max(MIN_ENDPOINT_S, endpoint / 1000)
+        self.segmenter = Segmenter(
+            params.sample_rate, endpoint_s=gap, max_segment_s=engine.max_segment_seconds
+        )
+        self._carry = b""
+        self._sha = hashlib.sha256()
+        self._bytes = 0
+        self._out: asyncio.Queue[OutItem | None] = asyncio.Queue()
+        self._agree = _Agreement()
+        self._last_final_end = 0.0
+        self._last_word_end: float | None = None
+        self._utterance_pending = False
+        self._meta = dg.DGResultsMetadata(
+            request_id=request_id,
+            model_info=dg.DGModelInfo(name=model_name, version="embedded", arch="whisper"),
+            model_uuid=model_name,
+        )
+
+    # ---- input side -------------------------------------------------------------------------
+    @property
+    def audio_seconds(self) -> float:
+        return self._bytes / (self.params.sample_rate * self.params.bytes_per_sample)
+
+    def feed(self, data: bytes) -> None:
+        self._sha.update(data)
+        self._bytes += len(data)
+        if self.params.encoding == "mulaw":
+            pcm = mulaw_to_pcm16(data)
+        else:
+            buf = self._carry + data
+            cut = len(buf) - len(buf) % 2
+            pcm, self._carry = buf[:cut], buf[cut:]
+        for event in self.segmenter.feed(pcm):
+            self._handle(event, from_finalize=False)
+        self._check_utterance_end()
+
+    def finalize(self, *, from_finalize: bool) -> None:
+        """Flush the open segment into a final (Finalize, CloseStream, end of stream)."""
+        closed = self.segmenter.flush()
+        if closed is not None:
+            self._handle(closed, from_finalize=from_finalize)
+        elif from_finalize:
+            # Deepgram answers a Finalize with a final even when nothing was pending.
+            now = self.segmenter.time
+            start = self._last_final_end
+            self._last_final_end = max(start, now)
+            self._out.put_nowait(self._results(start, now, None, final=True, from_finalize=True))
+
+    def _handle(self, event: SpeechOnset | PartialDue | SegmentClosed, *, from_finalize: bool) -> None:
+        if isinstance(event, SpeechOnset):
+            self._utterance_pending = False
+            if self.params.vad_events:
+                msg = dg.SpeechStarted(channel=[0, 1], timestamp=round(event.timestamp, 3))
+                self._out.put_nowait(dg.encode(msg))
+        elif isinstance(event, PartialDue):
+            if self.params.interim_results:
+                self._submit_partial(event)
+        else:
+            self._submit_final(event, from_finalize=from_finalize)
+
+    def _submit_partial(self, ev: PartialDue) -> None:
+        def work() -> Hypothesis:
+            return self.engine.transcribe(ev.audio, prefix=self._agree.prefix(ev.segment), align=False)
+
+        fut = self.scheduler.submit_partial(self.request_id, work)
+        out: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+
+        def done(f: asyncio.Future[Hypothesis | None]) -> None:
+            if out.done():
+                return
+            if f.cancelled() or f.exception() is not None or f.result() is None:
+                out.set_result(None)
+                return
+            hyp = f.result()
+            assert hyp is not None
+            if hyp.no_speech_prob > NO_SPEECH_MAX or not hyp.text:
+                out.set_result(None)
+                return
+            self._agree.update(ev.segment, hyp.text.split())
+            out.set_result(self._results(ev.start, ev.end, hyp, final=False))
+
+        fut.add_done_callback(done)
+        self._out.put_nowait(out)
+
+    def _submit_final(self, ev: SegmentClosed, *, from_finalize: bool) -> None:
+        speech_final = ev.reason == "endpoint" and self.params.endpointing_ms is not None
+        start = ev.start
+        self._last_final_end = ev.end
+        if not ev.has_speech:
+            self._out.put_nowait(
+                self._results(start, ev.end, None, final=True, speech_final=speech_final,
+                              from_finalize=from_finalize)
+            )
+            return
+
+        def work() -> Hypothesis:
+            return self.engine.transcribe(ev.audio, beam_size=self.final_beam, align=True)
+
+        fut = self.scheduler.submit_final(self.request_id, work)
+        out: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+
+        def done(f: asyncio.Future[Hypothesis | None]) -> None:
+            if out.done():
+                return
+            hyp: Hypothesis | None = None
+            if not f.cancelled():
+                exc = f.exception()
+                if exc is not None:
+                    logger.error("final decode failed: %s", exc, extra={"request_id": self.request_id})
+                else:
+                    hyp = f.result()
+            if hyp is not None and (hyp.no_speech_prob > NO_SPEECH_MAX or not hyp.words):
+                hyp = None
+            if hyp is not None:
+                self._last_word_end = ev.start + hyp.words[-1].end
+            out.set_result(
+                self._results(start, ev.end, hyp, final=True, speech_final=speech_final,
+                              from_finalize=from_finalize, offset=ev.start)
+            )
+
+        fut.add_done_callback(done)
+        self._out.put_nowait(out)
+        if speech_final:
+            self._utterance_pending = True
+
+    def _check_utterance_end(self) -> None:
+        p = self.params
+        if not (self._utterance_pending and p.interim_results and p.utterance_end_ms is not None):
+            return
+        if self.segmenter.in_speech:
+            return
+        if self.segmenter.time - self.segmenter.last_voiced_end < p.utterance_end_ms / 1000:
+            return
+        self._utterance_pending = False
+
+        def build() -> bytes | None:
+            end = self._last_word_end
+            if end is None:
+                return None
+            self._last_word_end = None
+            return dg.encode(dg.UtteranceEnd(channel=[0, 1], last_word_end=round(end, 3)))
+
+        self._out.put_nowait(build)
+
+    # ---- output side ------------------------------------------------------------------------
+    def _results(
+        self,
+        start: float,
+        end: float,
+        hyp: Hypothesis | None,
+        *,
+        final: bool,
+        speech_final: bool = False,
+        from_finalize: bool = False,
+        offset: float | None = None,
+    ) -> bytes:
+        base = start if offset is None else offset
+        words: list[dg.DGWord] = []
+        styled = self.params.punctuate or self.params.smart_format
+        if hyp is not None:
+            source = hyp.words
+            if not source:
+                from bridge.embedded.engine import estimate_words
+
+                source = tuple(estimate_words(hyp.text, 0.0, end - base))
+            for w in source:
+                word = plain_word(w.text)
+                if not word:
+                    continue
+                words.append(
+                    dg.DGWord(
+                        word=word,
+                        start=round(base + w.start, 3),
+                        end=round(min(base + w.end, end), 3),
+                        confidence=round(w.probability or hyp.confidence, 4),
+                        punctuated_word=w.text if styled else None,
+                    )
+                )
+        transcript = " ".join((w.punctuated_word or w.word) if styled else w.word for w in words)
+        msg = dg.Results(
+            channel_index=[0, 1],
+            duration=round(max(0.0, end - start), 3),
+            start=round(start, 3),
+            is_final=final,
+            speech_final=speech_final,
+            from_finalize=from_finalize,
+            channel=dg.DGChannel(
+                alternatives=[
+                    dg.DGAlternative(
+                        transcript=transcript,
+                        confidence=round(hyp.confidence, 4) if hyp is not None and words else 0.0,
+                        words=words,
+                    )
+                ]
+            ),
+            metadata=self._meta,
+        )
+        return dg.encode(msg)
+
+    def metadata(self) -> bytes:
+        msg = dg.Metadata(
+            request_id=self.request_id,
+            sha256=self._sha.hexdigest(),
+            created=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            duration=round(self.audio_seconds, 3),
+            channels=1,
+            models=[self.model_name],
+            model_info={self.model_name: self._meta.model_info},
+        )
+        return dg.encode(msg)
+
+    def end_output(self) -> None:
+        self._out.put_nowait(None)
+
+    def put(self, data: bytes) -> None:
+        self._out.put_nowait(data)
+
+    async def run_sender(self, send: Send) -> None:
+        """Send queued messages in order until :meth:`end_output`."""
+        while True:
+            item = await self._out.get()
+            if item is None:
+                return
+            if isinstance(item, bytes):
+                data: bytes | None = item
+            elif isinstance(item, asyncio.Future):
+                data = await item
+            else:
+                data = item()
+            if data is not None:
+                await send(data)
+
+    def cancel(self) -> None:
+        self.scheduler.cancel_stream(self.request_id)
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
