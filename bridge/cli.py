@@ -220,13 +220,17 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _bench(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: bridge bench recognizer [options]   (see: bridge bench recognizer --help)")
+        print("usage: bridge bench recognizer|e2e|load|fanout [options]   (bridge bench KIND --help)")
         return 0 if argv else 2
     kind, rest = argv[0], argv[1:]
     if kind == "recognizer":
         from bridge.embedded import bench
 
         return bench.main(rest)
+    if kind in ("e2e", "load", "fanout"):
+        from bridge import bench as bridge_bench
+
+        return int(bridge_bench.main(argv))
     print(f"unknown benchmark {kind!r}", file=sys.stderr)
     return 2
 
