@@ -253,7 +253,10 @@ class _StreamSession:
             elif type(event) is tm.Stop:
                 await self._stop(clean=True, reason="twilio stop")
                 logger.info("media stream stopped", extra={"call_sid": protocol.call_sid})
-                await ws.close(code=WS_NORMAL, reason="stream stopped")
+                try:
+                    await ws.close(code=WS_NORMAL, reason="stream stopped")
+                except Exception:  # Twilio may hang up first; the stream already ended cleanly
+                    logger.debug("close after stop did not complete", extra={"call_sid": protocol.call_sid})
                 return
 
     async def _open(self, start: tm.Start) -> None:

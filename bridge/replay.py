@@ -112,6 +112,16 @@ def _to_lin16(raw: bytes, fmt: int, width: int) -> bytes:
     raise WavError(f"unsupported WAV encoding (format {fmt}, {width * 8} bits)")
 
 
+def _lowpass(samples: np.ndarray, rate: int) -> np.ndarray:
+    """Anti-alias before downsampling (``audioop.ratecv`` only interpolates): windowed-sinc at 3.6 kHz."""
+    taps = 101
+    t = np.arange(taps) - (taps - 1) / 2
+    kernel = np.sinc(2 * 3600 / rate * t) * np.hamming(taps)
+    kernel /= kernel.sum()
+    filtered = np.convolve(samples.astype(np.float64), kernel, mode="same")
+    return np.clip(np.rint(filtered), -32768, 32767).astype("<i2")
+
+
 def read_wav(path: Path) -> WavAudio:
     """Read a WAV of any common encoding/rate into per-channel 8 kHz mu-law."""
     chunks = _riff_chunks(path.read_bytes())
@@ -139,7 +149,10 @@ def read_wav(path: Path) -> WavAudio:
     interleaved = np.frombuffer(lin, dtype="<i2").reshape(-1, nch)
     out = []
     for c in range(nch):
-        mono = np.ascontiguousarray(interleaved[:, c]).tobytes()
+        channel = interleaved[:, c]
+        if rate > tm.SAMPLE_RATE:
+            channel = _lowpass(channel, rate)
+        mono = np.ascontiguousarray(channel, dtype="<i2").tobytes()
         if rate != tm.SAMPLE_RATE:
             mono, _ = audioop.ratecv(mono, 2, 1, rate, tm.SAMPLE_RATE, None)
         out.append(audioop.lin2ulaw(mono, 2))
@@ -298,8 +311,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--auth-token", default=None, help="default: TWILIO_AUTH_TOKEN")
     args = parser.parse_args(argv)
 
-    auth_token = args.auth_token if args.auth_token is not None else Settings.from_env().twilio_auth_token
     try:
+        auth_token = args.auth_token if args.auth_token is not None else Settings.from_env().twilio_auth_token
         result = asyncio.run(
             replay(
                 args.file,
