@@ -1,0 +1,76 @@
+"""The agent-assist page in a real browser (Debian's chromium driven by Playwright).
+
+A call is replayed through a running bridge while the page is open: the call shows up in the list,
+caller and agent lines are told apart, partials are provisional (italic) and finals settle in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bridge.cli import running_bridge
+from bridge.replay import replay
+from bridge.settings import Settings
+from bridge.testing import ScriptedDeepgramServer
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+CALL = Path(__file__).resolve().parents[2] / "fixtures" / "calls" / "short_call.wav"
+TOKEN = "dashboard-token"
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium: run deploy/system-deps.sh")
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[ScriptedDeepgramServer]:
+    async with ScriptedDeepgramServer() as server:
+        yield server
+
+
+async def test_live_transcript_renders_caller_and_agent_with_partials_replaced_by_finals(
+    redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer
+) -> None:
+    from playwright.async_api import async_playwright
+
+    assert shutil.which("chromium")
+    settings = dataclasses.replace(
+        Settings(), port=0, redis_url=redis_url, redis_prefix=redis_prefix, twilio_auth_token=TOKEN,
+        recording_dir=tmp_path, recognizer="deepgram", recognizer_url=scripted.url,
+    )
+    call_sid = "CA" + "da" * 16
+    async with running_bridge(settings) as (_app, http), async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = await browser.new_page()
+            ws = http.replace("http://", "ws://")
+            # Pace the call so the page sees it live (partials before finals).
+            player = asyncio.create_task(
+                replay(CALL, url=f"{ws}/twilio/media", auth_token=TOKEN, call_sid=call_sid, speed=4.0)
+            )
+            await page.goto(f"{http}/")
+            await page.locator(f"#calls li[data-sid='{call_sid}']").click(timeout=15000)
+            # Partials come and go; read one's style in the same tick it is seen.
+            style = await page.wait_for_function(
+                "() => { const e = document.querySelector('.line.partial .text');"
+                " return e && e.isConnected && getComputedStyle(e).fontStyle; }",
+                timeout=15000,
+            )
+            assert await style.json_value() == "italic"
+            await player
+            await page.locator(".notice", has_text="Call ended").wait_for(timeout=20000)
+
+            finals = page.locator(".line.final")
+            count = await finals.count()
+            assert count >= 28  # 14.8 s per track, one scripted final per second of audio
+            assert await page.locator(".line.partial").count() == 0  # every partial settled
+            assert await page.locator(".line.final.inbound .who").first.inner_text() == "Caller"
+            assert await page.locator(".line.final.outbound .who").first.inner_text() == "Agent"
+            await page.screenshot(path=str(tmp_path / "dashboard.png"))
+        finally:
+            await browser.close()
