@@ -89,12 +89,12 @@ def create_app(
         async with contextlib.AsyncExitStack() as stack:
             if settings.insecure_skip_signature:
                 log.warning("TWILIO SIGNATURE CHECKS ARE OFF (BRIDGE_INSECURE_SKIP_SIGNATURE): development only")
-            store = await Store.open(settings)
+            store = await Store.open(settings, embedded_dir=settings.redis_dir)
             stack.push_async_callback(store.close)
             writer = FinalsWriter(store)
             writer.start()
             stack.push_async_callback(writer.aclose)
-            hub = fanout.Hub(store)
+            hub = fanout.Hub(store, settings, on_drop=lambda _call_sid: metrics.subscribers_dropped.inc())
             await hub.start()
             stack.push_async_callback(hub.stop)
             rec = recognizer

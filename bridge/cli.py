@@ -130,6 +130,18 @@ def _transcript(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace) -> int:
+    from bridge import tokens
+
+    secret = Settings.from_env().subscriber_secret
+    if not secret:
+        print("BRIDGE_SUBSCRIBER_SECRET is not set: subscriber endpoints are open", file=sys.stderr)
+        return 2
+    calls = [c.strip() for c in args.calls.split(",") if c.strip()]
+    print(tokens.mint(secret, calls, args.ttl))
+    return 0
+
+
 @contextlib.asynccontextmanager
 async def running_bridge(settings: Settings) -> AsyncIterator[tuple[Starlette, str]]:
     """Run the bridge in this event loop on a free port; yields (app, http base URL)."""
@@ -263,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch", action="store_true", help="the compliance (batch) transcript")
     t.add_argument("--token", help="subscriber token")
     t.set_defaults(func=_transcript)
+
+    k = sub.add_parser("token", help="mint a subscriber token (BRIDGE_SUBSCRIBER_SECRET) for some calls or all")
+    k.add_argument("--calls", default="*", help="comma-separated CallSids, or * for every call")
+    k.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid")
+    k.set_defaults(func=_token)
 
     d = sub.add_parser("demo", help="bridge + embedded recognizer + embedded Redis, a fixture call replayed")
     d.add_argument("--file", default=str(DEFAULT_CALL))

@@ -348,10 +348,14 @@ class Hub:
         # The all-calls channel keeps the connection subscribed even with no local subscribers.
         await pubsub.subscribe(self.store.keys.calls_channel)
         self._pubsub = pubsub
-        for name, channel in self._channels.items():
+        current = list(self._channels.items())
+        for _, channel in current:
             channel.pending = 0
-            await self._send_subscribe(name, channel)
+        # From here on, channels of new subscribers are subscribed by ``_add`` itself.
         self._connected.set()
+        for name, channel in current:
+            if self._channels.get(name) is channel:
+                await self._send_subscribe(name, channel)
 
     async def _run(self) -> None:
         delay = 0.05

@@ -19,6 +19,11 @@ key                                    type        content
 ``P:live:calls``                       channel     pub/sub: call_started / call_ended of every call
 ``P:jobs:recordings``                  stream      recording jobs (flat string fields, jobs.RecordingJob)
 ``P:jobs:recordings:dead``             stream      recording jobs that failed too often
+``P:jobs:recordings:attempts``         hash        recording job entry id -> failed attempts so far
+``P:jobs:recordings:retry``            zset        job entry ids waiting for a retry, scored by due time
+``P:call:{sid}:batch``                 string      the call's compliance transcript (batch JSON)
+``P:call:{sid}:quality``               string      live-vs-batch WER per track (compliance JSON)
+``P:calls:flagged``                    zset        CallSids whose live transcript diverges, by WER
 =====================================  ==========  ==================================================
 
 Consumer group of the recording stream: ``recording-workers`` (:attr:`Keys.recordings_group`).
@@ -55,6 +60,8 @@ class Keys:
             self.streams(call_sid),
             self.finals(call_sid),
             self.final_ids(call_sid),
+            self.batch_transcript(call_sid),
+            self.quality(call_sid),
         ]
 
     @property
@@ -79,6 +86,31 @@ class Keys:
     @property
     def recordings_dead(self) -> str:
         return f"{self.prefix}:jobs:recordings:dead"
+
+    # -- batch compliance pass (bridge/worker.py, bridge/compliance.py) --------------------------
+
+    def batch_transcript(self, call_sid: str) -> str:
+        """string: the call's compliance transcript (batch.BatchTranscript JSON)."""
+        return f"{self.prefix}:call:{call_sid}:batch"
+
+    def quality(self, call_sid: str) -> str:
+        """string: live-vs-batch WER of the call, per track (compliance.CallQuality JSON)."""
+        return f"{self.prefix}:call:{call_sid}:quality"
+
+    @property
+    def flagged_calls(self) -> str:
+        """zset: CallSids whose live transcript diverges from the batch one, scored by WER."""
+        return f"{self.prefix}:calls:flagged"
+
+    @property
+    def recordings_attempts(self) -> str:
+        """hash: recording job entry id -> failed attempts so far."""
+        return f"{self.prefix}:jobs:recordings:attempts"
+
+    @property
+    def recordings_retry(self) -> str:
+        """zset: recording job entry ids waiting for a retry, scored by due time (unix seconds)."""
+        return f"{self.prefix}:jobs:recordings:retry"
 
     def pattern(self) -> str:
         """SCAN pattern matching every key under this prefix (tests, admin cleanup)."""

