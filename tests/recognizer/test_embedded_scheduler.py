@@ -1,0 +1,81 @@
+"""The decode scheduler: finals before partials, coalescing, skipping stale partials (no model)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from bridge.embedded.scheduler import DecodeScheduler
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def test_finals_run_before_partials_and_partials_coalesce() -> None:
+    sched = DecodeScheduler(1, partial_max_wait=60)
+    gate = threading.Event()
+    order: list[str] = []
+
+    def blocker() -> str:
+        gate.wait(10)
+        return "blocker"
+
+    def job(name: str) -> str:
+        order.append(name)
+        return name
+
+    first = sched.submit_final("a", blocker)
+    p1 = sched.submit_partial("a", lambda: job("partial-a1"))
+    p2 = sched.submit_partial("a", lambda: job("partial-a2"))  # replaces a1
+    pb = sched.submit_partial("b", lambda: job("partial-b"))
+    f2 = sched.submit_final("b", lambda: job("final-b"))
+    assert sched.stats().queued_finals == 1 and sched.stats().queued_partials == 2
+    gate.set()
+    assert await first == "blocker"
+    assert await p1 is None
+    assert list(await asyncio.gather(f2, p2, pb)) == ["final-b", "partial-a2", "partial-b"]
+    assert order == ["final-b", "partial-a2", "partial-b"]
+    assert sched.replaced_partials == 1
+    sched.close()
+
+
+async def test_stale_partials_are_skipped_not_finals() -> None:
+    sched = DecodeScheduler(1, partial_max_wait=0.0)
+    gate = threading.Event()
+    busy = sched.submit_final("a", lambda: gate.wait(10))
+    stale = sched.submit_partial("b", lambda: "never")
+    final = sched.submit_final("b", lambda: "final")
+    time.sleep(0.01)
+    gate.set()
+    await busy
+    assert await final == "final"
+    assert await stale is None
+    assert sched.skipped_partials == 1
+    sched.close()
+
+
+async def test_cancel_stream_drops_its_queued_work() -> None:
+    sched = DecodeScheduler(1)
+    gate = threading.Event()
+    busy = sched.submit_final("a", lambda: gate.wait(10))
+    dropped = sched.submit_final("gone", lambda: "x")
+    kept = sched.submit_final("b", lambda: "y")
+    sched.cancel_stream("gone")
+    gate.set()
+    await busy
+    assert await dropped is None
+    assert await kept == "y"
+    sched.close()
+
+
+async def test_saturation_is_reported() -> None:
+    sched = DecodeScheduler(1)
+    gate = threading.Event()
+    futures = [sched.submit_final(str(i), lambda: gate.wait(10)) for i in range(3)]
+    assert sched.saturated
+    gate.set()
+    await asyncio.gather(*futures)
+    assert not sched.saturated
+    sched.close()
