@@ -22,6 +22,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from bridge import logs
+from bridge.resilience import RetryPolicy
 from bridge.settings import Settings
 
 log = logging.getLogger("bridge")
@@ -143,11 +144,13 @@ def _token(args: argparse.Namespace) -> int:
 
 
 @contextlib.asynccontextmanager
-async def running_bridge(settings: Settings) -> AsyncIterator[tuple[Starlette, str]]:
+async def running_bridge(
+    settings: Settings, *, retry_policy: RetryPolicy | None = None
+) -> AsyncIterator[tuple[Starlette, str]]:
     """Run the bridge in this event loop on a free port; yields (app, http base URL)."""
     from bridge.app import create_app
 
-    app = create_app(settings)
+    app = create_app(settings, retry_policy=retry_policy)
     config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
