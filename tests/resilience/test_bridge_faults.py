@@ -53,7 +53,10 @@ async def _play(
 ) -> list[tuple[str, float, float, str]]:
     """Play ``tracks`` (same length) as one stream; run ``fault`` halfway (then hold ``pause`` s)."""
     length = len(next(iter(tracks.values())))
-    async with running_bridge(settings, retry_policy=FAST) as (_app, http), httpx.AsyncClient(base_url=http, timeout=10) as client:
+    async with (
+        running_bridge(settings, retry_policy=FAST) as (_app, http),
+        httpx.AsyncClient(base_url=http, timeout=10) as client,
+    ):
         url = http.replace("http://", "ws://") + "/twilio/media"
         async with TwilioStream(url, call_sid, auth_token=TOKEN, tracks=tuple(tracks)) as stream:
             hold_ms = 0
