@@ -269,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_recognizer)
 
     sub.add_parser("replay", help="replay a WAV file as a Twilio call into a running bridge", add_help=False)
-    sub.add_parser("bench", help="benchmarks (recognizer)", add_help=False)
+    sub.add_parser("bench", help="benchmarks: recognizer, e2e, load, fanout", add_help=False)
+    sub.add_parser("soak", help="replay calls while killing the recognizer; count lost/doubled finals",
+                   add_help=False)
 
     t = sub.add_parser("transcript", help="print a call's transcript from a running bridge")
     t.add_argument("call_sid")
@@ -297,6 +299,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list and args_list[0] == "replay":
         logs.setup("info")
         return _replay(args_list[1:])
+    if args_list and args_list[0] == "soak":
+        from bridge import soak
+
+        logs.setup("error")
+        return soak.main(args_list[1:])
     if args_list and args_list[0] == "bench":
         logs.setup("warning")
         return _bench(args_list[1:])

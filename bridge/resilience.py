@@ -112,7 +112,7 @@ class ResilientStream:
         self._conn_base = 0.0  # seconds: where the current connection's time 0 sits
         self._audio = asyncio.Event()
         self._closing = asyncio.Event()
-        self._close_timeout = 5.0
+        self._close_deadline = 0.0
         self._queue: asyncio.Queue[RecognizerEvent | RecognizerError | object] = asyncio.Queue()
         self._error: RecognizerError | None = None
         self._failures: collections.deque[float] = collections.deque()
@@ -162,7 +162,7 @@ class ResilientStream:
 
     async def close(self, timeout: float = 5.0) -> None:
         """Flush the audio, finalize, close the connection, drain its last finals, stop the tasks."""
-        self._close_timeout = timeout
+        self._close_deadline = asyncio.get_running_loop().time() + timeout
         self._closing.set()
         self._audio.set()
         task = self._task
@@ -197,8 +197,11 @@ class ResilientStream:
     # -- supervision -------------------------------------------------------------------------
 
     async def _open(self) -> RecognizerStream:
+        timeout = self.policy.connect_timeout
+        if self._closing.is_set():
+            timeout = max(0.05, min(timeout, self._close_remaining()))
         try:
-            return await asyncio.wait_for(self.recognizer.open(self.options), self.policy.connect_timeout)
+            return await asyncio.wait_for(self.recognizer.open(self.options), timeout)
         except TimeoutError:
             raise RecognizerConnectError("timed out opening the recognizer stream") from None
 
@@ -207,16 +210,18 @@ class ResilientStream:
             error = first_error
             loop = asyncio.get_running_loop()
             attempt = 0
+            outage_began = loop.time()
             while True:
                 if error is None and self._stream is not None:
                     began = loop.time()
                     error = await self._serve(self._stream)
                     if error is None:
                         break
-                    if loop.time() - began >= self.policy.stable_after:
+                    outage_began = loop.time()
+                    if outage_began - began >= self.policy.stable_after:
                         attempt = 0
                     logger.warning("recognizer connection lost: %s", error, extra=self._log)
-                if self._closing.is_set():
+                if self._closing.is_set() and self._close_remaining() <= 0:
                     self._lose_uncovered()
                     break
                 assert error is not None
@@ -224,7 +229,6 @@ class ResilientStream:
                     self._fail(error)
                     return
                 self._stream = None
-                outage_began = loop.time()
                 self._set_state("reconnecting", str(error))
                 stream = await self._reconnect(attempt)
                 attempt += 1
@@ -246,13 +250,23 @@ class ResilientStream:
         self._set_state("closed", "")
         self._finish()
 
+    def _close_remaining(self) -> float:
+        return self._close_deadline - asyncio.get_running_loop().time()
+
     async def _reconnect(self, attempt: int) -> RecognizerStream | RecognizerError | None:
-        """Wait the backoff (cut short by close), then open once. ``None`` when closing."""
+        """Wait the backoff, then open once. While closing, keep trying until the close deadline
+        (the buffered last words deserve a connection); ``None`` once it has passed."""
         delay = self.policy.backoff(attempt)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._closing.wait(), delay)
+        if not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), delay)
         if self._closing.is_set():
-            return None
+            remaining = self._close_remaining()
+            if remaining <= 0:
+                return None
+            await asyncio.sleep(min(delay, remaining))
+            if self._close_remaining() <= 0:
+                return None
         try:
             return await self._open()
         except RecognizerError as exc:
@@ -292,7 +306,7 @@ class ResilientStream:
                     with contextlib.suppress(RecognizerError):
                         await stream.finalize()
                     with contextlib.suppress(RecognizerError):
-                        await stream.close(self._close_timeout)
+                        await stream.close(max(0.1, self._close_remaining()))
                     return await reader
                 error = exc if isinstance(exc, RecognizerError) else RecognizerConnectError(repr(exc))
                 with contextlib.suppress(TimeoutError):
