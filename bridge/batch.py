@@ -75,17 +75,18 @@ class Recording:
 
     @property
     def duration(self) -> float:
-        return self.samples.shape[0] / self.sample_rate
+        return float(self.samples.shape[0] / self.sample_rate)
 
     def channel_16k(self, index: int) -> np.ndarray:
         """One channel resampled to 16 kHz (what Whisper takes)."""
         x = np.ascontiguousarray(self.samples[:, index])
         if self.sample_rate == TARGET_RATE or x.size == 0:
             return x
-        n_out = int(round(x.size * TARGET_RATE / self.sample_rate))
+        n_out = round(x.size * TARGET_RATE / self.sample_rate)
         # Linear interpolation: telephone audio has nothing above 4 kHz for a better filter to keep.
         t = np.arange(n_out, dtype=np.float64) * (self.sample_rate / TARGET_RATE)
-        return np.interp(t, np.arange(x.size), x).astype(np.float32)
+        out: np.ndarray = np.interp(t, np.arange(x.size), x).astype(np.float32)
+        return out
 
 
 def parse_wav(raw: bytes, name: str = "recording") -> Recording:
@@ -191,7 +192,7 @@ def _utterance(track: str, channel: int, words: list[Word], text: str, confidenc
     start = words[0].start if words else 0.0
     end = words[-1].end if words else start
     return Utterance(
-        id=final_id(track, start),  # type: ignore[arg-type]
+        id=final_id(track, start),
         track=track,
         channel=channel,
         speaker=SPEAKER.get(track, track),
@@ -248,6 +249,7 @@ class WhisperBatchEngine:
         cpu_threads: int = 0,
         vad: bool = True,
         turn_gap: float = 1.0,
+        chunk_seconds: int | None = 10,
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from faster_whisper import WhisperModel
@@ -260,6 +262,9 @@ class WhisperBatchEngine:
         self.beam_size = beam_size
         self.vad = vad
         self.turn_gap = turn_gap
+        # faster-whisper pads every window to 30 s; a 10 s encoder window is ~3x cheaper, same accuracy
+        # on telephony (RECOGNIZER.md; measured on the fixtures in docs/benchmarks.md). None: 30 s.
+        self.chunk_seconds = chunk_seconds
         self.cpu_threads = cpu_threads or (os.cpu_count() or 1)
         try:
             self._whisper = WhisperModel(
@@ -289,6 +294,7 @@ class WhisperBatchEngine:
                 vad_filter=self.vad,
                 vad_parameters={"min_silence_duration_ms": 500, "speech_pad_ms": 200} if self.vad else None,
                 condition_on_previous_text=False,
+                chunk_length=self.chunk_seconds,
             )
             out: list[Utterance] = []
             for seg in segments:
@@ -512,6 +518,9 @@ class ElevenLabsBatchEngine(_HttpEngine):
         super().__init__(base_url, api_key, timeout=timeout, client=client)
         self.model = model
         self.turn_gap = turn_gap
+        # faster-whisper pads every window to 30 s; a 10 s encoder window is ~3x cheaper, same accuracy
+        # on telephony (RECOGNIZER.md; measured on the fixtures in docs/benchmarks.md). None: 30 s.
+        self.chunk_seconds = chunk_seconds
 
     async def transcribe(self, recording: Recording, tracks: Sequence[str]) -> list[Utterance]:
         names = tracks_for(recording.channels, tracks)
@@ -631,7 +640,7 @@ def _wav_seconds(path: Path) -> float:
     if i < 0 or len(head) < i + 24:
         return 0.0
     _, channels, rate, _, _, bits = struct.unpack("<HHIIHH", head[i + 8 : i + 24])
-    rate_bytes = max(1, channels * max(1, bits // 8) * rate)
+    rate_bytes = max(1, int(channels) * max(1, int(bits) // 8) * int(rate))
     return max(0.0, (size - 58) / rate_bytes)
 
 
@@ -679,7 +688,7 @@ def _arg_parser(prog: str) -> argparse.ArgumentParser:
     ap.add_argument("--base-url", default="", help="API base URL of deepgram/elevenlabs")
     ap.add_argument("--out", default=None, help="directory for the .batch.json files (default: beside each file)")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for whisper (default: all cores)")
-    ap.add_argument("--bench", action="store_true", help="benchmark on the fixtures instead (see bench_main)")
+    ap.add_argument("--bench", action="store_true", help="benchmark on the fixtures instead (bench_main options)")
     return ap
 
 
@@ -702,10 +711,9 @@ async def _run_batch(engine: BatchEngine, files: list[Path], out: str | None, st
 
 def main(argv: list[str] | None = None) -> int:
     """``bridge batch DIR|FILES… [--model base|tiny.en] [--out DIR]``: exit 1 if any file failed."""
+    if argv is not None and "--bench" in argv:
+        return bench_main([a for a in argv if a != "--bench"])
     args = _arg_parser("bridge batch").parse_args(argv)
-    if args.bench:
-        rest = [a for a in (argv or []) if a != "--bench"]
-        return bench_main(rest)
     files = _collect(args.inputs)
     if not files:
         print("bridge batch: no WAV files given", file=sys.stderr)
@@ -747,9 +755,12 @@ def bench_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--no-vad", action="store_true")
+    ap.add_argument("--chunk", type=int, default=10, help="encoder window seconds (30 = faster-whisper default)")
     ap.add_argument("--fixtures", default="fixtures")
     args, _ = ap.parse_known_args(argv)
-    engine = WhisperBatchEngine(args.model, beam_size=args.beam, cpu_threads=args.threads, vad=not args.no_vad)
+    engine = WhisperBatchEngine(
+        args.model, beam_size=args.beam, cpu_threads=args.threads, vad=not args.no_vad, chunk_seconds=args.chunk
+    )
     pairs = _fixture_pairs(Path(args.fixtures))
     recs = [(read_recording(p), refs, p) for p, refs in pairs]
     total = WerResult(0, 0, 0, 0, 0)
@@ -768,10 +779,11 @@ def bench_main(argv: list[str] | None = None) -> int:
     wall0, cpu0 = time.perf_counter(), time.process_time()
     asyncio.run(go())
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    print(f"model={args.model} beam={args.beam} vad={not args.no_vad} threads={engine.cpu_threads} "
+    print(f"model={args.model} beam={args.beam} vad={not args.no_vad} chunk={args.chunk}s threads={engine.cpu_threads} "
           f"files={len(recs)} audio={audio:.1f}s")  # fmt: skip
+    per_core = audio / wall / engine.cpu_threads
     print(f"wall={wall:.2f}s cpu={cpu:.2f}s real-time x{audio / wall:.1f} (wall), "
-          f"x{audio / wall / engine.cpu_threads:.1f} per core (wall/threads), x{audio / cpu:.1f} per CPU-second")  # fmt: skip
+          f"x{per_core:.1f} per core (wall/threads), x{audio / cpu:.1f} per CPU-second")  # fmt: skip
     print(f"WER={total.rate:.3f} ({total.errors}/{total.ref_words}: S={total.substitutions} "
           f"D={total.deletions} I={total.insertions})")  # fmt: skip
     return 0
