@@ -27,7 +27,7 @@ _FLUSH_BYTES = SAMPLE_RATE
 #: A leg that stops sending is padded with silence once the other is this far ahead.
 _MAX_SKEW_BYTES = 2 * SAMPLE_RATE
 #: A single timestamp jump larger than this is treated as bogus, not as a gap to fill.
-_MAX_GAP_BYTES = 3600 * SAMPLE_RATE
+_MAX_GAP_BYTES = 600 * SAMPLE_RATE
 
 
 def _header(channels: int, frames: int) -> bytes:

@@ -55,6 +55,8 @@ class FinalsWriterLike(Protocol):
 STREAM_GRACE_SECONDS = 10.0
 #: A gap larger than this in Twilio timestamps is not filled sample by sample in one go.
 _FILL_CHUNK = SAMPLE_RATE
+#: Larger timestamp leaps are treated as bogus rather than filled with silence.
+_MAX_GAP_BYTES = 600 * SAMPLE_RATE
 
 
 class TrackPipeline:
@@ -114,6 +116,11 @@ class TrackPipeline:
         """Send ``payload`` found at byte ``offset_bytes`` of this stream's track."""
         if self.failed:
             return
+        if offset_bytes - self.sent > _MAX_GAP_BYTES:
+            # A timestamp leap no real stream makes: don't synthesize that much silence.
+            log.warning("ignoring a %.0f s timestamp leap on %s", (offset_bytes - self.sent) / SAMPLE_RATE,
+                        self.track, extra={"call_sid": self.session.call_sid})
+            offset_bytes = self.sent
         if offset_bytes > self.sent:
             gap = offset_bytes - self.sent
             while gap > 0:  # a lost or late frame: keep the recognizer's clock on Twilio's

@@ -175,3 +175,30 @@ async def test_sigterm_mid_sentence_finalizes_flushes_and_queues_before_exit(
     jobs = [RecordingJob.from_fields(f) for _id, f in entries]
     assert [j.call_sid for j in jobs] == [call_sid]
     assert jobs[0].duration == pytest.approx(2.5, abs=0.03)
+
+
+async def test_a_bogus_timestamp_leap_neither_crashes_nor_floods_the_recognizer(
+    redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer
+) -> None:
+    settings = dataclasses.replace(
+        Settings(), port=0, redis_url=redis_url, redis_prefix=redis_prefix, twilio_auth_token=TOKEN,
+        recording_dir=tmp_path, recognizer="deepgram", recognizer_url=scripted.url,
+    )
+    call_sid = "CA" + "1e" * 16
+    audio = _audio(2.0, 4)
+    async with running_bridge(settings) as (_app, http), httpx.AsyncClient(base_url=http) as client:
+        url = http.replace("http://", "ws://") + "/twilio/media"
+        async with TwilioStream(url, call_sid, auth_token=TOKEN) as s:
+            await s.media("inbound", 0, audio[:160])
+            await s.media("inbound", 10**9, audio[160:320])  # eleven days later, says the frame
+            for i in range(320, len(audio), 160):
+                await s.media("inbound", 10**9 + (i - 160) // 8, audio[i : i + 160])
+            await s.stop()
+
+        async def ended() -> bool:
+            return (await client.get(f"/calls/{call_sid}")).json().get("status") == "ended"
+
+        await _poll(ended, "the call to end")
+        words = [f["text"] for f in (await client.get(f"/calls/{call_sid}/transcript")).json()]
+    assert scripted.received_bytes < 10 * 8000
+    assert words == [window_word(audio[i : i + 8000]) for i in range(0, len(audio), 8000)]
