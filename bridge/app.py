@@ -21,6 +21,7 @@ from bridge import fanout, twilio_webhooks
 from bridge.media_stream import media_route
 from bridge.metrics import Metrics
 from bridge.recognizer import Recognizer
+from bridge.recording_callback import recording_callback
 from bridge.resilience import RetryPolicy
 from bridge.session import CallManager
 from bridge.settings import Settings
@@ -131,6 +132,7 @@ def create_app(
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
         *twilio_webhooks.routes,
+        Route("/twilio/recording", recording_callback, methods=["POST"]),
         media_route,
         *fanout.routes,
     ]

@@ -249,7 +249,7 @@ class WhisperBatchEngine:
         cpu_threads: int = 0,
         vad: bool = True,
         turn_gap: float = 1.0,
-        chunk_seconds: int | None = 10,
+        chunk_seconds: int | None = None,
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from faster_whisper import WhisperModel
@@ -262,8 +262,8 @@ class WhisperBatchEngine:
         self.beam_size = beam_size
         self.vad = vad
         self.turn_gap = turn_gap
-        # faster-whisper pads every window to 30 s; a 10 s encoder window is ~3x cheaper, same accuracy
-        # on telephony (RECOGNIZER.md; measured on the fixtures in docs/benchmarks.md). None: 30 s.
+        # Encoder window (None: faster-whisper's 30 s). A 10 s window measured no faster end-to-end here
+        # and a little less accurate (docs/benchmarks.md "## Batch"), so the default stays.
         self.chunk_seconds = chunk_seconds
         self.cpu_threads = cpu_threads or (os.cpu_count() or 1)
         try:
@@ -518,9 +518,6 @@ class ElevenLabsBatchEngine(_HttpEngine):
         super().__init__(base_url, api_key, timeout=timeout, client=client)
         self.model = model
         self.turn_gap = turn_gap
-        # faster-whisper pads every window to 30 s; a 10 s encoder window is ~3x cheaper, same accuracy
-        # on telephony (RECOGNIZER.md; measured on the fixtures in docs/benchmarks.md). None: 30 s.
-        self.chunk_seconds = chunk_seconds
 
     async def transcribe(self, recording: Recording, tracks: Sequence[str]) -> list[Utterance]:
         names = tracks_for(recording.channels, tracks)
@@ -755,11 +752,15 @@ def bench_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--no-vad", action="store_true")
-    ap.add_argument("--chunk", type=int, default=10, help="encoder window seconds (30 = faster-whisper default)")
+    ap.add_argument("--chunk", type=int, default=30, help="encoder window seconds (30 = faster-whisper default)")
     ap.add_argument("--fixtures", default="fixtures")
     args, _ = ap.parse_known_args(argv)
     engine = WhisperBatchEngine(
-        args.model, beam_size=args.beam, cpu_threads=args.threads, vad=not args.no_vad, chunk_seconds=args.chunk
+        args.model,
+        beam_size=args.beam,
+        cpu_threads=args.threads,
+        vad=not args.no_vad,
+        chunk_seconds=None if args.chunk == 30 else args.chunk,
     )
     pairs = _fixture_pairs(Path(args.fixtures))
     recs = [(read_recording(p), refs, p) for p, refs in pairs]

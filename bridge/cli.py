@@ -235,13 +235,17 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _bench(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: bridge bench recognizer|e2e|load|fanout [options]   (bridge bench KIND --help)")
+        print("usage: bridge bench recognizer|batch|e2e|load|fanout [options]   (bridge bench KIND --help)")
         return 0 if argv else 2
     kind, rest = argv[0], argv[1:]
     if kind == "recognizer":
         from bridge.embedded import bench
 
         return bench.main(rest)
+    if kind == "batch":
+        from bridge import batch
+
+        return batch.bench_main(rest)
     if kind in ("e2e", "load", "fanout"):
         from bridge import bench as bridge_bench
 
@@ -269,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_recognizer)
 
     sub.add_parser("replay", help="replay a WAV file as a Twilio call into a running bridge", add_help=False)
-    sub.add_parser("bench", help="benchmarks: recognizer, e2e, load, fanout", add_help=False)
+    sub.add_parser("worker", help="consume recording jobs: the batch compliance pass", add_help=False)
+    sub.add_parser("batch", help="transcribe recordings offline in bulk (backfills)", add_help=False)
+    sub.add_parser("bench", help="benchmarks: recognizer, batch, e2e, load, fanout", add_help=False)
     sub.add_parser("soak", help="replay calls while killing the recognizer; count lost/doubled finals",
                    add_help=False)
 
@@ -299,6 +305,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list and args_list[0] == "replay":
         logs.setup("info")
         return _replay(args_list[1:])
+    if args_list and args_list[0] in ("worker", "batch"):
+        settings = Settings.from_env()
+        logs.setup(settings.log_level, as_json=settings.log_json)
+        if args_list[0] == "worker":
+            from bridge import worker
+
+            return worker.main(args_list[1:])
+        from bridge import batch
+
+        return batch.main(args_list[1:])
     if args_list and args_list[0] == "soak":
         from bridge import soak
 

@@ -529,20 +529,56 @@ def transcript_text(finals: list[events.Final]) -> str:
 
 
 async def get_transcript(request: Request) -> Response:
+    """The live transcript ("as heard"), or with ``?source=batch`` the compliance one ("after the fact")."""
     info = await _call_or_error(request)
     if isinstance(info, Response):
         return info
-    try:
-        finals = await request.app.state.store.transcript(info.call_sid)
-    except UNAVAILABLE:
-        return _error(503, "store unavailable")
     fmt = request.query_params.get("format", "").lower()
-    accept = request.headers.get("accept", "")
-    if fmt == "text" or (not fmt and "text/plain" in accept and "application/json" not in accept):
-        return PlainTextResponse(transcript_text(finals))
     if fmt not in ("", "json", "text"):
         return _error(400, "format must be json or text")
+    source = request.query_params.get("source", "live").lower()
+    if source not in ("live", "batch"):
+        return _error(400, "source must be live or batch")
+    accept = request.headers.get("accept", "")
+    as_text = fmt == "text" or (not fmt and "text/plain" in accept and "application/json" not in accept)
+    store: Store = request.app.state.store
+    if source == "batch":
+        from bridge import compliance
+
+        try:
+            batch = await compliance.get_batch_transcript(store.client, store.keys, info.call_sid)
+        except UNAVAILABLE:
+            return _error(503, "store unavailable")
+        if batch is None:
+            return _error(404, "no batch transcript yet")
+        if as_text:
+            lines = [f"{events.SPEAKER.get(u.track, u.track)}: {u.text}" for u in batch.utterances if u.text]
+            return PlainTextResponse("\n".join(lines) + ("\n" if lines else ""))
+        return Response(compliance.encode_transcript(batch), media_type="application/json")
+    try:
+        finals = await store.transcript(info.call_sid)
+    except UNAVAILABLE:
+        return _error(503, "store unavailable")
+    if as_text:
+        return PlainTextResponse(transcript_text(finals))
     return _json(finals)
+
+
+async def get_quality(request: Request) -> Response:
+    """Live-vs-batch word error rate of a call (the quality signal), once the batch pass ran."""
+    from bridge import compliance
+
+    info = await _call_or_error(request)
+    if isinstance(info, Response):
+        return info
+    store: Store = request.app.state.store
+    try:
+        quality = await compliance.get_quality(store.client, store.keys, info.call_sid)
+    except UNAVAILABLE:
+        return _error(503, "store unavailable")
+    if quality is None:
+        return _error(404, "no quality figures yet")
+    return _json(quality)
 
 
 # -- live: WebSocket and SSE -----------------------------------------------------------------------
@@ -719,6 +755,7 @@ routes: list[BaseRoute] = [
     Route("/calls", list_calls, methods=["GET"]),
     Route("/calls/{call_sid}", get_call, methods=["GET"]),
     Route("/calls/{call_sid}/transcript", get_transcript, methods=["GET"]),
+    Route("/calls/{call_sid}/quality", get_quality, methods=["GET"]),
     Route("/calls/{call_sid}/events", live_sse, methods=["GET"]),
     WebSocketRoute("/calls/{call_sid}/live", live_ws),
 ]
