@@ -22,7 +22,6 @@ from bridge.keys import Keys
 from bridge.settings import Settings
 from bridge.store import Store, client_from_url
 from bridge.testing import ScriptedDeepgramServer, window_word
-
 from tests.e2e.sim import TwilioStream
 
 TOKEN = "lifecycle-token"
