@@ -2,7 +2,10 @@
 
 faster-whisper pads every input to 30 s before the encoder; CTranslate2 accepts fewer frames, and
 about 10 s of context is ~3x cheaper with no accuracy loss on tiny.en/base (see RECOGNIZER.md).
-So segments are padded to :attr:`WhisperEngine.context_seconds` and never longer.
+So finals are padded to :attr:`WhisperEngine.context_seconds` and never longer. Partials, which are
+re-decoded often and only shown, use a context sized to the audio (:meth:`WhisperEngine.partial_context`)
+where the model tolerates it. Short contexts make greedy decoding loop more often, so the number of
+generated tokens is capped by the audio duration and repeated tails of partials are cut.
 """
 
 from __future__ import annotations
@@ -26,6 +29,14 @@ SAMPLE_RATE = 16000
 BASE_MODEL_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
 
 _PUNCT = re.compile(r"[^\w'%$-]+")
+#: Generation budget: no speaker says more than this many tokens per second (a loop guard).
+TOKENS_PER_SECOND = 8.0
+TOKEN_SLACK = 10
+#: Smallest encoder context for partials of an English-only model; multilingual base breaks below
+#: 10 s (RECOGNIZER.md), and tiny.en loops more often below 6 s on the fixtures.
+MIN_PARTIAL_CONTEXT_S = 6.0
+#: Padding a partial's context keeps after its audio (Whisper needs trailing silence).
+PARTIAL_PAD_S = 3.0
 
 
 class ModelLoadError(RuntimeError):
@@ -126,13 +137,21 @@ class WhisperEngine:
         """Longest audio one decode may cover (leave room: the encoder context is a hard cap)."""
         return self.context_seconds - 0.5
 
-    def features(self, audio: np.ndarray) -> np.ndarray:
-        n = int(self.context_seconds * SAMPLE_RATE)
+    def partial_context(self, duration: float) -> float:
+        """Encoder context (s) for a partial of ``duration`` seconds: cheaper than a final's."""
+        if self.multilingual:
+            return self.context_seconds
+        want = math.ceil(duration + PARTIAL_PAD_S)
+        return float(min(self.context_seconds, max(MIN_PARTIAL_CONTEXT_S, want)))
+
+    def features(self, audio: np.ndarray, context_seconds: float | None = None) -> np.ndarray:
+        ctx = min(self.context_seconds, context_seconds or self.context_seconds)
+        n = int(ctx * SAMPLE_RATE)
         clip = audio[:n]
         padded = np.zeros(n, dtype=np.float32)
         padded[: clip.size] = clip
         feats: np.ndarray = self.model.feature_extractor(padded, padding=160)
-        return feats[:, : self._frames]
+        return feats[:, : int(ctx * 100)]
 
     def transcribe(
         self,
@@ -141,28 +160,33 @@ class WhisperEngine:
         prefix: str = "",
         beam_size: int = 1,
         align: bool = True,
+        context_seconds: float | None = None,
     ) -> Hypothesis:
         """Decode up to ``context_seconds`` of 16 kHz float audio.
 
         ``prefix`` forces the hypothesis to start with already-agreed words (stable partials);
         ``align`` computes word times by cross-attention alignment, otherwise they are estimated
-        from character counts over the audio span.
+        from character counts over the audio span (and a looping tail is cut, see
+        :func:`cut_repeats`). ``context_seconds`` narrows the encoder context for this call.
         """
         import ctranslate2
 
-        feats = self.features(audio)
+        ctx = min(self.context_seconds, context_seconds or self.context_seconds)
+        feats = self.features(audio, ctx)
         storage = ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[None]))
         encoded = self.model.model.encode(storage, to_cpu=False)
         prompt = self.model.get_prompt(
             self.tokenizer, [], without_timestamps=True, prefix=prefix or None
         )
+        seconds = min(audio.size / SAMPLE_RATE, ctx)
+        budget = math.ceil(TOKENS_PER_SECOND * seconds) + TOKEN_SLACK
         res = self.model.model.generate(
             encoded,
             [prompt],
             beam_size=beam_size,
             patience=1.0,
             length_penalty=1.0,
-            max_length=224,
+            max_length=min(224, len(prompt) + budget),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=False,
@@ -175,7 +199,9 @@ class WhisperEngine:
         seq_len = max(1, len(res.sequences_ids[0]))
         avg_logprob = float(res.scores[0]) * seq_len / (seq_len + 1) if res.scores else -1.0
         text = self.tokenizer.decode(tokens).strip()
-        duration = min(audio.size / SAMPLE_RATE, self.context_seconds)
+        if not align:
+            text = cut_repeats(text)
+        duration = seconds
         words: list[EngineWord] = []
         if tokens and align:
             frames = max(1, round(duration * 100))
@@ -215,6 +241,17 @@ def estimate_words(text: str, start: float, end: float) -> list[EngineWord]:
         out.append(EngineWord(p, t, t + d, 0.0))
         t += d
     return out
+
+
+def cut_repeats(text: str, times: int = 3, longest: int = 8) -> str:
+    """Cut a tail where one word group repeats ``times`` times in a row (greedy-decoding loops)."""
+    words = text.split()
+    for n in range(1, longest + 1):
+        for i in range(0, len(words) - n * times + 1):
+            group = words[i : i + n]
+            if all(words[i + k * n : i + (k + 1) * n] == group for k in range(1, times)):
+                return " ".join(words[: i + n])
+    return text
 
 
 def plain_word(word: str) -> str:

@@ -80,6 +80,11 @@ class DecodeScheduler:
         )
 
     @property
+    def load(self) -> float:
+        """Running plus queued decodes per worker: below 1 a new decode starts at once."""
+        return (self._busy + len(self._finals) + len(self._partials)) / self.workers
+
+    @property
     def saturated(self) -> bool:
         """Every worker busy and finals already waiting: new calls would only add lag."""
         return self._busy >= self.workers and len(self._finals) >= self.workers

@@ -3,7 +3,9 @@
 Whisper is not a streaming model, so streaming is a policy around it: webrtcvad marks 20 ms frames
 as speech, an onset opens a segment (with a little pre-roll), silence of ``endpoint`` seconds closes
 it, partial decodes are requested periodically while it is open, and a segment is cut before it
-outgrows the encoder context. All times are seconds of audio from stream start.
+outgrows the encoder context. The first partial comes ``first_partial_s`` after the onset (not after
+the pre-roll) so a word shows early; the owner may shorten the next wait (:meth:`Segmenter.retry_partial`)
+or change :attr:`Segmenter.partial_frames` with load. All times are seconds of audio from stream start.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class Segmenter:
         self._seg_start_frame = 0
         self._silence_run = 0
         self._since_partial = 0
+        self._due = self.first_partial_frames
         self._segment_id = 0
         self.in_speech = False
         #: End time of the last voiced frame (seconds).
@@ -130,9 +133,9 @@ class Segmenter:
         if len(self._seg) >= self.max_frames:
             out.append(self._cut())
             return
-        due = self.first_partial_frames if self._since_partial == len(self._seg) else self.partial_frames
-        if self._since_partial >= due and self._silence_run == 0:
+        if self._since_partial >= self._due and self._silence_run == 0:
             self._since_partial = 0
+            self._due = self.partial_frames
             out.append(
                 PartialDue(
                     self._segment_id,
@@ -150,7 +153,8 @@ class Segmenter:
         self._preroll.clear()
         self._seg_start_frame = max(0, start_frame)
         self._silence_run = 0
-        self._since_partial = len(self._seg)
+        self._since_partial = 0
+        self._due = self.first_partial_frames
 
     def _close(self, reason: str, upto: int) -> SegmentClosed:
         seg = self._seg[:upto]
@@ -168,6 +172,7 @@ class Segmenter:
             self._segment_id += 1
             self._seg, self._voiced = rest, rest_voiced
             self._since_partial = len(rest)
+            self._due = self.partial_frames
         else:
             self.in_speech = False
             self._seg, self._voiced = [], []
@@ -183,6 +188,18 @@ class Segmenter:
                 cut = i + 1
                 break
         return self._close("max", cut)
+
+    def set_partial_interval(self, seconds: float) -> None:
+        """Regular partial spacing from now on (the session widens it under load)."""
+        frames = max(1, round(seconds / FRAME_S))
+        if self._due == self.partial_frames:
+            self._due = frames
+        self.partial_frames = frames
+
+    def retry_partial(self, segment: int, after_s: float) -> None:
+        """Ask for the next partial of ``segment`` sooner (the last one came back empty)."""
+        if self.in_speech and segment == self._segment_id:
+            self._due = min(self._due, self._since_partial + max(1, round(after_s / FRAME_S)))
 
     def flush(self) -> SegmentClosed | None:
         """Close the open segment now (Finalize / end of stream)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,14 @@ MIN_ENDPOINT_S = 0.2
 NO_ENDPOINT_GAP_S = 0.8
 #: Hypotheses this unlikely to be speech are dropped (Whisper "hears" words in noise).
 NO_SPEECH_MAX = 0.6
+#: ...but a partial is kept if it is also this confident (Whisper's own rule: avg logprob > -1).
+#: Short early audio often scores a high no-speech probability with good words.
+PARTIAL_KEEP_CONFIDENCE = math.exp(-1.0)
+#: Partial spacing by decoder load (running + queued per worker): frequent when idle, sparse when
+#: busy, so partials never crowd out finals.
+PARTIAL_INTERVALS = ((1.0, 0.3), (2.0, 0.5), (math.inf, 1.0))
+#: An empty early partial is retried this soon rather than after a whole interval.
+RETRY_PARTIAL_S = 0.2
 
 Send = Callable[[bytes], Awaitable[None]]
 OutItem = bytes | asyncio.Future[bytes | None] | Callable[[], bytes | None]
@@ -111,6 +120,8 @@ class ListenSession:
             buf = self._carry + data
             cut = len(buf) - len(buf) % 2
             pcm, self._carry = buf[:cut], buf[cut:]
+        if self.params.interim_results:
+            self.segmenter.set_partial_interval(partial_interval(self.scheduler.load))
         for event in self.segmenter.feed(pcm):
             self._handle(event, from_finalize=False)
         self._check_utterance_end()
@@ -140,8 +151,12 @@ class ListenSession:
             self._submit_final(event, from_finalize=from_finalize)
 
     def _submit_partial(self, ev: PartialDue) -> None:
+        context = self.engine.partial_context(ev.end - ev.start)
+
         def work() -> Hypothesis:
-            return self.engine.transcribe(ev.audio, prefix=self._agree.prefix(ev.segment), align=False)
+            return self.engine.transcribe(
+                ev.audio, prefix=self._agree.prefix(ev.segment), align=False, context_seconds=context
+            )
 
         fut = self.scheduler.submit_partial(self.request_id, work)
         out: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
@@ -154,8 +169,10 @@ class ListenSession:
                 return
             hyp = f.result()
             assert hyp is not None
-            if hyp.no_speech_prob > NO_SPEECH_MAX or not hyp.text:
+            if not keep_partial(hyp):
                 out.set_result(None)
+                if not self._agree.prefix(ev.segment):  # nothing shown yet: try again soon
+                    self.segmenter.retry_partial(ev.segment, RETRY_PARTIAL_S)
                 return
             self._agree.update(ev.segment, hyp.text.split())
             out.set_result(self._results(ev.start, ev.end, hyp, final=False))
@@ -313,6 +330,18 @@ class ListenSession:
 
     def cancel(self) -> None:
         self.scheduler.cancel_stream(self.request_id)
+
+
+def partial_interval(load: float) -> float:
+    """Seconds between partials for a decoder pool at ``load`` (see :data:`PARTIAL_INTERVALS`)."""
+    return next(s for limit, s in PARTIAL_INTERVALS if load < limit)
+
+
+def keep_partial(hyp: Hypothesis) -> bool:
+    """A partial is shown unless it is empty or both unlikely speech and unsure."""
+    if not hyp.text:
+        return False
+    return hyp.no_speech_prob <= NO_SPEECH_MAX or hyp.confidence >= PARTIAL_KEEP_CONFIDENCE
 
 
 def new_request_id() -> str:
