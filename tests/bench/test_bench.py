@@ -1,0 +1,104 @@
+"""Smoke tests of ``bridge bench e2e|load|fanout`` at tiny sizes: outputs exist and hold sane numbers.
+
+No timing is asserted: only that frames were measured, none lost, and reports and plots written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge import bench
+from bridge.bench import common, e2e
+from bridge.testing import ScriptedDeepgramServer
+
+
+def _outputs(out: Path, *pngs: str) -> dict[str, object]:
+    assert (out / "report.md").read_text().startswith("# Bridge")
+    for png in pngs:
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result: dict[str, object] = json.loads((out / "result.json").read_text())
+    return result
+
+
+def test_percentiles_and_churn() -> None:
+    p = common.summarize([0.001 * i for i in range(1, 101)])
+    assert p.n == 100 and p.p50 == pytest.approx(50.5) and p.max == pytest.approx(100.0)
+    assert p.p50 <= p.p95 <= p.p99 <= p.max
+    # "hello" -> "hello there" extends; "hello their" rewrites one word; the final resets the utterance.
+    assert e2e.churn([(False, "hello"), (False, "hello there"), (False, "hello their"), (True, "Hello, their!")]) == (
+        3, 1, 1, 2)
+
+
+def test_histogram_quantiles_from_metrics_text() -> None:
+    text = "\n".join([
+        "# TYPE x_seconds histogram",
+        'x_seconds_bucket{le="0.01"} 50.0', 'x_seconds_bucket{le="0.1"} 100.0', 'x_seconds_bucket{le="+Inf"} 100.0',
+        "x_seconds_count 100.0", "x_seconds_sum 2.0", "",
+    ])
+    q = common.histogram_quantiles(text, "x_seconds")
+    assert q.count == 100 and q.p50 == pytest.approx(10.0) and 10.0 < q.p99 <= 100.0
+
+
+def test_unknown_kind_is_an_error() -> None:
+    assert bench.main(["nope"]) == 2
+
+
+def test_load_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "load"
+    assert bench.main(["load", "--calls", "2,3", "--workers", "1", "--seconds", "1", "--out", str(out)]) == 0
+    result = _outputs(out, "latency_vs_calls.png", "latency_distributions.png")
+    steps = result["steps"]
+    assert isinstance(steps, list) and steps
+    first = steps[0]
+    assert first["calls"] == 2 and first["frames_sent"] > 0
+    assert first["frames_lost"] == 0 and first["failed_calls"] == 0
+    assert first["frames_received"] == first["frames_sent"]
+    assert first["latency"]["n"] > 0 and 0 < first["latency"]["p50"] <= first["latency"]["p99"]
+    assert first["bridge_cpu_cores"] >= 0 and first["bridge_rss_mib"] > 0
+    assert "null recognizer" in str(result["recognizer"])
+
+
+def test_fanout_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "fanout"
+    argv = ["fanout", "--subscribers", "2", "--seconds", "3", "--slow-text-bytes", "1024", "--out", str(out)]
+    assert bench.main(argv) == 0
+    result = _outputs(out, "latency_distributions.png")
+    assert result["subscribers_ws"] == 1 and result["subscribers_sse"] == 1
+    assert result["finals_sent"] > 0 and result["missed_total"] == 0
+    assert result["latency_all"]["n"] > 0  # type: ignore[index]
+
+
+@pytest.fixture
+def scripted_url() -> Iterator[str]:
+    """A ScriptedDeepgramServer on its own loop in a thread (the benchmark runs its own event loop)."""
+    loop = asyncio.new_event_loop()
+    server = ScriptedDeepgramServer(window_seconds=0.5)
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
+    try:
+        yield server.url
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def test_e2e_smoke(tmp_path: Path, scripted_url: str) -> None:
+    out = tmp_path / "e2e"
+    argv = ["e2e", "--runs", "1", "--speed", "4", "--recognizer-url", scripted_url, "--out", str(out)]
+    assert bench.main(argv) == 0
+    result = _outputs(out, "latency_distributions.png")
+    runs = result["runs"]
+    assert isinstance(runs, list) and len(runs) == 1
+    assert runs[0]["finals"] > 0 and runs[0]["partials"] > 0
+    assert 0.0 <= runs[0]["wer"]  # scripted words are checksums: WER is high, but it is computed
+    assert result["partial_latency"]["n"] > 0  # type: ignore[index]
+    assert result["metrics_partial_latency"]["count"] > 0  # type: ignore[index]
