@@ -584,6 +584,10 @@ async def get_quality(request: Request) -> Response:
 # -- live: WebSocket and SSE -----------------------------------------------------------------------
 
 
+#: A subscriber whose single send is blocked this long (its socket buffers full) is dropped as slow.
+SEND_STALL_SECONDS = 5.0
+
+
 async def _pump(
     sub: Subscription,
     send: Callable[[events.LiveEvent], Awaitable[None]],
@@ -593,7 +597,12 @@ async def _pump(
 
     async def forward() -> None:
         async for event in sub:
-            await send(event)
+            try:
+                async with asyncio.timeout(SEND_STALL_SECONDS):
+                    await send(event)
+            except TimeoutError:
+                # Its socket buffers are full: the client stopped reading. Drop it, never wait on it.
+                raise SubscriberTooSlow from None
 
     tasks = {
         asyncio.ensure_future(forward()): "ended",

@@ -111,6 +111,8 @@ class ResilientStream:
         self._max_chunk = max(160, round(policy.replay_chunk_seconds * self._bps))
         self._conn_base = 0.0  # seconds: where the current connection's time 0 sits
         self._audio = asyncio.Event()
+        self._pump_idle = False  # the pump is parked waiting for audio (see send's fast path)
+        self._last_send = 0.0
         self._closing = asyncio.Event()
         self._close_deadline = 0.0
         self._queue: asyncio.Queue[RecognizerEvent | RecognizerError | object] = asyncio.Queue()
@@ -143,10 +145,23 @@ class ResilientStream:
         if self._closing.is_set() or self._error is not None:
             self.stats.dropped_seconds += len(audio) / self._bps
             return
+        caught_up = self._sent == self._total
         self._buf += audio
         self._total += len(audio)
         if len(self._buf) > self._max_buf + self._bps:
             self._trim(self._total - self._max_buf)
+        stream = self._stream
+        if caught_up and self._pump_idle and stream is not None and self.state == "connected":
+            # Fast path (the steady state): the pump is idle with nothing pending, so send from here and
+            # spare a task switch per frame. The bytes stay buffered until a final covers them, so a
+            # failed send is replayed after the reconnect like any other uncovered audio.
+            self._sent = self._total
+            self._last_send = asyncio.get_running_loop().time()
+            try:
+                await stream.send(audio)
+            except Exception:
+                self._audio.set()  # the reader sees the broken connection; the supervisor reconnects
+            return
         self._audio.set()
 
     async def keepalive(self) -> None:
@@ -330,7 +345,7 @@ class ResilientStream:
     async def _pump(self, stream: RecognizerStream) -> None:
         """Forward buffered audio to ``stream``; keepalive during silence; return once flushed on close."""
         loop = asyncio.get_running_loop()
-        last = loop.time()
+        self._last_send = loop.time()
         while True:
             if self._sent < self._buf_start:
                 self._sent = self._buf_start
@@ -339,18 +354,24 @@ class ResilientStream:
                 chunk = bytes(self._buf[offset : offset + self._max_chunk])
                 self._sent += len(chunk)
                 await stream.send(chunk)
-                last = loop.time()
+                self._last_send = loop.time()
                 continue
             if self._closing.is_set():
                 return
             self._audio.clear()
-            wait = self.policy.keepalive_interval - (loop.time() - last)
+            wait = self.policy.keepalive_interval - (loop.time() - self._last_send)
             if wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._audio.wait(), wait)
+                self._pump_idle = True
+                try:
+                    async with asyncio.timeout(wait):
+                        await self._audio.wait()
+                except TimeoutError:
+                    pass
+                finally:
+                    self._pump_idle = False
                 continue
             await stream.keepalive()
-            last = loop.time()
+            self._last_send = loop.time()
 
     async def _read(self, stream: RecognizerStream) -> RecognizerError | None:
         try:
