@@ -66,6 +66,8 @@ class TrackPipeline:
         self.session = session
         self.track = track
         self.origin = origin
+        self._reported: dict[str, float] = {}
+        self._was_reconnecting = False
         s = session.manager.settings
         self.options = StreamOptions(
             call_sid=session.call_sid,
@@ -87,7 +89,6 @@ class TrackPipeline:
         self.failed = False
         self._consumer: asyncio.Task[None] | None = None
         self._first_partial_seen = False
-        self._reported: dict[str, float] = {}
 
     async def start(self) -> None:
         try:
@@ -110,6 +111,12 @@ class TrackPipeline:
         self._on_state("failed", str(exc))
 
     def _on_state(self, state: events.RecognizerState, detail: str) -> None:
+        stream = getattr(self, "stream", None)  # None while the stream is being built
+        if stream is not None:
+            if state == "connected" and self._was_reconnecting and stream.stats.last_recovery_seconds:
+                self.session.manager.metrics.recovery_seconds.observe(stream.stats.last_recovery_seconds)
+            self._export_stats()
+        self._was_reconnecting = state == "reconnecting"
         self.session.recognizer_state(self.track, state, detail)
 
     async def feed(self, offset_bytes: int, payload: bytes) -> None:
@@ -201,9 +208,8 @@ class TrackPipeline:
             self._export_stats()
 
     def _export_stats(self) -> None:
-        stats = getattr(self.stream, "stats", None)
-        if stats is None:
-            return
+        """Move the resilience counters' growth into the Prometheus counters (on every state change)."""
+        stats = self.stream.stats
         m = self.session.manager.metrics
         for name, counter in (
             ("reconnects", m.reconnects),

@@ -28,6 +28,15 @@ TOKEN = "fault-token"
 FAST = RetryPolicy(keepalive_interval=0.25, backoff_base=0.05, backoff_cap=0.2, connect_timeout=2.0)
 
 Fault = Callable[[], Awaitable[None]]
+#: The bridge's /metrics text at the end of each call, by CallSid.
+METRICS: dict[str, str] = {}
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
 
 
 def _speech(seconds: float, seed: int) -> bytes:
@@ -84,6 +93,7 @@ async def _play(
         else:
             raise AssertionError("call never ended")
         rows = (await client.get(f"/calls/{call_sid}/transcript")).json()
+        METRICS[call_sid] = (await client.get("/metrics")).text
     return [(r["track"], r["start"], r["end"], r["text"]) for r in rows]
 
 
@@ -125,6 +135,10 @@ async def test_recognizer_connection_cut_mid_call(
         stored = await _play(settings, "CA" + "c1" * 16, tracks, fault=cut)
         assert proxy.accepted >= 4  # both tracks reconnected
     _assert_same(stored, _expected(tracks))
+    metrics = METRICS["CA" + "c1" * 16]
+    assert _metric(metrics, "bridge_recognizer_reconnects_total") >= 2
+    assert _metric(metrics, "bridge_recognizer_recovery_seconds_count") >= 2
+    assert _metric(metrics, "bridge_recognizer_replayed_seconds_total") > 0
 
 
 async def test_recognizer_killed_and_restarted_mid_call(
