@@ -207,6 +207,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--speed", type=float, default=1.0, help="pace multiplier (1.0 = real time)")
     ap.add_argument("--ramp", action="store_true", help="raise N until p95 final lag >= 1.5 s")
     ap.add_argument("--max-calls", type=int, default=12)
+    ap.add_argument("--min-calls", type=int, default=1, help="first N of --ramp")
     ap.add_argument("--out", default="", help="directory for bench_recognizer.json")
     args = ap.parse_args(argv)
 
@@ -222,7 +223,7 @@ def main(argv: list[str]) -> int:
             url, pid = args.url, None
         else:
             url, pid = stack.enter_context(_server(args.model, args.workers))
-        counts = list(range(1, args.max_calls + 1)) if args.ramp else [args.calls]
+        counts = list(range(args.min_calls, args.max_calls + 1)) if args.ramp else [args.calls]
         best = 0
         for n in counts:
             summary = asyncio.run(run_calls(url, n, args.speed, args.fixture, pid))

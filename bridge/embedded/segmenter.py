@@ -58,7 +58,7 @@ class Segmenter:
         endpoint_s: float = 0.3,
         max_segment_s: float = 9.5,
         partial_interval_s: float = 0.5,
-        first_partial_s: float = 0.3,
+        first_partial_s: float = 0.02,
         preroll_s: float = 0.3,
         vad_mode: int = 2,
     ) -> None:

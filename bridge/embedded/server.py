@@ -45,7 +45,7 @@ class EmbeddedConfig:
     #: Seconds without any frame before the stream is closed with 1011 ``NET-0001``.
     idle_timeout: float = 10.0
     compute_type: str = "int8"
-    #: Encoder context (s): ~10 s is ~3x cheaper than Whisper's 30 s with no accuracy loss.
+    #: Longest encoder context (s): ~10 s is ~3x cheaper than 30 s; shorter segments get less.
     context_seconds: float = 10.0
     #: Beam size for finals (partials always use greedy decoding).
     final_beam: int = 1

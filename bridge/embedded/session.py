@@ -38,7 +38,7 @@ PARTIAL_KEEP_CONFIDENCE = math.exp(-1.0)
 #: busy, so partials never crowd out finals.
 PARTIAL_INTERVALS = ((1.0, 0.3), (2.0, 0.5), (math.inf, 1.0))
 #: An empty early partial is retried this soon rather than after a whole interval.
-RETRY_PARTIAL_S = 0.2
+RETRY_PARTIAL_S = 0.1
 
 Send = Callable[[bytes], Awaitable[None]]
 OutItem = bytes | asyncio.Future[bytes | None] | Callable[[], bytes | None]
@@ -190,9 +190,12 @@ class ListenSession:
                               from_finalize=from_finalize)
             )
             return
+        context = self.engine.partial_context(ev.end - ev.start)
 
         def work() -> Hypothesis:
-            return self.engine.transcribe(ev.audio, beam_size=self.final_beam, align=True)
+            return self.engine.transcribe(
+                ev.audio, beam_size=self.final_beam, align=True, context_seconds=context
+            )
 
         fut = self.scheduler.submit_final(self.request_id, work)
         out: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
