@@ -4,7 +4,8 @@ One tagged union, discriminated by ``type``. Times are seconds from the start of
 call's own clock, not any recognizer's). Finals carry a stable ``id`` derived from
 ``(track, audio start)`` and a durable ``seq`` (their 1-based position in the call's final log),
 which a reconnecting subscriber passes back as ``?after=<seq>`` to resume with no gap and no
-duplicate. For every other event ``seq`` is the latest final ``seq`` known when it was emitted.
+duplicate. ``call_started``/``call_ended`` carry the number of finals stored so far; partials and the
+other ephemeral events carry none (``seq`` 0, omitted on the wire): they are never resumed.
 """
 
 from __future__ import annotations

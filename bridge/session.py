@@ -164,7 +164,6 @@ class TrackPipeline:
                         session.emit(
                             events.Partial(
                                 call_sid=session.call_sid,
-                                seq=session.last_seq,
                                 track=self.track,
                                 start=ev.start,
                                 end=ev.end,
@@ -192,7 +191,6 @@ class TrackPipeline:
                     session.emit(
                         events.UtteranceEnd(
                             call_sid=session.call_sid,
-                            seq=session.last_seq,
                             track=self.track,
                             end=ev.last_word_end,
                         )
@@ -301,7 +299,6 @@ class CallSession:
         self.recording: CallRecording | None = None
         self.recording_path: Path | None = None
         self.tracks: list[Track] = []
-        self.last_seq = 0
         self.ended = False
         self._grace: asyncio.TimerHandle | None = None
         self._ending: asyncio.Task[None] | None = None
