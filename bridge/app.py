@@ -2,7 +2,7 @@
 
 ``app.state`` holds the one instance of each part: ``settings``, ``metrics``, ``store``, ``writer``
 (write-behind for finals and live events), ``hub`` (the instance's pub/sub fan-out), ``calls`` (the
-:class:`~bridge.session.CallManager`) and ``recognizer``.
+:class:`~bridge.call.manager.CallManager`) and ``recognizer``.
 """
 
 from __future__ import annotations
@@ -17,38 +17,21 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from bridge import fanout, twilio_webhooks
-from bridge.media_stream import media_route
+from bridge import api
+from bridge.call.manager import CallManager
+from bridge.live import endpoints as live_endpoints
+from bridge.live.hub import Hub
 from bridge.metrics import Metrics
-from bridge.recognizer import Recognizer
-from bridge.recording_callback import recording_callback
-from bridge.resilience import RetryPolicy
-from bridge.session import CallManager
+from bridge.recognizers.base import Recognizer
+from bridge.recognizers.factory import make_recognizer
+from bridge.recognizers.resilience import RetryPolicy
 from bridge.settings import Settings
 from bridge.store import FinalsWriter, Store
+from bridge.twilio import webhooks
+from bridge.twilio.media import media_route
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
-
-
-def make_recognizer(settings: Settings, url: str) -> Recognizer:
-    """The configured recognizer client; the embedded recognizer speaks Deepgram's protocol."""
-    if settings.recognizer == "elevenlabs":
-        from bridge.elevenlabs import ElevenLabsRecognizer
-
-        return ElevenLabsRecognizer(
-            url=url or "wss://api.elevenlabs.io",
-            api_key=settings.recognizer_api_key,
-            model_id=settings.recognizer_model or "scribe_v2_realtime",
-        )
-    from bridge.deepgram import DeepgramRecognizer
-
-    default = "wss://api.deepgram.com" if settings.recognizer == "deepgram" else ""
-    return DeepgramRecognizer(
-        url=url or default,
-        api_key=settings.recognizer_api_key,
-        model=settings.recognizer_model or ("nova-3" if settings.recognizer == "deepgram" else "tiny.en"),
-    )
 
 
 async def healthz(request: Request) -> Response:
@@ -90,12 +73,12 @@ def create_app(
         async with contextlib.AsyncExitStack() as stack:
             if settings.insecure_skip_signature:
                 log.warning("TWILIO SIGNATURE CHECKS ARE OFF (BRIDGE_INSECURE_SKIP_SIGNATURE): development only")
-            store = await Store.open(settings, embedded_dir=settings.redis_dir)
+            store = await Store.open(settings)
             stack.push_async_callback(store.close)
-            writer = FinalsWriter(store)
+            writer = FinalsWriter(store, on_outage=metrics.store_outages.inc)
             writer.start()
             stack.push_async_callback(writer.aclose)
-            hub = fanout.Hub(store, settings, on_drop=lambda _call_sid: metrics.subscribers_dropped.inc())
+            hub = Hub(store, settings, on_drop=lambda _call_sid: metrics.subscribers_dropped.inc())
             await hub.start()
             stack.push_async_callback(hub.stop)
             rec = recognizer
@@ -131,10 +114,10 @@ def create_app(
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
-        *twilio_webhooks.routes,
-        Route("/twilio/recording", recording_callback, methods=["POST"]),
+        *webhooks.routes,
         media_route,
-        *fanout.routes,
+        *api.routes,
+        *live_endpoints.routes,
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.settings = settings
@@ -142,4 +125,4 @@ def create_app(
     return app
 
 
-__all__ = ["create_app", "make_recognizer"]
+__all__ = ["create_app"]

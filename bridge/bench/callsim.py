@@ -19,9 +19,9 @@ import struct
 import time
 from urllib.parse import urlsplit
 
-from bridge import twilio_models as tm
 from bridge.bench.null_recognizer import probe_frame
-from bridge.twilio_auth import SIGNATURE_HEADER, sign, stream_token
+from bridge.twilio import models as tm
+from bridge.twilio.auth import SIGNATURE_HEADER, sign, stream_token
 
 _MASK = b"\x00\x00\x00\x00"
 

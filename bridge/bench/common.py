@@ -20,8 +20,18 @@ from typing import Any
 import httpx
 import msgspec
 
-REPO = Path(__file__).resolve().parent.parent.parent
 _STARTED = time.monotonic()
+
+
+def call_fixture(name: str, fixtures: str | Path = "fixtures") -> Path:
+    """The WAV of call fixture ``name`` (its reference turns are the ``.json`` beside it): from the
+    repository's ``fixtures/calls/``, or the call shipped in the package (the demo call)."""
+    from bridge.data import call_path
+
+    for path in (Path(fixtures) / "calls" / f"{name}.wav", call_path(name)):
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"no call fixture {name!r} in {Path(fixtures) / 'calls'} (pass --fixtures DIR)")
 
 
 class Percentiles(msgspec.Struct):
@@ -129,7 +139,10 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def _pyplot() -> Any:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("the benchmarks draw plots with matplotlib: pip install '.[bench]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -266,7 +279,7 @@ class BridgeProcess:
         self._log = log.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bridge.cli", "serve", "--drain-seconds", "5"],
-            env=full, stdout=self._log, stderr=subprocess.STDOUT, cwd=str(REPO),
+            env=full, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
     @property
@@ -299,7 +312,7 @@ class NullRecognizerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bridge.bench.null_recognizer", "--window", str(window), "--partial",
              str(partial), "--text-bytes", str(text_bytes)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=str(REPO),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -336,7 +349,7 @@ def redis_for_bench(url: str | None, directory: Path) -> Iterator[tuple[str, int
     if url:
         yield url, None
         return
-    from bridge.redis_embedded import EmbeddedRedis
+    from bridge.store.redis_embedded import EmbeddedRedis
 
     with EmbeddedRedis(directory, persist=False) as redis:
         yield redis.url, redis.pid

@@ -34,11 +34,10 @@ import websockets
 from bridge import events, wer
 from bridge.bench import common
 from bridge.bench.common import HistogramQuantiles, Percentiles, progress
-from bridge.cli import running_bridge
-from bridge.replay import replay
+from bridge.server import running_bridge
 from bridge.settings import Settings
+from bridge.twilio.replay import replay
 
-FIXTURES = common.REPO / "fixtures" / "calls"
 FRAME = 0.02
 
 
@@ -220,7 +219,7 @@ async def _one_run(http: str, token: str, wav: Path, ref: Reference, samples: _S
 async def _run(args: argparse.Namespace) -> tuple[E2EResult, _Samples]:
     token = secrets.token_hex(16)
     base = Settings.from_env()
-    wavs = [FIXTURES / f"{name}.wav" for name in args.calls.split(",")]
+    wavs = [common.call_fixture(name, args.fixtures) for name in args.calls.split(",")]
     refs = {w: msgspec.json.decode(w.with_suffix(".json").read_bytes(), type=Reference) for w in wavs}
     samples = _Samples()
     runs: list[RunResult] = []
@@ -302,16 +301,8 @@ Bridge frame handling (`bridge_frame_handling_seconds`): p50 {fh.p50:.2f} ms, p9
 """
 
 
-def main(argv: list[str], command: str) -> int:
-    p = argparse.ArgumentParser(prog="bridge bench e2e", description=__doc__.split("\n")[0])
-    p.add_argument("--calls", default="short_call", help="fixture names in fixtures/calls, comma-separated")
-    p.add_argument("--runs", type=int, default=4)
-    p.add_argument("--speed", type=float, default=1.0, help="replay pace (1 = real time, as Twilio)")
-    p.add_argument("--recognizer-url", default="", help="a Deepgram-protocol recognizer (default: embedded)")
-    p.add_argument("--redis-url", default="", help="default: REDIS_URL or an embedded redis")
-    p.add_argument("--out", default=None)
-    args = p.parse_args(argv)
-    args.command = command
+def main(args: argparse.Namespace) -> int:
+    args.command = args.argv
     out = common.out_dir("e2e", args.out)
     result, samples = asyncio.run(_run(args))
     common.plot_distributions(

@@ -302,21 +302,8 @@ def _cells(p: Percentiles) -> list[object]:
     return [p.n, f"{p.p50:.2f}", f"{p.p95:.2f}", f"{p.p99:.2f}", f"{p.max:.1f}"]
 
 
-def main(argv: list[str], command: str) -> int:
-    p = argparse.ArgumentParser(prog="bridge bench fanout", description=__doc__.split("\n")[0])
-    p.add_argument("--subscribers", type=int, default=100, help="half WebSocket, half SSE")
-    p.add_argument("--seconds", type=float, default=20.0, help="length of the call")
-    p.add_argument("--window", type=float, default=0.5, help="null recognizer: seconds of audio per final")
-    p.add_argument("--partial", type=float, default=0.1, help="null recognizer: seconds of audio per partial")
-    p.add_argument("--text-bytes", type=int, default=128, help="null recognizer: transcript size (phase 1)")
-    p.add_argument("--slow-text-bytes", type=int, default=16384, help="transcript size in phase 2")
-    p.add_argument("--queue", type=int, default=100,
-                   help="BRIDGE_SUBSCRIBER_QUEUE (the default 1000 would need ~40 s of backlog)")
-    p.add_argument("--target-ms", type=float, default=20.0)
-    p.add_argument("--redis-url", default=None)
-    p.add_argument("--out", default=None)
-    args = p.parse_args(argv)
-    args.command = command
+def main(args: argparse.Namespace) -> int:
+    args.command = args.argv
     out = common.out_dir("fanout", args.out)
     result, dists = asyncio.run(_run(args, out))
     common.plot_distributions(out / "latency_distributions.png", dists, "final-to-subscriber latency",

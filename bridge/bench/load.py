@@ -235,18 +235,8 @@ Capacity: {cap or "no step passed"}.
 """
 
 
-def main(argv: list[str], command: str) -> int:
-    p = argparse.ArgumentParser(prog="bridge bench load", description=__doc__.split("\n")[0])
-    p.add_argument("--calls", default="25,50,100,200,300,400,500", help="ramp of concurrent calls")
-    p.add_argument("--workers", default="1,2", help="bridge processes to compare, e.g. 1,2")
-    p.add_argument("--seconds", type=float, default=8.0, help="steady window per step")
-    p.add_argument("--target-ms", type=float, default=10.0)
-    p.add_argument("--keep-going", action="store_true", help="do not stop the ramp at the first failing step")
-    p.add_argument("--max-seconds", type=float, default=150.0, help="no new step after this")
-    p.add_argument("--redis-url", default=None, help="default: an embedded redis started for the run")
-    p.add_argument("--out", default=None)
-    args = p.parse_args(argv)
-    args.command = command
+def main(args: argparse.Namespace) -> int:
+    args.command = args.argv
     out = common.out_dir("load", args.out)
     result, dists = asyncio.run(_run(args, out))
     by_workers: dict[int, list[Step]] = {}

@@ -23,8 +23,8 @@ from pathlib import Path
 import msgspec
 from websockets.asyncio.server import ServerConnection
 
-from bridge import deepgram_wire as wire
-from bridge.testing import ScriptedConnection, ScriptedDeepgramServer, _Session
+from bridge.recognizers.deepgram import wire
+from bridge.testing.deepgram import ScriptedConnection, ScriptedDeepgramServer, ScriptedSession
 
 FRAME = 160
 MAGIC = b"BnCh"
@@ -80,19 +80,8 @@ class NullRecognizer(ScriptedDeepgramServer):
         self.gaps = 0
         self.finals: list[FinalSent] = []
 
-    async def _handle(self, ws: ServerConnection) -> None:
-        assert ws.request is not None
-        record = ScriptedConnection(path=ws.request.path, headers=ws.request.headers)
-        self.connections.append(record)
-        self._active.add(ws)
-        try:
-            await _ProbeSession(self, ws, record).run()
-        except Exception:  # a dropped client ends its session, never the server
-            pass
-        finally:
-            self._active.discard(ws)
-            record.close_code = ws.close_code
-            record.close_reason = ws.close_reason or ""
+    def new_session(self, ws: ServerConnection, record: ScriptedConnection) -> ScriptedSession:
+        return _ProbeSession(self, ws, record)
 
     def stats(self) -> Stats:
         lat = sorted(self.latencies)
@@ -115,7 +104,7 @@ class NullRecognizer(ScriptedDeepgramServer):
         )
 
 
-class _ProbeSession(_Session):
+class _ProbeSession(ScriptedSession):
     server: NullRecognizer
 
     def __init__(self, server: NullRecognizer, ws: ServerConnection, record: ScriptedConnection) -> None:

@@ -1,7 +1,8 @@
 """Whisper through CTranslate2 with a short encoder context, loaded from weights shipped in packages.
 
 faster-whisper pads every input to 30 s before the encoder; CTranslate2 accepts fewer frames, and
-about 10 s of context is ~3x cheaper with no accuracy loss on tiny.en/base (see RECOGNIZER.md).
+about 10 s of context is ~3x cheaper with no accuracy loss on tiny.en/base (measured in
+docs/benchmarks.md).
 So finals are padded to :attr:`WhisperEngine.context_seconds` and never longer. Partials, which are
 re-decoded often and only shown, use a context sized to the audio (:meth:`WhisperEngine.partial_context`)
 where the model tolerates it. Short contexts make greedy decoding loop more often, so the number of
@@ -33,7 +34,7 @@ _PUNCT = re.compile(r"[^\w'%$-]+")
 TOKENS_PER_SECOND = 8.0
 TOKEN_SLACK = 10
 #: Smallest encoder context for partials of an English-only model; multilingual base breaks below
-#: 10 s (RECOGNIZER.md), and tiny.en loops more often below 6 s on the fixtures.
+#: 10 s (docs/benchmarks.md), and tiny.en loops more often below 6 s on the fixtures.
 MIN_PARTIAL_CONTEXT_S = 6.0
 #: Padding a partial's context keeps after its audio (Whisper needs trailing silence).
 PARTIAL_PAD_S = 3.0
@@ -88,6 +89,45 @@ def resolve_model(name: str) -> tuple[str, dict[str, Any] | None]:
     return name, None
 
 
+@dataclass(frozen=True)
+class LoadedWhisper:
+    """A Whisper model on CTranslate2 with its English tokenizer and the tokens never to generate."""
+
+    model: Any  # faster_whisper.WhisperModel
+    tokenizer: Any  # faster_whisper.tokenizer.Tokenizer
+    suppress: list[int]
+    multilingual: bool
+
+
+def load_whisper(name: str, *, compute_type: str = "int8", cpu_threads: int, num_workers: int) -> LoadedWhisper:
+    """Load ``name`` (``tiny.en``, ``base`` or a CTranslate2 directory) from the packages' weights, offline.
+
+    ``base`` comes in two packages joined in memory, checked against :data:`BASE_MODEL_SHA256`.
+    Raises :class:`ModelLoadError` for any loader failure.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from faster_whisper import WhisperModel
+    from faster_whisper.tokenizer import Tokenizer
+    from faster_whisper.transcribe import get_suppressed_tokens
+
+    path, files = resolve_model(name)
+    try:
+        model = WhisperModel(
+            path,
+            device="cpu",
+            compute_type=compute_type,
+            cpu_threads=max(1, cpu_threads),
+            num_workers=max(1, num_workers),
+            local_files_only=True,
+            files=files,
+        )
+    except Exception as exc:  # any loader failure becomes one clear error
+        raise ModelLoadError(f"cannot load whisper model {name!r}: {exc}") from exc
+    multilingual = bool(model.model.is_multilingual)
+    tokenizer = Tokenizer(model.hf_tokenizer, multilingual, task="transcribe", language="en" if multilingual else None)
+    return LoadedWhisper(model, tokenizer, list(get_suppressed_tokens(tokenizer, [-1])), multilingual)
+
+
 class WhisperEngine:
     """One loaded model shared by all streams; :meth:`transcribe` is thread-safe and releases the GIL."""
 
@@ -100,37 +140,16 @@ class WhisperEngine:
         context_seconds: float = 10.0,
         cpu_threads: int = 0,
     ) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from faster_whisper import WhisperModel
-        from faster_whisper.tokenizer import Tokenizer
-        from faster_whisper.transcribe import get_suppressed_tokens
-
-        path, files = resolve_model(model)
         threads = cpu_threads or max(1, (os.cpu_count() or 1) // max(1, workers))
-        try:
-            self.model = WhisperModel(
-                path,
-                device="cpu",
-                compute_type=compute_type,
-                cpu_threads=threads,
-                num_workers=max(1, workers),
-                local_files_only=True,
-                files=files,
-            )
-        except Exception as exc:  # any loader failure becomes one clear error
-            raise ModelLoadError(f"cannot load whisper model {model!r}: {exc}") from exc
+        loaded = load_whisper(model, compute_type=compute_type, cpu_threads=threads, num_workers=workers)
+        self.model = loaded.model
         self.name = model
-        self.multilingual = bool(self.model.model.is_multilingual)
-        self.tokenizer = Tokenizer(
-            self.model.hf_tokenizer,
-            self.multilingual,
-            task="transcribe",
-            language="en" if self.multilingual else None,
-        )
+        self.multilingual = loaded.multilingual
+        self.tokenizer = loaded.tokenizer
         self.context_seconds = context_seconds
         self._frames = int(context_seconds * 100)
         self._lock = threading.Lock()
-        self.suppress = list(get_suppressed_tokens(self.tokenizer, [-1]))
+        self.suppress = loaded.suppress
 
     @property
     def max_segment_seconds(self) -> float:

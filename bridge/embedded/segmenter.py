@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import webrtcvad
 
-from bridge.embedded.audio import Upsampler, pcm16_to_float
+from bridge.audio import Upsampler, pcm16_to_float
 
 FRAME_S = 0.02
 

@@ -1,7 +1,8 @@
 """The embedded, Deepgram-compatible streaming recognizer: ``WS /v1/listen`` plus health and metrics.
 
 It runs Whisper (CTranslate2) on this machine with weights shipped in packages, so transcripts need
-no network and no API key, and it speaks the Deepgram live protocol (PROTOCOLS.md §2) so the same
+no network and no API key, and it speaks the Deepgram live protocol
+(https://developers.deepgram.com/reference/speech-to-text/listen-streaming) so the same
 client, or the official deepgram-sdk, talks to it.
 """
 
@@ -22,12 +23,12 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from bridge import deepgram_wire as dg
 from bridge.embedded.engine import WhisperEngine, load_engine
 from bridge.embedded.metrics import RecognizerMetrics
 from bridge.embedded.params import ParamError, parse_params
 from bridge.embedded.scheduler import DecodeScheduler
 from bridge.embedded.session import ListenSession, new_request_id
+from bridge.recognizers.deepgram import wire as dg
 
 logger = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from bridge import deepgram_wire as dg
-from bridge.embedded.audio import mulaw_to_pcm16
+from bridge.audio import mulaw_to_pcm16
 from bridge.embedded.engine import Hypothesis, WhisperEngine, plain_word
 from bridge.embedded.params import ListenParams
 from bridge.embedded.scheduler import DecodeScheduler
 from bridge.embedded.segmenter import PartialDue, SegmentClosed, Segmenter, SpeechOnset
+from bridge.recognizers.deepgram import wire as dg
 
 logger = logging.getLogger(__name__)
 

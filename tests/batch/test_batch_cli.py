@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge.batch import main, transcript_decoder
-
-CALL = Path(__file__).resolve().parents[2] / "fixtures" / "calls" / "short_call.wav"
+from bridge import transcripts
+from bridge.cli import main
+from tests.support import SHORT_CALL as CALL
 
 
 def test_bulk_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -18,9 +18,9 @@ def test_bulk_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     shutil.copy(CALL, src / "a.wav")
     (src / "broken.wav").write_bytes(b"not audio at all")
     out = tmp_path / "out"
-    rc = main([str(src), "--model", "tiny.en", "--out", str(out), "--threads", "2"])
+    rc = main(["batch", str(src), "--model", "tiny.en", "--out", str(out), "--threads", "2"])
     assert rc == 1  # one file failed, the other was still transcribed
-    t = transcript_decoder.decode((out / "a.batch.json").read_bytes())
+    t = transcripts.decode_transcript((out / "a.batch.json").read_bytes())
     assert t.model == "tiny.en" and t.channels == 2
     assert {u.track for u in t.utterances} == {"inbound", "outbound"}
     assert {u.speaker for u in t.utterances} == {"Caller", "Agent"}
@@ -32,4 +32,4 @@ def test_bulk_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_no_inputs(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([]) == 2
+    assert main(["batch"]) == 2

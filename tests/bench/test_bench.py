@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bridge import bench
 from bridge.bench import common, e2e
+from bridge.cli import main
 from bridge.testing import ScriptedDeepgramServer
 
 
@@ -27,9 +29,10 @@ def _outputs(out: Path, *pngs: str) -> dict[str, object]:
 
 
 def test_percentiles_and_churn() -> None:
-    p = common.summarize([0.001 * i for i in range(1, 101)])
-    assert p.n == 100 and p.p50 == pytest.approx(50.5) and p.max == pytest.approx(100.0)
-    assert p.p50 <= p.p95 <= p.p99 <= p.max
+    p = common.summarize([0.001 * i for i in range(100, 0, -1)])  # unsorted input: summarize sorts
+    assert p.n == 100 and p.max == pytest.approx(100.0) and p.mean == pytest.approx(50.5)
+    # Linear interpolation between closest ranks, as numpy.percentile's default does.
+    assert (p.p50, p.p95, p.p99) == (pytest.approx(50.5), pytest.approx(95.05), pytest.approx(99.01))
     # "hello" -> "hello there" extends; "hello their" rewrites one word; the final resets the utterance.
     assert e2e.churn([(False, "hello"), (False, "hello there"), (False, "hello their"), (True, "Hello, their!")]) == (
         3, 1, 1, 2)
@@ -46,12 +49,22 @@ def test_histogram_quantiles_from_metrics_text() -> None:
 
 
 def test_unknown_kind_is_an_error() -> None:
-    assert bench.main(["nope"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "nope"])
+    assert exc.value.code == 2
+
+
+def test_cpu_meter_counts_this_process_busy() -> None:
+    meter = common.CpuMeter([os.getpid()])
+    end = time.process_time() + 0.3
+    while time.process_time() < end:
+        pass
+    assert 0.5 < meter.read() <= 1.05  # one busy thread: about one core
 
 
 def test_load_smoke(tmp_path: Path) -> None:
     out = tmp_path / "load"
-    assert bench.main(["load", "--calls", "2,3", "--workers", "1", "--seconds", "1", "--out", str(out)]) == 0
+    assert main(["bench", "load", "--calls", "2,3", "--workers", "1", "--seconds", "1", "--out", str(out)]) == 0
     result = _outputs(out, "latency_vs_calls.png", "latency_distributions.png")
     steps = result["steps"]
     assert isinstance(steps, list) and steps
@@ -60,14 +73,14 @@ def test_load_smoke(tmp_path: Path) -> None:
     assert first["frames_lost"] == 0 and first["failed_calls"] == 0
     assert first["frames_received"] == first["frames_sent"]
     assert first["latency"]["n"] > 0 and 0 < first["latency"]["p50"] <= first["latency"]["p99"]
-    assert first["bridge_cpu_cores"] >= 0 and first["bridge_rss_mib"] > 0
+    assert first["bridge_rss_mib"] > 20  # a real bridge process was measured (Python + app)
     assert "null recognizer" in str(result["recognizer"])
 
 
 def test_fanout_smoke(tmp_path: Path) -> None:
     out = tmp_path / "fanout"
     argv = ["fanout", "--subscribers", "2", "--seconds", "3", "--slow-text-bytes", "1024", "--out", str(out)]
-    assert bench.main(argv) == 0
+    assert main(["bench", *argv]) == 0
     result = _outputs(out, "latency_distributions.png")
     assert result["subscribers_ws"] == 1 and result["subscribers_sse"] == 1
     assert result["finals_sent"] > 0 and result["missed_total"] == 0
@@ -94,11 +107,11 @@ def scripted_url() -> Iterator[str]:
 def test_e2e_smoke(tmp_path: Path, scripted_url: str) -> None:
     out = tmp_path / "e2e"
     argv = ["e2e", "--runs", "1", "--speed", "4", "--recognizer-url", scripted_url, "--out", str(out)]
-    assert bench.main(argv) == 0
+    assert main(["bench", *argv]) == 0
     result = _outputs(out, "latency_distributions.png")
     runs = result["runs"]
     assert isinstance(runs, list) and len(runs) == 1
     assert runs[0]["finals"] > 0 and runs[0]["partials"] > 0
-    assert 0.0 <= runs[0]["wer"]  # scripted words are checksums: WER is high, but it is computed
+    assert runs[0]["wer"] > 0.9  # scripted words are checksums: nearly every reference word is missed
     assert result["partial_latency"]["n"] > 0  # type: ignore[index]
     assert result["metrics_partial_latency"]["count"] > 0  # type: ignore[index]

@@ -9,15 +9,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from bridge.cli import running_bridge
-from bridge.replay import replay
+from bridge.server import running_bridge
 from bridge.settings import Settings
 from bridge.testing import ScriptedDeepgramServer
+from bridge.twilio.replay import replay
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -25,12 +24,6 @@ CALL = Path(__file__).resolve().parents[2] / "fixtures" / "calls" / "short_call.
 TOKEN = "dashboard-token"
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium: run deploy/system-deps.sh")
-
-
-@pytest.fixture
-async def scripted() -> AsyncIterator[ScriptedDeepgramServer]:
-    async with ScriptedDeepgramServer() as server:
-        yield server
 
 
 async def test_live_transcript_renders_caller_and_agent_with_partials_replaced_by_finals(

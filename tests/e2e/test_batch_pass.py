@@ -9,15 +9,14 @@ from pathlib import Path
 
 import httpx
 
-from bridge.batch import make_engine
-from bridge.cli import running_bridge
-from bridge.keys import Keys
-from bridge.replay import replay
+from bridge.batch.engine import make_engine
+from bridge.batch.worker import Worker
+from bridge.server import running_bridge
 from bridge.settings import Settings
-from bridge.store import client_from_url
-from bridge.worker import Worker
+from bridge.store import Store, client_from_url
+from bridge.twilio.replay import replay
+from tests.support import SHORT_CALL as CALL
 
-CALL = Path(__file__).resolve().parents[2] / "fixtures" / "calls" / "short_call.wav"
 TOKEN = "batch-e2e-token"
 
 
@@ -30,8 +29,8 @@ async def test_replayed_call_gets_a_labelled_batch_transcript_and_a_quality_sign
     )
     call_sid = "CA" + "ba" * 16
     redis = client_from_url(redis_url)
-    worker = Worker(redis, Keys(redis_prefix), make_engine("whisper", model="tiny.en"), block_ms=200,
-                    recording_dir=tmp_path)
+    store = Store(redis, prefix=redis_prefix, retention_seconds=3600)
+    worker = Worker(store, make_engine("whisper", model="tiny.en"), block_ms=200, recording_dir=tmp_path)
     stop = asyncio.Event()
     try:
         async with running_bridge(settings) as (_app, http), httpx.AsyncClient(base_url=http, timeout=10) as client:

@@ -9,20 +9,18 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 import websockets
 
-from bridge.cli import running_bridge
-from bridge.jobs import RecordingJob
-from bridge.keys import Keys
+from bridge.server import running_bridge
 from bridge.settings import Settings
 from bridge.store import Store, client_from_url
-from bridge.testing import ScriptedDeepgramServer, window_word
-from tests.e2e.sim import TwilioStream
+from bridge.store.jobs import RecordingJob
+from bridge.store.keys import Keys
+from bridge.testing import ScriptedDeepgramServer, TwilioStream, window_word
 
 TOKEN = "lifecycle-token"
 
@@ -43,12 +41,6 @@ async def _poll(predicate: object, what: str, tries: int = 400) -> None:
             return
         await asyncio.sleep(0.025)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture
-async def scripted() -> AsyncIterator[ScriptedDeepgramServer]:
-    async with ScriptedDeepgramServer() as server:
-        yield server
 
 
 async def test_a_new_stream_for_the_same_call_continues_its_transcript(

@@ -13,7 +13,6 @@ import json
 import re
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,16 @@ import pytest
 import websockets
 
 from bridge import events
-from bridge.cli import running_bridge
-from bridge.jobs import RecordingJob
-from bridge.keys import Keys
-from bridge.replay import replay
+from bridge.audio import to_twilio_mulaw as read_mulaw_wav
+from bridge.server import running_bridge
 from bridge.settings import Settings
 from bridge.store import client_from_url
-from bridge.testing import ScriptedDeepgramServer, read_mulaw_wav, scripted_finals
+from bridge.store.jobs import RecordingJob
+from bridge.store.keys import Keys
+from bridge.testing import ScriptedDeepgramServer, scripted_finals
+from bridge.twilio.replay import replay
+from tests.support import SHORT_CALL, SUPPORT_CALL
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "calls"
 TOKEN = "e2e-auth-token"
 
 
@@ -82,16 +82,10 @@ async def _run_call(
     return received, transcript, info, text
 
 
-@pytest.fixture
-async def scripted() -> AsyncIterator[ScriptedDeepgramServer]:
-    async with ScriptedDeepgramServer() as server:
-        yield server
-
-
 async def test_sixty_second_two_track_call_stores_every_final_once(
     redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer
 ) -> None:
-    wav = FIXTURES / "support_call.wav"
+    wav = SUPPORT_CALL
     settings = _settings(redis_url, redis_prefix, tmp_path, recognizer="deepgram", recognizer_url=scripted.url)
     call_sid = "CA" + "e2e0" * 8
     received, transcript, info, text = await _run_call(settings, wav, call_sid, speed=0)
@@ -150,8 +144,8 @@ def _words(text: str) -> list[str]:
 async def test_embedded_recognizer_transcribes_the_fixture_call(
     redis_url: str, redis_prefix: str, tmp_path: Path
 ) -> None:
-    wav = FIXTURES / "short_call.wav"
-    reference = json.loads((FIXTURES / "short_call.json").read_text())
+    wav = SHORT_CALL
+    reference = json.loads(SHORT_CALL.with_suffix(".json").read_text())
     settings = _settings(redis_url, redis_prefix, tmp_path, recognizer="embedded", embedded_model="tiny.en")
     call_sid = "CA" + "e2e1" * 8
     received, transcript, _info, _text = await _run_call(settings, wav, call_sid, speed=4.0)

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from bridge import events
-from bridge.jobs import RecordingJob
 from bridge.settings import Settings
 from bridge.store import Store
+from bridge.store.jobs import RecordingJob
 
 
 def final(call_sid: str, track: events.Track, start: float, text: str, end: float | None = None) -> events.Final:

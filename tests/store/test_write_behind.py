@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from bridge import events
-from bridge.redis_embedded import EmbeddedRedis, free_port
+from bridge.retry import Backoff
 from bridge.store import FinalsWriter, Store, client_from_url
+from bridge.store.redis_embedded import EmbeddedRedis, free_port
 
 
 def final(start: float, text: str) -> events.Final:
@@ -43,7 +44,7 @@ async def outage_store(server: EmbeddedRedis) -> AsyncIterator[Store]:
 
 
 async def test_finals_survive_outage_in_order_once(server: EmbeddedRedis, outage_store: Store) -> None:
-    writer = FinalsWriter(outage_store, backoff_initial=0.02, backoff_max=0.2)
+    writer = FinalsWriter(outage_store, backoff=Backoff(0.02, 0.2))
     writer.start()
     writer.submit(final(0.0, "one"))
     assert await writer.flush(5)
@@ -72,7 +73,7 @@ async def test_finals_survive_outage_in_order_once(server: EmbeddedRedis, outage
 
 
 async def test_memory_bound_drops_and_counts(server: EmbeddedRedis, outage_store: Store) -> None:
-    writer = FinalsWriter(outage_store, max_pending=3, backoff_initial=0.02, backoff_max=0.1)
+    writer = FinalsWriter(outage_store, max_pending=3, backoff=Backoff(0.02, 0.1))
     writer.start()
     await asyncio.to_thread(server.stop)
     for i in range(5):

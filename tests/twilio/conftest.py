@@ -7,19 +7,18 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
 from starlette.applications import Starlette
 
-from bridge import twilio_models as tm
-from bridge.media_stream import StreamHandler, StreamRejected, media_route
 from bridge.settings import Settings
-from bridge.twilio_webhooks import routes
+from bridge.twilio import models as tm
+from bridge.twilio.media import StreamHandler, StreamRejected, media_route
+from bridge.twilio.webhooks import routes
+from tests.support import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 TWILIO_FIXTURES = FIXTURES / "twilio"
 AUTH_TOKEN = "fixture-auth-token"
 CALL_SID = "CA5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d"

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bridge import replay as rp
+from bridge import cli
+from bridge.audio import WavError, to_twilio_mulaw
 from bridge.settings import Settings
-from tests.twilio.conftest import AUTH_TOKEN, FIXTURES, Bridge, make_app, serve
-
-SHORT_CALL = FIXTURES / "calls" / "short_call.wav"
+from bridge.twilio import replay as rp
+from tests.support import SHORT_CALL
+from tests.twilio.conftest import AUTH_TOKEN, Bridge, make_app, serve
 
 
 def _channels_of_fixture() -> list[bytes]:
@@ -124,9 +125,9 @@ def _tone(rate: int, seconds: float, channels: int) -> np.ndarray:
 def test_read_wav_pcm_any_rate(tmp_path: Path, rate: int, width: int, channels: int) -> None:
     path = tmp_path / "tone.wav"
     _write_pcm(path, _tone(rate, 0.5, channels), rate, width)
-    audio = rp.read_wav(path)
-    assert len(audio.channels) == channels
-    for ch in audio.channels:
+    audio = to_twilio_mulaw(path)
+    assert len(audio) == channels
+    for ch in audio:
         assert abs(len(ch) - 4000) <= 2  # 0.5 s at 8 kHz, one byte per sample
         lin = np.frombuffer(audioop.ulaw2lin(ch, 2), dtype="<i2").astype(float)
         rms = float(np.sqrt(np.mean(lin[100:-100] ** 2)))
@@ -149,25 +150,26 @@ def test_read_wav_alaw_and_extensible_mulaw(tmp_path: Path) -> None:
     pcm = (_tone(8000, 0.25, 1)[:, 0] * 8000).astype("<i2").tobytes()
     alaw = tmp_path / "alaw.wav"
     _write_g711(alaw, 6, audioop.lin2alaw(pcm, 2), 1)
-    got = rp.read_wav(alaw).channels[0]
+    got = to_twilio_mulaw(alaw)[0]
     expected = audioop.lin2ulaw(audioop.alaw2lin(audioop.lin2alaw(pcm, 2), 2), 2)
     assert got == expected
 
     mulaw = tmp_path / "mulaw_ext.wav"
     payload = bytes(range(201))  # odd length: exercises the RIFF pad byte
     _write_g711(mulaw, 7, payload, 1, extensible=True)
-    assert rp.read_wav(mulaw).channels == [payload]
+    assert to_twilio_mulaw(mulaw) == [payload]
 
 
 def test_read_wav_rejects_garbage(tmp_path: Path) -> None:
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"not a wav at all")
-    with pytest.raises(rp.WavError):
-        rp.read_wav(bad)
+    with pytest.raises(WavError):
+        to_twilio_mulaw(bad)
 
 
 async def test_cli_main(bridge: Bridge, capsys: pytest.CaptureFixture[str]) -> None:
     argv = [
+        "replay",
         str(SHORT_CALL),
         "--url",
         bridge.ws + "/twilio/media",
@@ -179,7 +181,7 @@ async def test_cli_main(bridge: Bridge, capsys: pytest.CaptureFixture[str]) -> N
         "--auth-token",
         AUTH_TOKEN,
     ]
-    code = await asyncio.to_thread(rp.main, argv)
+    code = await asyncio.to_thread(cli.main, argv)
     assert code == 0
     out = capsys.readouterr().out
     assert "CA" + "cd" * 16 in out and "inbound=740" in out
@@ -188,7 +190,7 @@ async def test_cli_main(bridge: Bridge, capsys: pytest.CaptureFixture[str]) -> N
 
 def test_cli_main_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "missing.wav"
-    assert rp.main([str(missing), "--url", "ws://127.0.0.1:9/twilio/media", "--auth-token", ""]) == 1
+    assert cli.main(["replay", str(missing), "--url", "ws://127.0.0.1:9/twilio/media", "--auth-token", ""]) == 1
     assert "replay failed" in capsys.readouterr().err
 
 
@@ -198,7 +200,7 @@ def test_downsampling_filters_out_what_8_khz_cannot_carry(tmp_path: Path) -> Non
     t = np.arange(rate // 2) / rate
     path = tmp_path / "high.wav"
     _write_pcm(path, np.sin(2 * np.pi * 6000 * t)[:, None], rate, 2)
-    [channel] = rp.read_wav(path).channels
+    [channel] = to_twilio_mulaw(path)
     lin = np.frombuffer(audioop.ulaw2lin(channel, 2), dtype="<i2").astype(float)
     rms = float(np.sqrt(np.mean(lin[200:-200] ** 2)))
     assert rms < 0.02 * 0.5 * 32767 / math.sqrt(2)

@@ -1,0 +1,134 @@
+"""``GET /calls``, ``/calls/{sid}``, ``/calls/{sid}/transcript`` and ``/calls/{sid}/quality``.
+
+Every route authorizes with the subscriber token (:func:`bridge.live.auth.authorize`); a token
+limited to some calls lists only those. Redis being away is a 503, never a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from bridge import events, transcripts
+from bridge.live.auth import Denied, authorize
+from bridge.responses import error, json_response, log_refused
+from bridge.store import UNAVAILABLE, CallInfo, Store
+
+logger = logging.getLogger(__name__)
+
+
+async def list_calls(request: Request) -> Response:
+    store: Store = request.app.state.store
+    try:
+        claims = authorize(request, None)
+    except Denied as denied:
+        log_refused(request, None, denied.status, denied.reason)
+        return error(denied.status, denied.reason)
+    active_raw = request.query_params.get("active", "").lower()
+    active = {"true": True, "1": True, "false": False, "0": False, "": None}.get(active_raw, "bad")
+    if active == "bad":
+        return error(400, "active must be true or false")
+    try:
+        limit = min(1000, max(1, int(request.query_params.get("limit", "100"))))
+    except ValueError:
+        return error(400, "limit must be an integer")
+    try:
+        if claims is not None and not claims.all_calls:
+            calls = [c for sid in claims.calls if (c := await store.get_call(sid)) is not None]
+            calls = [c for c in calls if active is None or c.active == active][:limit]
+        else:
+            calls = await store.list_calls(active=active if isinstance(active, bool) else None, limit=limit)
+    except UNAVAILABLE:
+        logger.warning("store unavailable for GET /calls")
+        return error(503, "store unavailable")
+    return json_response(calls)
+
+
+async def _call_or_error(request: Request) -> CallInfo | Response:
+    call_sid = request.path_params["call_sid"]
+    try:
+        authorize(request, call_sid)
+    except Denied as denied:
+        log_refused(request, call_sid, denied.status, denied.reason)
+        return error(denied.status, denied.reason)
+    store: Store = request.app.state.store
+    try:
+        info = await store.get_call(call_sid)
+    except UNAVAILABLE:
+        logger.warning("store unavailable", extra={"call_sid": call_sid})
+        return error(503, "store unavailable")
+    if info is None:
+        return error(404, "unknown call")
+    return info
+
+
+async def get_call(request: Request) -> Response:
+    info = await _call_or_error(request)
+    return info if isinstance(info, Response) else json_response(info)
+
+
+def transcript_text(finals: list[events.Final]) -> str:
+    """One ``Speaker: text`` line per final (Caller for inbound, Agent for outbound)."""
+    return "".join(f"{events.SPEAKER.get(f.track, f.track)}: {f.text}\n" for f in finals)
+
+
+async def get_transcript(request: Request) -> Response:
+    """The live transcript ("as heard"), or with ``?source=batch`` the compliance one ("after the fact")."""
+    info = await _call_or_error(request)
+    if isinstance(info, Response):
+        return info
+    fmt = request.query_params.get("format", "").lower()
+    if fmt not in ("", "json", "text"):
+        return error(400, "format must be json or text")
+    source = request.query_params.get("source", "live").lower()
+    if source not in ("live", "batch"):
+        return error(400, "source must be live or batch")
+    accept = request.headers.get("accept", "")
+    as_text = fmt == "text" or (not fmt and "text/plain" in accept and "application/json" not in accept)
+    store: Store = request.app.state.store
+    if source == "batch":
+        try:
+            batch = await store.batch_transcript(info.call_sid)
+        except UNAVAILABLE:
+            return error(503, "store unavailable")
+        if batch is None:
+            return error(404, "no batch transcript yet")
+        if as_text:
+            lines = [f"{events.SPEAKER.get(u.track, u.track)}: {u.text}" for u in batch.utterances if u.text]
+            return PlainTextResponse("\n".join(lines) + ("\n" if lines else ""))
+        return Response(transcripts.encode(batch), media_type="application/json")
+    try:
+        finals = await store.transcript(info.call_sid)
+    except UNAVAILABLE:
+        return error(503, "store unavailable")
+    if as_text:
+        return PlainTextResponse(transcript_text(finals))
+    return json_response(finals)
+
+
+async def get_quality(request: Request) -> Response:
+    """Live-vs-batch word error rate of a call (the quality signal), once the batch pass ran."""
+    info = await _call_or_error(request)
+    if isinstance(info, Response):
+        return info
+    store: Store = request.app.state.store
+    try:
+        quality = await store.quality(info.call_sid)
+    except UNAVAILABLE:
+        return error(503, "store unavailable")
+    if quality is None:
+        return error(404, "no quality figures yet")
+    return json_response(quality)
+
+
+routes: list[Route] = [
+    Route("/calls", list_calls, methods=["GET"]),
+    Route("/calls/{call_sid}", get_call, methods=["GET"]),
+    Route("/calls/{call_sid}/transcript", get_transcript, methods=["GET"]),
+    Route("/calls/{call_sid}/quality", get_quality, methods=["GET"]),
+]
+
+__all__ = ["get_call", "get_quality", "get_transcript", "list_calls", "routes", "transcript_text"]

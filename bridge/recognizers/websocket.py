@@ -1,0 +1,174 @@
+"""What every recognizer WebSocket client shares: opening the socket, and the reader that turns
+server messages into :mod:`bridge.recognizers.base` events.
+
+A vendor client subclasses :class:`WebSocketStream` and says how to read one server message
+(:meth:`WebSocketStream.on_message`); garbage counting, the event queue, how the stream ends and
+which error it ends with are done here once. Reconnect and replay are not: they live in
+:mod:`bridge.recognizers.resilience`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, ClassVar
+
+import msgspec
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from bridge.recognizers.base import (
+    RecognizerConnectError,
+    RecognizerError,
+    RecognizerEvent,
+    RecognizerProtocolError,
+    RecognizerRejected,
+    StreamOptions,
+)
+
+logger = logging.getLogger(__name__)
+
+END = object()
+
+
+async def open_socket(
+    url: str,
+    headers: dict[str, str],
+    options: StreamOptions,
+    *,
+    vendor: str,
+    open_timeout: float,
+    rejects: Callable[[int], bool],
+    detail: Callable[[int, Headers, bytes], str],
+    max_size: int | None = 2**22,
+) -> ClientConnection:
+    """Connect, mapping every failure to :class:`RecognizerRejected` (``rejects(status)``: retrying
+    cannot help) or :class:`RecognizerConnectError` (a reconnect may)."""
+    log_extra = {"call_sid": options.call_sid, "track": options.track}
+    try:
+        return await connect(
+            url, additional_headers=headers, open_timeout=open_timeout, compression=None, proxy=None,
+            max_size=max_size, close_timeout=2.0,
+        )  # fmt: skip
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        reason = detail(status, exc.response.headers, bytes(exc.response.body or b""))
+        message = f"{vendor} refused the upgrade: HTTP {status} {reason}".rstrip()
+        logger.warning("%s", message, extra=log_extra)
+        if rejects(status):
+            raise RecognizerRejected(message, code=status, reason=reason) from exc
+        raise RecognizerConnectError(message, code=status, reason=reason) from exc
+    except InvalidURI as exc:
+        raise RecognizerRejected(f"invalid recognizer URL {url.split('?')[0]!r}: {exc}") from exc
+    except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+        where = url.split("?")[0]
+        logger.warning("cannot connect to %s: %r", where, exc, extra=log_extra)
+        raise RecognizerConnectError(f"cannot connect to {where}: {exc!r}") from exc
+
+
+class WebSocketStream:
+    """One recognizer connection for one call track; a reader task fills the event queue."""
+
+    vendor: ClassVar[str] = "recognizer"
+
+    def __init__(self, ws: ClientConnection, options: StreamOptions, *, max_garbage: int = 10) -> None:
+        self._ws = ws
+        self.options = options
+        self._log_extra = {"call_sid": options.call_sid, "track": options.track}
+        self._queue: asyncio.Queue[RecognizerEvent | RecognizerError | object] = asyncio.Queue()
+        #: Consecutive unparseable server messages tolerated before the stream fails.
+        self._max_garbage = max_garbage
+        #: Unparseable messages received on this connection (all of them, not only consecutive).
+        self.garbage_count = 0
+        self._closing = False
+        self._error: RecognizerError | None = None
+        self._reader = asyncio.create_task(self._read(), name=f"{self.vendor}-reader-{options.call_sid}")
+
+    # -- for subclasses --------------------------------------------------------------------
+
+    def on_message(self, data: str | bytes) -> RecognizerError | None:
+        """Handle one server message (put events with :meth:`emit`). Return an error to end the
+        stream with it; raise ``msgspec.DecodeError``/``ValidationError`` on garbage."""
+        raise NotImplementedError
+
+    def on_end(self) -> None:
+        """The connection is over (any way): last chance to emit what is held back."""
+
+    def emit(self, event: RecognizerEvent) -> None:
+        self._queue.put_nowait(event)
+
+    # -- the stream ------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._reader.done()
+
+    async def events(self) -> AsyncIterator[RecognizerEvent]:
+        while True:
+            item = await self._queue.get()
+            if item is END:
+                self._queue.put_nowait(END)  # later iterators end too
+                return
+            if isinstance(item, RecognizerError):
+                self._queue.put_nowait(END)
+                raise item
+            yield item  # type: ignore[misc]
+
+    def closed_error(self, exc: ConnectionClosed | None = None) -> RecognizerError:
+        """The error of a connection the server closed (or that dropped)."""
+        code = self._ws.close_code
+        reason = self._ws.close_reason or ""
+        if code is None and exc is not None and exc.rcvd is not None:
+            code, reason = exc.rcvd.code, exc.rcvd.reason
+        return RecognizerConnectError(f"{self.vendor} connection closed: {code} {reason}".rstrip(), code=code,
+                                      reason=reason)  # fmt: skip
+
+    async def _send(self, data: str | bytes) -> None:
+        try:
+            await self._ws.send(data)
+        except ConnectionClosed as exc:
+            raise self.closed_error(exc) from exc
+
+    async def _read(self) -> None:
+        """Read until the connection ends; the last queue item says how it ended."""
+        consecutive_garbage = 0
+        end: Any = END
+        try:
+            async for data in self._ws:
+                try:
+                    fatal = self.on_message(data)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    consecutive_garbage += 1
+                    self.garbage_count += 1
+                    logger.warning("unparseable %s message (%s): %.200r", self.vendor, exc, data, extra=self._log_extra)
+                    if consecutive_garbage >= self._max_garbage:
+                        end = RecognizerProtocolError(
+                            f"{consecutive_garbage} unparseable messages in a row from {self.vendor}"
+                        )
+                        await self._ws.close(1002, "protocol error")
+                        return
+                    continue
+                consecutive_garbage = 0
+                if fatal is not None:  # the server closes after an error; do not wait for it
+                    end = fatal
+                    await self._ws.close()
+                    return
+            if not self._closing:
+                end = self.closed_error()
+        except ConnectionClosed as exc:
+            if not self._closing:
+                end = self.closed_error(exc)
+            logger.info("%s connection closed: %s", self.vendor, exc, extra=self._log_extra)
+        except Exception as exc:  # never let a reader crash silently: surface it on events()
+            logger.exception("%s reader failed", self.vendor, extra=self._log_extra)
+            end = RecognizerConnectError(f"{self.vendor} reader failed: {exc!r}")
+        finally:
+            self.on_end()
+            if isinstance(end, RecognizerError):
+                self._error = end
+            self._queue.put_nowait(end)
+
+
+__all__ = ["END", "WebSocketStream", "open_socket"]

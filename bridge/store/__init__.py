@@ -1,0 +1,107 @@
+"""Redis storage of the bridge: call records, finals and live events, recording jobs, batch results.
+
+Every Redis command of the project lives in this package, one concern a module, and every key
+name in :mod:`bridge.store.keys`:
+
+- :mod:`~bridge.store.calls`: call metadata and the index of active and ended calls;
+- :mod:`~bridge.store.finals`: the durable, numbered transcript, and live events (pub/sub);
+- :mod:`~bridge.store.jobs`: the recording jobs queue (stream, consumer group, retries, dead letters);
+- :mod:`~bridge.store.results`: the batch pass's transcript and quality figures;
+- :mod:`~bridge.store.writeback`: the write-behind the call path talks to (never waits on Redis);
+- :mod:`~bridge.store.redis_embedded`: the redis-server started when no ``REDIS_URL`` is given.
+
+:class:`Store` is all of the first four over one client, the way redis-py's client is built from
+command mixins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from bridge.settings import Settings
+from bridge.store.calls import CallInfo, CallRecords
+from bridge.store.client import UNAVAILABLE, client_from_url
+from bridge.store.finals import FinalLog
+from bridge.store.jobs import JobQueue, RecordingJob
+from bridge.store.keys import Keys
+from bridge.store.redis_embedded import EmbeddedRedis
+from bridge.store.results import BatchResults
+from bridge.store.writeback import FinalsWriter
+
+
+class Store(CallRecords, FinalLog, BatchResults):
+    """The bridge's Redis store. All methods raise redis errors when Redis is unreachable."""
+
+    def __init__(self, client: aioredis.Redis, *, prefix: str, retention_seconds: int) -> None:
+        super().__init__(client, prefix=prefix, retention_seconds=retention_seconds)
+        self._embedded: EmbeddedRedis | None = None
+        self._owns_client = False
+
+    @classmethod
+    async def open(cls, settings: Settings, *, embedded_dir: str | os.PathLike[str] | None = None) -> Store:
+        """Connect to ``settings.redis_url``, or start an embedded redis (owned by the store) if empty."""
+        embedded: EmbeddedRedis | None = None
+        url = settings.redis_url
+        if not url:
+            embedded = EmbeddedRedis(Path(embedded_dir or settings.redis_dir))
+            await asyncio.to_thread(embedded.start)
+            url = embedded.url
+        store = cls(client_from_url(url), prefix=settings.redis_prefix, retention_seconds=settings.retention_seconds)
+        store._embedded = embedded
+        store._owns_client = True
+        return store
+
+    @property
+    def url(self) -> str:
+        """The URL of the Redis in use (the embedded one's when we started it)."""
+        if self._embedded is not None:
+            return self._embedded.url
+        kw = self.client.connection_pool.connection_kwargs
+        if "path" in kw:
+            return f"unix://{kw['path']}?db={kw.get('db', 0)}"
+        return f"redis://{kw.get('host', '127.0.0.1')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self.client.aclose()
+        if self._embedded is not None:
+            embedded, self._embedded = self._embedded, None
+            await asyncio.to_thread(embedded.stop)
+
+    async def ping(self) -> bool:
+        """True when Redis answers (for ``/readyz``)."""
+        try:
+            return bool(await self.client.ping())
+        except (redis.exceptions.RedisError, OSError):
+            return False
+
+    def dedicated_client(self, name: str) -> aioredis.Redis:
+        """A client of its own on the same server that surfaces failures at once (no silent retry),
+        for a long-lived connection such as the fan-out hub's pub/sub. The caller closes it."""
+        pool = self.client.connection_pool
+        kwargs = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0), "client_name": f"{self.keys.prefix}:{name}"}
+        return aioredis.Redis(connection_pool=aioredis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
+
+    async def enqueue_recording(self, job: RecordingJob) -> str:
+        """Queue a call's recording for the batch pass; returns the job's entry id."""
+        return await self.jobs.enqueue(job)
+
+
+__all__ = [
+    "UNAVAILABLE",
+    "CallInfo",
+    "EmbeddedRedis",
+    "FinalsWriter",
+    "JobQueue",
+    "Keys",
+    "RecordingJob",
+    "Store",
+    "client_from_url",
+]

@@ -1,0 +1,219 @@
+"""Call records: one hash per call, and the index of active and recently ended calls.
+
+:meth:`CallRecords.call_started` and :meth:`CallRecords.call_ended` publish the ``call_started`` /
+``call_ended`` live events themselves (on the call's channel and on the all-calls channel); callers
+do not publish them again. Everything of a call gets the retention TTL when the call ends.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+
+from bridge import events
+from bridge.store.client import StoreBase, as_mapping, text, text_dict
+
+TRACK_ORDER = {"inbound": 0, "outbound": 1}
+
+# Hash fields of P:call:{sid} with a meaning of their own; everything else lands in CallInfo.extra.
+_F_STATUS = "status"
+_F_STARTED = "started_at"
+_F_ENDED = "ended_at"
+_F_REASON = "end_reason"
+_F_ACCOUNT = "account_sid"
+_F_FROM = "from"
+_F_TO = "to"
+_F_FINALS = "finals"
+_KNOWN = frozenset({_F_STATUS, _F_STARTED, _F_ENDED, _F_REASON, _F_ACCOUNT, _F_FROM, _F_TO, _F_FINALS})
+_TRACK_PREFIX = "track."
+_RECOGNIZER_PREFIX = "recognizer."
+_CUSTOM_PREFIX = "custom."
+#: The hash field the finals script keeps the count in (see :mod:`bridge.store.finals`).
+FINALS_FIELD = _F_FINALS
+
+
+class CallInfo(msgspec.Struct, kw_only=True, omit_defaults=False):
+    """What the store knows about one call (the ``GET /calls/{sid}`` document)."""
+
+    call_sid: str
+    #: ``active`` or ``ended`` (empty when only a status callback has been seen so far).
+    status: str = ""
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    end_reason: str = ""
+    account_sid: str = ""
+    from_number: str = ""
+    to_number: str = ""
+    tracks: list[str] = msgspec.field(default_factory=list)
+    stream_sids: list[str] = msgspec.field(default_factory=list)
+    #: Recognizer state per track (``connecting``, ``connected``, ``reconnecting``…).
+    recognizers: dict[str, str] = msgspec.field(default_factory=dict)
+    finals: int = 0
+    #: Twilio ``<Parameter>`` values of the stream.
+    custom: dict[str, str] = msgspec.field(default_factory=dict)
+    #: Every other field set with :meth:`CallRecords.update_call` (status callbacks and the like).
+    extra: dict[str, str] = msgspec.field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+
+def _float(value: str | None) -> float:
+    try:
+        return float(value) if value else 0.0
+    except ValueError:
+        return 0.0
+
+
+def _call_info(call_sid: str, fields: dict[str, str], stream_sids: list[str]) -> CallInfo:
+    info = CallInfo(
+        call_sid=call_sid,
+        status=fields.get(_F_STATUS, ""),
+        started_at=_float(fields.get(_F_STARTED)),
+        ended_at=_float(fields.get(_F_ENDED)),
+        end_reason=fields.get(_F_REASON, ""),
+        account_sid=fields.get(_F_ACCOUNT, ""),
+        from_number=fields.get(_F_FROM, ""),
+        to_number=fields.get(_F_TO, ""),
+        finals=int(_float(fields.get(_F_FINALS))),
+        stream_sids=stream_sids,
+    )
+    for name, value in sorted(fields.items()):
+        if name in _KNOWN:
+            continue
+        if name.startswith(_TRACK_PREFIX):
+            info.tracks.append(name[len(_TRACK_PREFIX) :])
+        elif name.startswith(_RECOGNIZER_PREFIX):
+            info.recognizers[name[len(_RECOGNIZER_PREFIX) :]] = value
+        elif name.startswith(_CUSTOM_PREFIX):
+            info.custom[name[len(_CUSTOM_PREFIX) :]] = value
+        else:
+            info.extra[name] = value
+    info.tracks.sort(key=lambda t: (TRACK_ORDER.get(t, 9), t))
+    return info
+
+
+class CallRecords(StoreBase):
+    """Call metadata and the call index. All methods raise redis errors when Redis is unreachable."""
+
+    async def call_started(
+        self,
+        call_sid: str,
+        *,
+        stream_sid: str,
+        tracks: list[str],
+        started_at: float,
+        account_sid: str = "",
+        from_number: str = "",
+        to_number: str = "",
+        custom: dict[str, str] | None = None,
+    ) -> None:
+        """Record a call (or one more stream of it). An active call keeps its start time and finals."""
+        k = self.keys
+        key = k.call(call_sid)
+        fields: dict[str, str] = {_F_STATUS: "active"}
+        fields.update({_TRACK_PREFIX + t: "1" for t in tracks})
+        if account_sid:
+            fields[_F_ACCOUNT] = account_sid
+        if from_number:
+            fields[_F_FROM] = from_number
+        if to_number:
+            fields[_F_TO] = to_number
+        for name, value in (custom or {}).items():
+            fields[_CUSTOM_PREFIX + name] = value
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, _F_STARTED, repr(float(started_at)))
+            pipe.hset(key, mapping=as_mapping(fields))
+            pipe.hdel(key, _F_ENDED, _F_REASON)
+            if stream_sid:
+                pipe.zadd(k.streams(call_sid), {stream_sid: started_at}, nx=True)
+            for name in k.call_keys(call_sid):
+                pipe.persist(name)
+            pipe.zrem(k.recent_calls, call_sid)
+            pipe.zadd(k.active_calls, {call_sid: started_at}, nx=True)
+            pipe.hget(key, _F_STARTED)
+            pipe.hget(key, _F_FINALS)
+            res = await pipe.execute()
+        first_start = _float(res[-2]) or started_at
+        event = events.CallStarted(
+            call_sid=call_sid,
+            seq=int(_float(res[-1])),
+            tracks=[t for t in tracks if t in TRACK_ORDER],  # type: ignore[misc]
+            stream_sid=stream_sid,
+            started_at=first_start,
+            from_number=from_number,
+            to_number=to_number,
+        )
+        await self._publish_call_event(event)
+
+    async def update_call(self, call_sid: str, fields: dict[str, str]) -> None:
+        """Set metadata fields (status callbacks, ``recognizer.<track>`` states…); creates the record."""
+        if fields:
+            await self.client.hset(self.keys.call(call_sid), mapping=as_mapping(fields))
+
+    async def set_recognizer_state(self, call_sid: str, track: str, state: str) -> None:
+        await self.update_call(call_sid, {_RECOGNIZER_PREFIX + track: state})
+
+    async def call_ended(self, call_sid: str, *, ended_at: float, reason: str = "") -> None:
+        """Move the call to the recent index, start its retention clock and tell subscribers."""
+        k = self.keys
+        ttl = max(1, int(self.retention_seconds))
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                k.call(call_sid),
+                mapping={_F_STATUS: "ended", _F_ENDED: repr(float(ended_at)), _F_REASON: reason},
+            )
+            pipe.zrem(k.active_calls, call_sid)
+            pipe.zadd(k.recent_calls, {call_sid: ended_at})
+            pipe.zremrangebyscore(k.recent_calls, "-inf", f"({time.time() - ttl}")
+            for name in k.call_keys(call_sid):
+                pipe.expire(name, ttl)
+            pipe.hmget(k.call(call_sid), [_F_STARTED, _F_FINALS])
+            res = await pipe.execute()
+        started, finals = res[-1]
+        started_at = _float(started)
+        event = events.CallEnded(
+            call_sid=call_sid,
+            seq=int(_float(finals)),
+            ended_at=ended_at,
+            duration=max(0.0, ended_at - started_at) if started_at else 0.0,
+            reason=reason,
+        )
+        await self._publish_call_event(event)
+
+    async def _publish_call_event(self, event: events.CallStarted | events.CallEnded) -> None:
+        data = events.encode(event)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.publish(self.keys.channel(event.call_sid), data)
+            pipe.publish(self.keys.calls_channel, data)
+            await pipe.execute()
+
+    async def get_call(self, call_sid: str) -> CallInfo | None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.call(call_sid))
+            pipe.zrange(self.keys.streams(call_sid), 0, -1)
+            raw, sids = await pipe.execute()
+        if not raw:
+            return None
+        return _call_info(call_sid, text_dict(raw), [text(s) for s in sids])
+
+    async def list_calls(self, *, active: bool | None = None, limit: int = 100) -> list[CallInfo]:
+        """Calls, newest first: active ones (by start), then ended ones (by end)."""
+        limit = max(0, limit)
+        sids: list[str] = []
+        if active is not False:
+            sids += [text(s) for s in await self.client.zrevrange(self.keys.active_calls, 0, limit - 1)]
+        if active is not True and len(sids) < limit:
+            recent = await self.client.zrevrange(self.keys.recent_calls, 0, limit - len(sids) - 1)
+            sids += [text(s) for s in recent]
+        calls = []
+        for sid in sids[:limit]:
+            info = await self.get_call(sid)
+            if info is not None:
+                calls.append(info)
+        return calls
+
+
+__all__ = ["FINALS_FIELD", "TRACK_ORDER", "CallInfo", "CallRecords"]

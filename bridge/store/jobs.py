@@ -1,0 +1,202 @@
+"""Recording jobs: what the bridge hands to the batch worker after a call, and the queue they wait in.
+
+A job travels as a Redis Stream entry of flat string fields so that a consumer in any language can
+read it without this package (lists are comma-separated, numbers are decimal strings).
+
+:class:`JobQueue` owns every stream command of that queue, so the worker only orchestrates.
+Delivery is at-least-once through the consumer group ``Keys.recordings_group``:
+
+* a job is read with XREADGROUP and acked only when its result is stored (the ack joins the same
+  transaction: :meth:`JobQueue.ack_in`);
+* while a job is in hand its entry is re-claimed periodically (:meth:`JobQueue.heartbeat`), so only
+  the jobs of a worker that died go idle, and those are taken over with XAUTOCLAIM;
+* a failed job stays pending and waits in ``Keys.recordings_retry`` for its retry; after too many
+  failures it moves to ``Keys.recordings_dead`` with the reason.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import msgspec
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from bridge.store.client import text
+from bridge.store.keys import Keys
+
+JobSource = Literal["stream", "twilio"]
+
+
+class RecordingJob(msgspec.Struct, kw_only=True, frozen=True):
+    call_sid: str
+    #: Local path of the recording (source ``stream``) or where it is to be downloaded to.
+    path: str
+    format: str = "wav"
+    encoding: str = "mulaw"
+    sample_rate: int = 8000
+    channels: int = 1
+    #: Track of each channel, in channel order (e.g. ``["inbound", "outbound"]``).
+    tracks: list[str] = msgspec.field(default_factory=list)
+    duration: float = 0.0
+    created_at: float = msgspec.field(default_factory=time.time)
+    #: ``stream``: written by the bridge from the media stream; ``twilio``: a Twilio recording.
+    source: JobSource = "stream"
+    recording_url: str = ""
+
+    def to_fields(self) -> dict[str, str]:
+        """The flat string fields of the stream entry."""
+        return {
+            "call_sid": self.call_sid,
+            "path": self.path,
+            "format": self.format,
+            "encoding": self.encoding,
+            "sample_rate": str(self.sample_rate),
+            "channels": str(self.channels),
+            "tracks": ",".join(self.tracks),
+            "duration": repr(float(self.duration)),
+            "created_at": repr(float(self.created_at)),
+            "source": self.source,
+            "recording_url": self.recording_url,
+        }
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str] | dict[bytes, bytes]) -> RecordingJob:
+        """Parse a stream entry; raises ``ValueError``/``msgspec.ValidationError`` on a bad one."""
+        f = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in fields.items()
+        }
+        tracks = [t for t in f.get("tracks", "").split(",") if t]
+        return msgspec.convert(
+            {
+                "call_sid": f["call_sid"],
+                "path": f.get("path", ""),
+                "format": f.get("format", "wav"),
+                "encoding": f.get("encoding", "mulaw"),
+                "sample_rate": int(f.get("sample_rate", "8000")),
+                "channels": int(f.get("channels", "1")),
+                "tracks": tracks,
+                "duration": float(f.get("duration", "0")),
+                "created_at": float(f.get("created_at", "0")),
+                "source": f.get("source", "stream"),
+                "recording_url": f.get("recording_url", ""),
+            },
+            cls,
+        )
+
+
+Entry = tuple[str, dict[str, str]]
+
+
+def _entries(raw: Any) -> list[Entry]:
+    """Stream entries as redis-py returns them -> ``[(id, fields)]`` (fields empty for a deleted entry)."""
+    return [(text(cid), {text(a): text(b) for a, b in (fields or {}).items()}) for cid, fields in raw or []]
+
+
+class JobQueue:
+    """The recording jobs stream, its consumer group, retries and dead letters."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, *, maxlen: int = 100_000) -> None:
+        self.client = client
+        self.keys = keys
+        self.maxlen = maxlen
+        self._group_ready = False
+        self._claim_cursor = "0-0"
+
+    async def enqueue(self, job: RecordingJob) -> str:
+        """Append a job; returns the entry id."""
+        entry = await self.client.xadd(
+            self.keys.recordings, job.to_fields(), maxlen=self.maxlen, approximate=True  # type: ignore[arg-type]
+        )
+        return text(entry)
+
+    async def ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            await self.client.xgroup_create(self.keys.recordings, self.keys.recordings_group, id="0", mkstream=True)
+        except redis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def next(self, consumer: str, *, block_ms: int, claim_idle_ms: int) -> tuple[Entry, bool] | None:
+        """The next job for ``consumer``: a due retry, then a dead worker's job, then a new one.
+
+        Returns ``((entry_id, fields), claimed)`` (``claimed``: taken over from another consumer), or
+        ``None`` when nothing came within ``block_ms``.
+        """
+        await self.ensure_group()
+        k, c = self.keys, self.client
+        now = time.time()
+        for raw_id in await c.zrangebyscore(k.recordings_retry, "-inf", now, start=0, num=1):
+            entry_id = text(raw_id)
+            if await c.zrem(k.recordings_retry, entry_id):
+                claimed: Any = await c.xclaim(k.recordings, k.recordings_group, consumer, 0, [entry_id])
+                for cid, fields in _entries(claimed):
+                    if fields:
+                        return (cid, fields), False
+                await c.hdel(k.recordings_attempts, entry_id)  # the entry is gone (trimmed)
+        result: Any = await c.xautoclaim(
+            k.recordings, k.recordings_group, consumer, claim_idle_ms, start_id=self._claim_cursor, count=1
+        )
+        self._claim_cursor = text(result[0])
+        for entry_id, fields in _entries(result[1]):
+            score = await c.zscore(k.recordings_retry, entry_id)
+            if score is not None and float(score) > now:
+                continue  # failed before and waiting out its backoff: not abandoned
+            if fields:
+                return (entry_id, fields), True
+        read: Any = await c.xreadgroup(k.recordings_group, consumer, {k.recordings: ">"}, count=1, block=block_ms)
+        for _stream, entries in read or []:
+            for entry in _entries(entries):
+                return entry, False
+        return None
+
+    def ack_in(self, tx: Any, entry_id: str) -> None:
+        """Queue the commands that settle ``entry_id`` on a pipeline (ack, forget attempts and retry)."""
+        k = self.keys
+        tx.xack(k.recordings, k.recordings_group, entry_id)
+        tx.hdel(k.recordings_attempts, entry_id)
+        tx.zrem(k.recordings_retry, entry_id)
+
+    async def ack(self, entry_id: str) -> None:
+        async with self.client.pipeline(transaction=True) as tx:
+            self.ack_in(tx, entry_id)
+            await tx.execute()
+
+    async def heartbeat(self, entry_id: str, consumer: str) -> None:
+        """Reset the entry's idle time so nobody takes it over while we work on it."""
+        await self.client.xclaim(self.keys.recordings, self.keys.recordings_group, consumer, 0, [entry_id],
+                                 justid=True)  # fmt: skip
+
+    async def release(self, entry_id: str, consumer: str, *, idle_ms: int) -> None:
+        """Give a job back: it stays pending but looks idle, so another worker claims it at once."""
+        await self.client.xclaim(self.keys.recordings, self.keys.recordings_group, consumer, 0, [entry_id],
+                                 idle=idle_ms, justid=True)  # fmt: skip
+
+    async def failed(self, entry_id: str) -> int:
+        """Count one more failure of ``entry_id``; returns the failures so far."""
+        return int(await self.client.hincrby(self.keys.recordings_attempts, entry_id, 1))
+
+    async def retry_at(self, entry_id: str, due: float) -> None:
+        """Hand ``entry_id`` out again (to any consumer) at unix time ``due``."""
+        await self.client.zadd(self.keys.recordings_retry, {entry_id: due})
+
+    async def dead_letter(self, entry_id: str, fields: dict[str, str], reason: str, *, attempts: int,
+                          consumer: str) -> None:  # fmt: skip
+        """Move a job that cannot succeed to the dead letters, with why."""
+        doc = {**fields, "job_id": entry_id, "reason": reason[:2000], "attempts": str(attempts),
+               "failed_at": repr(time.time()), "consumer": consumer}  # fmt: skip
+        async with self.client.pipeline(transaction=True) as tx:
+            tx.xadd(self.keys.recordings_dead, doc)  # type: ignore[arg-type]
+            self.ack_in(tx, entry_id)
+            await tx.execute()
+
+    async def dead_letters(self, count: int = 100) -> list[Entry]:
+        return _entries(await self.client.xrange(self.keys.recordings_dead, count=count))
+
+
+__all__ = ["Entry", "JobQueue", "JobSource", "RecordingJob"]

@@ -1,0 +1,123 @@
+"""Every Redis key and channel name the bridge uses. Nothing else in the project spells a key.
+
+All names start with the configurable prefix ``P`` (``BRIDGE_REDIS_PREFIX``, default ``bridge``), so
+several deployments (or test runs) can share one Redis. ``{sid}`` is a Twilio CallSid.
+
+=====================================  ==========  ==================================================
+key                                    type        content
+=====================================  ==========  ==================================================
+``P:call:{sid}``                       hash        call metadata (status, times, numbers, tracks as
+                                                   ``track.<track>``, recognizer state per track as
+                                                   ``recognizer.<track>``, ``custom.<name>`` stream
+                                                   parameters, ``finals`` count)
+``P:call:{sid}:streams``               zset        every StreamSid the call had, scored by start time
+``P:call:{sid}:finals``                list        final JSON documents; index ``i`` holds ``seq=i+1``
+``P:call:{sid}:final_ids``             hash        final id -> seq (makes writing a final idempotent)
+``P:calls:active``                     zset        CallSids of calls in progress, scored by start time
+``P:calls:recent``                     zset        CallSids of ended calls, scored by end time
+                                                   (trimmed to the retention window)
+``P:live:{sid}``                       channel     pub/sub: the call's live events (events.LiveEvent)
+``P:live:calls``                       channel     pub/sub: call_started / call_ended of every call
+``P:jobs:recordings``                  stream      recording jobs (flat string fields, jobs.RecordingJob)
+``P:jobs:recordings:dead``             stream      recording jobs that failed too often
+``P:jobs:recordings:attempts``         hash        recording job entry id -> failed attempts so far
+``P:jobs:recordings:retry``            zset        job entry ids waiting for a retry, scored by due time
+``P:call:{sid}:batch``                 string      the call's compliance transcript
+                                                   (transcripts.BatchTranscript JSON)
+``P:call:{sid}:quality``               string      live-vs-batch WER per track
+                                                   (transcripts.CallQuality JSON)
+``P:calls:flagged``                    zset        CallSids whose live transcript diverges, by WER
+=====================================  ==========  ==================================================
+
+Consumer group of the recording stream: ``recording-workers`` (:attr:`Keys.recordings_group`).
+Every ``P:call:{sid}*`` key gets the retention TTL when the call ends (transcripts are personal data).
+"""
+
+from __future__ import annotations
+
+
+class Keys:
+    """Key names under one prefix."""
+
+    recordings_group = "recording-workers"
+
+    def __init__(self, prefix: str = "bridge") -> None:
+        self.prefix = prefix.rstrip(":")
+
+    def call(self, call_sid: str) -> str:
+        return f"{self.prefix}:call:{call_sid}"
+
+    def streams(self, call_sid: str) -> str:
+        return f"{self.prefix}:call:{call_sid}:streams"
+
+    def finals(self, call_sid: str) -> str:
+        return f"{self.prefix}:call:{call_sid}:finals"
+
+    def final_ids(self, call_sid: str) -> str:
+        return f"{self.prefix}:call:{call_sid}:final_ids"
+
+    def call_keys(self, call_sid: str) -> list[str]:
+        """Every key that holds data of one call (they share its retention)."""
+        return [
+            self.call(call_sid),
+            self.streams(call_sid),
+            self.finals(call_sid),
+            self.final_ids(call_sid),
+            self.batch_transcript(call_sid),
+            self.quality(call_sid),
+        ]
+
+    @property
+    def active_calls(self) -> str:
+        return f"{self.prefix}:calls:active"
+
+    @property
+    def recent_calls(self) -> str:
+        return f"{self.prefix}:calls:recent"
+
+    def channel(self, call_sid: str) -> str:
+        return f"{self.prefix}:live:{call_sid}"
+
+    @property
+    def calls_channel(self) -> str:
+        return f"{self.prefix}:live:calls"
+
+    @property
+    def recordings(self) -> str:
+        return f"{self.prefix}:jobs:recordings"
+
+    @property
+    def recordings_dead(self) -> str:
+        return f"{self.prefix}:jobs:recordings:dead"
+
+    # -- batch compliance pass (bridge/batch/, bridge/store/results.py) --------------------------
+
+    def batch_transcript(self, call_sid: str) -> str:
+        """string: the call's compliance transcript (transcripts.BatchTranscript JSON)."""
+        return f"{self.prefix}:call:{call_sid}:batch"
+
+    def quality(self, call_sid: str) -> str:
+        """string: live-vs-batch WER of the call, per track (transcripts.CallQuality JSON)."""
+        return f"{self.prefix}:call:{call_sid}:quality"
+
+    @property
+    def flagged_calls(self) -> str:
+        """zset: CallSids whose live transcript diverges from the batch one, scored by WER."""
+        return f"{self.prefix}:calls:flagged"
+
+    @property
+    def recordings_attempts(self) -> str:
+        """hash: recording job entry id -> failed attempts so far."""
+        return f"{self.prefix}:jobs:recordings:attempts"
+
+    @property
+    def recordings_retry(self) -> str:
+        """zset: recording job entry ids waiting for a retry, scored by due time (unix seconds)."""
+        return f"{self.prefix}:jobs:recordings:retry"
+
+    def pattern(self) -> str:
+        """SCAN pattern matching every key under this prefix (tests, admin cleanup)."""
+        return f"{self.prefix}:*"
+
+
+__all__ = ["Keys"]

@@ -1,0 +1,82 @@
+"""Results of the batch pass: the compliance transcript, its quality figures, the flagged calls.
+
+One key per call and document, overwritten as a whole, so a job that runs twice stores one result.
+Both share the call's retention TTL (transcripts are personal data).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import msgspec
+
+from bridge import transcripts
+from bridge.store.client import StoreBase, text
+from bridge.store.jobs import JobQueue
+from bridge.transcripts import BatchTranscript, CallQuality
+
+logger = logging.getLogger(__name__)
+
+
+class BatchResults(StoreBase):
+    """What the batch worker stores and the API reads back."""
+
+    @functools.cached_property
+    def jobs(self) -> JobQueue:
+        """The recording jobs queue."""
+        return JobQueue(self.client, self.keys)
+
+    async def _ttl(self, call_sid: str) -> int:
+        """The call's remaining retention when it has one (the call ended), else the full retention."""
+        ttl = int(await self.client.ttl(self.keys.call(call_sid)))
+        return ttl if ttl > 0 else max(1, int(self.retention_seconds))
+
+    async def save_batch_result(
+        self, transcript: BatchTranscript, quality: CallQuality, *, ack_entry: str | None = None
+    ) -> None:
+        """Store the batch transcript and its quality, and (same transaction) ack the job that made them."""
+        sid = transcript.call_sid
+        k = self.keys
+        ttl = await self._ttl(sid)
+        async with self.client.pipeline(transaction=True) as tx:
+            tx.set(k.batch_transcript(sid), transcripts.encode(transcript), ex=ttl)
+            tx.set(k.quality(sid), transcripts.encode(quality), ex=ttl)
+            if quality.flagged and quality.wer is not None:
+                tx.zadd(k.flagged_calls, {sid: quality.wer})
+            else:
+                tx.zrem(k.flagged_calls, sid)
+            if ack_entry is not None:
+                self.jobs.ack_in(tx, ack_entry)
+            await tx.execute()
+
+    async def batch_transcript(self, call_sid: str) -> BatchTranscript | None:
+        """The call's compliance transcript, or ``None`` when the batch pass has not stored one."""
+        raw = await self.client.get(self.keys.batch_transcript(call_sid))
+        if raw is None:
+            return None
+        try:
+            return transcripts.decode_transcript(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            logger.error("stored batch transcript is unreadable", extra={"call_sid": call_sid})
+            return None
+
+    async def quality(self, call_sid: str) -> CallQuality | None:
+        """The call's live-vs-batch WER document, or ``None``."""
+        raw = await self.client.get(self.keys.quality(call_sid))
+        if raw is None:
+            return None
+        try:
+            return transcripts.decode_quality(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            logger.error("stored call quality is unreadable", extra={"call_sid": call_sid})
+            return None
+
+    async def flagged_calls(self, *, limit: int = 100) -> list[tuple[str, float]]:
+        """Flagged calls, worst WER first: ``[(call_sid, wer), …]``."""
+        rows: Any = await self.client.zrevrange(self.keys.flagged_calls, 0, max(0, limit - 1), withscores=True)
+        return [(text(k), float(score)) for k, score in rows]
+
+
+__all__ = ["BatchResults"]

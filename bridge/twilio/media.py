@@ -1,0 +1,314 @@
+"""``WS /twilio/media``: Twilio Media Streams in, typed events out to the call layer.
+
+Two layers: :class:`StreamProtocol` is a pure state machine (text frame in, typed event out, or a
+:class:`ProtocolViolation` carrying the close code) and is tested without sockets; the endpoint
+checks the signature before accepting, feeds frames through it and drives a
+:class:`StreamHandler` obtained from ``app.state.calls`` (a :class:`StreamOpener`).
+
+Close codes: 1007 invalid payload (bad JSON/base64/shape), 1008 policy (wrong order, wrong call,
+bad token, unannounced track), 1009 frame too big, 1003 unsupported data (binary, unknown event).
+"""
+
+from __future__ import annotations
+
+import binascii
+import enum
+import logging
+from typing import Literal, Protocol
+
+import msgspec
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketState
+
+from bridge.settings import Settings
+from bridge.twilio import models as tm
+from bridge.twilio.auth import SignatureError, check_signature, verify_stream_token
+
+logger = logging.getLogger(__name__)
+
+WS_NORMAL = 1000
+WS_UNSUPPORTED_DATA = 1003
+WS_INVALID_PAYLOAD = 1007
+WS_POLICY_VIOLATION = 1008
+WS_MESSAGE_TOO_BIG = 1009
+WS_INTERNAL_ERROR = 1011
+
+
+class StreamHandler(Protocol):
+    """One media stream as seen by the call layer (implemented by :mod:`bridge.call.session`)."""
+
+    async def on_media(self, track: Literal["inbound", "outbound"], timestamp_ms: int, payload: bytes) -> None:
+        """Raw mu-law/8000 bytes; ``timestamp_ms`` is Twilio's presentation time from stream start."""
+
+    async def on_dtmf(self, digit: str) -> None: ...
+
+    async def on_mark(self, name: str) -> None: ...
+
+    async def on_stop(self, *, clean: bool, reason: str) -> None:
+        """Called exactly once: ``clean`` on Twilio ``stop``, False on a drop or a violation."""
+
+
+class StreamOpener(Protocol):
+    async def open_stream(self, start: tm.Start) -> StreamHandler:
+        """Create the handler for a stream; raise :class:`StreamRejected` to refuse it."""
+        ...
+
+
+class StreamRejected(Exception):
+    """Raised by :meth:`StreamOpener.open_stream` to close the socket with ``code`` and ``reason``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code} {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class ProtocolViolation(Exception):
+    """The peer broke the Media Streams protocol; close with ``code`` and ``reason``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code} {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class StreamState(enum.Enum):
+    AWAIT_CONNECTED = "await_connected"
+    AWAIT_START = "await_start"
+    STREAMING = "streaming"
+    STOPPED = "stopped"
+
+
+class MediaFrame(msgspec.Struct, frozen=True):
+    """A decoded ``media`` message."""
+
+    track: tm.Track
+    timestamp_ms: int
+    payload: bytes
+
+
+ProtocolEvent = tm.Connected | tm.Start | MediaFrame | tm.Dtmf | tm.Mark | tm.Stop
+
+
+class StreamProtocol:
+    """Pure per-stream state machine: AWAIT_CONNECTED -> AWAIT_START -> STREAMING -> STOPPED."""
+
+    __slots__ = ("max_frame_bytes", "start", "state", "tracks")
+
+    def __init__(self, *, max_frame_bytes: int = 64 * 1024) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self.state = StreamState.AWAIT_CONNECTED
+        self.start: tm.Start | None = None
+        self.tracks: frozenset[str] = frozenset()
+
+    @property
+    def call_sid(self) -> str | None:
+        return self.start.start.call_sid if self.start is not None else None
+
+    def receive(self, text: str) -> ProtocolEvent:
+        """Validate one text frame against the protocol and the current state."""
+        limit = self.max_frame_bytes
+        size = len(text)
+        if size > limit or (size * 4 > limit and len(text.encode()) > limit):
+            raise ProtocolViolation(WS_MESSAGE_TOO_BIG, f"frame larger than {limit} bytes")
+        try:
+            msg = tm.parse(text)
+        except tm.UnknownEvent as exc:
+            raise ProtocolViolation(WS_UNSUPPORTED_DATA, str(exc)) from None
+        except tm.TwilioParseError as exc:
+            raise ProtocolViolation(WS_INVALID_PAYLOAD, f"invalid message: {exc}") from None
+
+        state = self.state
+        if type(msg) is tm.Media:
+            if state is not StreamState.STREAMING:
+                raise self._out_of_order("media")
+            media = msg.media
+            if media.track not in self.tracks:
+                raise ProtocolViolation(WS_POLICY_VIOLATION, f"media on track {media.track!r} not in start")
+            self._check_stream(msg)
+            try:
+                payload = binascii.a2b_base64(media.payload, strict_mode=True)
+                timestamp = int(media.timestamp)
+            except (binascii.Error, ValueError):
+                raise ProtocolViolation(WS_INVALID_PAYLOAD, "media payload/timestamp is not valid") from None
+            return MediaFrame(media.track, timestamp, payload)
+        if type(msg) is tm.Connected:
+            if state is not StreamState.AWAIT_CONNECTED:
+                raise self._out_of_order("connected")
+            self.state = StreamState.AWAIT_START
+            return msg
+        if type(msg) is tm.Start:
+            if state is not StreamState.AWAIT_START:
+                raise self._out_of_order("start")
+            info = msg.start
+            if not info.call_sid or not info.stream_sid:
+                raise ProtocolViolation(WS_INVALID_PAYLOAD, "start without callSid/streamSid")
+            if not info.tracks:
+                raise ProtocolViolation(WS_INVALID_PAYLOAD, "start announces no tracks")
+            if info.media_format.encoding != tm.MULAW_ENCODING or info.media_format.sample_rate != tm.SAMPLE_RATE:
+                raise ProtocolViolation(WS_UNSUPPORTED_DATA, "only audio/x-mulaw 8000 Hz is supported")
+            self.start = msg
+            self.tracks = frozenset(info.tracks)
+            self.state = StreamState.STREAMING
+            return msg
+        if type(msg) is tm.Stop:
+            if state is not StreamState.STREAMING:
+                raise self._out_of_order("stop")
+            self._check_stream(msg)
+            if msg.stop.call_sid != self.call_sid:
+                raise ProtocolViolation(WS_POLICY_VIOLATION, "stop for another call")
+            self.state = StreamState.STOPPED
+            return msg
+        if isinstance(msg, tm.Dtmf | tm.Mark):
+            if state is not StreamState.STREAMING:
+                raise self._out_of_order(type(msg).__name__.lower())
+            self._check_stream(msg)
+            return msg
+        raise ProtocolViolation(WS_UNSUPPORTED_DATA, f"unsupported event {type(msg).__name__}")
+
+    def _check_stream(self, msg: tm.Media | tm.Dtmf | tm.Mark | tm.Stop) -> None:
+        assert self.start is not None
+        if msg.stream_sid != self.start.stream_sid:
+            raise ProtocolViolation(WS_POLICY_VIOLATION, "streamSid does not match start")
+
+    def _out_of_order(self, event: str) -> ProtocolViolation:
+        expected = {
+            StreamState.AWAIT_CONNECTED: "expected 'connected' first",
+            StreamState.AWAIT_START: "expected 'start'",
+            StreamState.STREAMING: "stream already started",
+            StreamState.STOPPED: "stream already stopped",
+        }[self.state]
+        return ProtocolViolation(WS_POLICY_VIOLATION, f"unexpected {event!r}: {expected}")
+
+
+def _reason(text: str) -> str:
+    """Close reasons are limited to 123 UTF-8 bytes."""
+    data = text.encode()
+    return text if len(data) <= 123 else data[:120].decode(errors="ignore") + "..."
+
+
+async def media_endpoint(websocket: WebSocket) -> None:
+    settings: Settings = websocket.app.state.settings
+    try:
+        check_signature(websocket, settings)
+    except SignatureError as exc:
+        logger.warning("media stream refused before accept: %s", exc, extra={"call_sid": None})
+        await websocket.close(code=WS_POLICY_VIOLATION)  # before accept: the client sees HTTP 403
+        return
+    await websocket.accept()
+    session = _StreamSession(websocket, settings)
+    await session.run()
+
+
+class _StreamSession:
+    """Drives one accepted socket; guarantees ``on_stop`` exactly once after a successful open."""
+
+    def __init__(self, websocket: WebSocket, settings: Settings) -> None:
+        self.ws = websocket
+        self.settings = settings
+        self.protocol = StreamProtocol(max_frame_bytes=settings.max_frame_bytes)
+        self.handler: StreamHandler | None = None
+
+    async def run(self) -> None:
+        try:
+            await self._loop()
+        except ProtocolViolation as exc:
+            await self._fail(exc.code, exc.reason, log_level=logging.WARNING)
+        except StreamRejected as exc:
+            await self._fail(exc.code, exc.reason, log_level=logging.INFO)
+        except Exception:
+            logger.exception("media stream failed", extra={"call_sid": self.protocol.call_sid})
+            await self._fail(WS_INTERNAL_ERROR, "internal error", log_level=None)
+
+    async def _loop(self) -> None:
+        ws = self.ws
+        protocol = self.protocol
+        receive = ws.receive
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                await self._stop(clean=False, reason=f"socket closed by peer ({message.get('code', 1005)})")
+                logger.info(
+                    "media stream dropped before stop (code %s)",
+                    message.get("code"),
+                    extra={"call_sid": protocol.call_sid},
+                )
+                return
+            text = message.get("text")
+            if text is None:
+                raise ProtocolViolation(WS_UNSUPPORTED_DATA, "binary frames are not supported")
+            event = protocol.receive(text)
+            handler = self.handler
+            if type(event) is MediaFrame:
+                assert handler is not None
+                await handler.on_media(event.track, event.timestamp_ms, event.payload)
+            elif type(event) is tm.Start:
+                await self._open(event)
+            elif type(event) is tm.Dtmf:
+                assert handler is not None
+                await handler.on_dtmf(event.dtmf.digit)
+            elif type(event) is tm.Mark:
+                assert handler is not None
+                await handler.on_mark(event.mark.name)
+            elif type(event) is tm.Stop:
+                await self._stop(clean=True, reason="twilio stop")
+                logger.info("media stream stopped", extra={"call_sid": protocol.call_sid})
+                try:
+                    await ws.close(code=WS_NORMAL, reason="stream stopped")
+                except Exception:  # Twilio may hang up first; the stream already ended cleanly
+                    logger.debug("close after stop did not complete", extra={"call_sid": protocol.call_sid})
+                return
+
+    async def _open(self, start: tm.Start) -> None:
+        settings = self.settings
+        call_sid = start.start.call_sid
+        if settings.verify_signatures:
+            token = start.start.custom_parameters.get("token", "")
+            if not verify_stream_token(settings.twilio_auth_token, call_sid, token):
+                raise ProtocolViolation(WS_POLICY_VIOLATION, "missing or invalid stream token")
+        opener: StreamOpener = self.ws.app.state.calls
+        self.handler = await opener.open_stream(start)
+        logger.info(
+            "media stream started: %s tracks=%s",
+            start.start.stream_sid,
+            ",".join(start.start.tracks),
+            extra={"call_sid": call_sid},
+        )
+
+    async def _stop(self, *, clean: bool, reason: str) -> None:
+        handler, self.handler = self.handler, None
+        if handler is not None:
+            await handler.on_stop(clean=clean, reason=reason)
+
+    async def _fail(self, code: int, reason: str, *, log_level: int | None) -> None:
+        call_sid = self.protocol.call_sid
+        if log_level is not None:
+            logger.log(log_level, "closing media stream %s: %s", code, reason, extra={"call_sid": call_sid})
+        try:
+            await self._stop(clean=False, reason=f"{code} {reason}")
+        except Exception:
+            logger.exception("on_stop failed", extra={"call_sid": call_sid})
+        if (
+            self.ws.client_state is not WebSocketState.DISCONNECTED
+            and self.ws.application_state is not WebSocketState.DISCONNECTED
+        ):
+            try:
+                await self.ws.close(code=code, reason=_reason(reason))
+            except Exception:  # the peer may already be gone
+                logger.debug("close after failure did not complete", extra={"call_sid": call_sid})
+
+
+media_route = WebSocketRoute("/twilio/media", media_endpoint, name="twilio_media")
+
+__all__ = [
+    "MediaFrame",
+    "ProtocolEvent",
+    "ProtocolViolation",
+    "StreamHandler",
+    "StreamOpener",
+    "StreamProtocol",
+    "StreamRejected",
+    "StreamState",
+    "media_endpoint",
+    "media_route",
+]

@@ -1,0 +1,133 @@
+"""Streaming policy of the embedded recognizer: early partials, retries, load-adaptive spacing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+
+import pytest
+import websockets
+from websockets.asyncio.client import connect
+
+from bridge.audio import mulaw_to_pcm16, read_wav
+from bridge.embedded.engine import Hypothesis, cut_repeats
+from bridge.embedded.scheduler import DecodeScheduler
+from bridge.embedded.segmenter import PartialDue, SegmentClosed, Segmenter, SpeechOnset
+from bridge.embedded.session import PARTIAL_INTERVALS, keep_partial, partial_interval
+from bridge.recognizers.deepgram import wire as dg
+from tests.support import FIXTURES
+
+pytestmark = pytest.mark.timeout(120)
+
+QUERY = "encoding=mulaw&sample_rate=8000&channels=1&interim_results=true&endpointing=300&vad_events=true"
+
+
+def clip_pcm(index: int) -> bytes:
+    return mulaw_to_pcm16(read_wav(FIXTURES / "audio" / "clips" / f"{index:02d}.wav").channel_bytes(0))
+
+
+def events(seg: Segmenter, pcm: bytes) -> list[SpeechOnset | PartialDue | SegmentClosed]:
+    out: list[SpeechOnset | PartialDue | SegmentClosed] = []
+    for i in range(0, len(pcm), 320):
+        out.extend(seg.feed(pcm[i : i + 320]))
+    return out
+
+
+def test_first_partial_is_requested_as_soon_as_speech_opens() -> None:
+    evs = events(Segmenter(8000), clip_pcm(0))
+    onset = next(e for e in evs if isinstance(e, SpeechOnset))
+    first = next(e for e in evs if isinstance(e, PartialDue))
+    # It covers the pre-roll plus the speech the VAD needed, not a whole partial interval more.
+    assert first.end - onset.timestamp <= 0.2
+    assert first.start <= onset.timestamp
+    assert evs.index(onset) < evs.index(first)
+
+
+def test_retry_brings_the_next_partial_forward() -> None:
+    pcm = clip_pcm(0)
+    seg = Segmenter(8000, partial_interval_s=1.0)
+    got: list[PartialDue] = []
+    for i in range(0, len(pcm), 320):
+        for e in seg.feed(pcm[i : i + 320]):
+            if isinstance(e, PartialDue):
+                got.append(e)
+                if len(got) == 1:
+                    seg.retry_partial(e.segment, 0.1)
+        if len(got) == 2:
+            break
+    assert len(got) == 2
+    assert got[1].end - got[0].end == pytest.approx(0.1, abs=0.05)
+
+
+def test_retry_for_a_closed_segment_is_ignored() -> None:
+    seg = Segmenter(8000, partial_interval_s=1.0)
+    evs = events(seg, clip_pcm(0) + b"\x00\x00" * 8000)
+    closed = next(e for e in evs if isinstance(e, SegmentClosed))
+    seg.retry_partial(closed.segment, 0.1)
+    assert not seg.in_speech
+    assert not any(isinstance(e, PartialDue) for e in events(seg, b"\x00\x00" * 8000))
+
+
+def test_partial_interval_widens_with_load() -> None:
+    spacing = [partial_interval(load) for load in (0.0, 0.5, 1.0, 1.5, 2.0, 5.0)]
+    assert spacing == sorted(spacing)
+    assert spacing[0] < spacing[-1] == PARTIAL_INTERVALS[-1][1]
+    pcm = clip_pcm(0)
+    fast, slow = Segmenter(8000), Segmenter(8000)
+    slow.set_partial_interval(1.0)
+    n_fast = sum(isinstance(e, PartialDue) for e in events(fast, pcm))
+    n_slow = sum(isinstance(e, PartialDue) for e in events(slow, pcm))
+    assert n_slow < n_fast
+
+
+async def test_scheduler_load_counts_running_and_queued_work() -> None:
+    sched = DecodeScheduler(2)
+    assert sched.load == 0
+    gate = threading.Event()
+    jobs = [sched.submit_final(str(i), lambda: gate.wait(10)) for i in range(3)]
+    jobs.append(sched.submit_partial("p", lambda: True))
+    assert sched.load == 2.0  # two running, two queued, two workers
+    gate.set()
+    await asyncio.gather(*jobs)
+    assert sched.load == 0
+    sched.close()
+
+
+def test_partial_kept_when_confident_despite_no_speech_score() -> None:
+    assert keep_partial(Hypothesis("hi", (), confidence=0.8, no_speech_prob=0.7))
+    assert not keep_partial(Hypothesis("hi", (), confidence=0.2, no_speech_prob=0.7))
+    assert not keep_partial(Hypothesis("", (), confidence=0.9, no_speech_prob=0.0))
+    assert keep_partial(Hypothesis("hi", (), confidence=0.1, no_speech_prob=0.2))
+
+
+def test_looping_tail_is_cut() -> None:
+    assert cut_repeats("thank you. thank you. thank you. thank you.") == "thank you."
+    assert cut_repeats("my order, my order, my order, my order") == "my order,"
+    assert cut_repeats("I would like to check") == "I would like to check"
+    assert cut_repeats("four five seven two nine") == "four five seven two nine"
+
+
+async def test_early_partial_arrives_before_the_first_final(recognizer_url: str) -> None:
+    audio = read_wav(FIXTURES / "audio" / "clips" / "00.wav").channel_bytes(0)
+    received: list[dg.ServerMessage] = []
+    async with connect(f"{recognizer_url}/v1/listen?{QUERY}") as ws:
+
+        async def reader() -> None:
+            with contextlib.suppress(websockets.ConnectionClosedError):
+                async for raw in ws:
+                    received.append(dg.decode_server(raw))
+
+        task = asyncio.create_task(reader())
+        for i in range(0, len(audio), 160):  # 20 ms frames at twice real time
+            await ws.send(audio[i : i + 160])
+            await asyncio.sleep(0.01)
+        await ws.send(dg.encode(dg.CloseStream()).decode())
+        await task
+    onset = next(m for m in received if isinstance(m, dg.SpeechStarted))
+    results = [m for m in received if isinstance(m, dg.Results)]
+    first_final = next(i for i, m in enumerate(results) if m.is_final)
+    early = [m for m in results[:first_final] if m.channel.alternatives[0].transcript]
+    assert early, "a partial with words comes before the final"
+    # ...and it covers little speech: it was decoded soon after the onset, not a full interval later.
+    assert early[0].start + early[0].duration <= onset.timestamp + 1.0

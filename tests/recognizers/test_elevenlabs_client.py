@@ -1,0 +1,218 @@
+"""The ElevenLabs Scribe v2 Realtime client against a local server replaying recorded messages."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from bridge.audio import frames
+from bridge.recognizers.base import (
+    RecognizerConnectError,
+    RecognizerEvent,
+    RecognizerRejected,
+    StreamOptions,
+    Transcript,
+)
+from bridge.recognizers.elevenlabs.live import ElevenLabsRecognizer, ElevenLabsStream, decode_server
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "elevenlabs"
+OPTIONS = StreamOptions(call_sid="CAel", track="inbound")
+BPS = 8000
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def lines(name: str) -> list[str]:
+    return (FIXTURES / name).read_text().splitlines()
+
+
+@dataclasses.dataclass
+class FakeScribe:
+    """Answers like Scribe: session_started, the VAD session after 2 s of audio, a reply per commit."""
+
+    after_audio: list[str] = dataclasses.field(default_factory=lambda: lines("vad_session.jsonl"))
+    on_commit: list[str] = dataclasses.field(default_factory=lambda: lines("commit_response.jsonl"))
+    on_connect: list[str] = dataclasses.field(default_factory=list)
+    reject_status: int | None = None
+    path: str = ""
+    headers: Headers | None = None
+    chunks: list[dict[str, object]] = dataclasses.field(default_factory=list)
+    audio: bytearray = dataclasses.field(default_factory=bytearray)
+    url: str = ""
+
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        self.path, self.headers = request.path, request.headers
+        if self.reject_status is not None:
+            return connection.respond(self.reject_status, '{"detail": "invalid_api_key"}')
+        return None
+
+    async def handler(self, ws: ServerConnection) -> None:
+        await ws.send(lines("session_started.json")[0])
+        for line in self.on_connect:
+            await ws.send(line)
+        sent_vad = False
+        async for message in ws:
+            chunk = json.loads(message)
+            self.chunks.append(chunk)
+            self.audio += base64.b64decode(str(chunk["audio_base_64"]))
+            if not sent_vad and len(self.audio) >= 2 * BPS:
+                sent_vad = True
+                for line in self.after_audio:
+                    await ws.send(line)
+            if chunk["commit"]:
+                for line in self.on_commit:
+                    await ws.send(line)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[FakeScribe]:
+        async with serve(self.handler, "127.0.0.1", 0, process_request=self.process_request) as server:
+            self.url = f"ws://127.0.0.1:{next(iter(server.sockets)).getsockname()[1]}"
+            yield self
+
+
+async def collect(stream: ElevenLabsStream) -> list[RecognizerEvent]:
+    return [event async for event in stream.events()]
+
+
+async def test_session_query_auth_batching_and_transcripts() -> None:
+    audio = bytes(range(256)) * 94  # 3.008 s
+    async with FakeScribe().running() as scribe:
+        stream = await ElevenLabsRecognizer(scribe.url, api_key="xi-key").open(OPTIONS)
+        reader = asyncio.create_task(collect(stream))
+        for frame in frames(audio):
+            await stream.send(frame)
+        await stream.close(timeout=5)
+        events = await reader
+    assert urlsplit(scribe.path).path == "/v1/speech-to-text/realtime"
+    assert dict(parse_qsl(urlsplit(scribe.path).query)) == {
+        "model_id": "scribe_v2_realtime",
+        "audio_format": "ulaw_8000",
+        "commit_strategy": "vad",
+        "include_timestamps": "true",
+        "vad_silence_threshold_secs": "1",
+        "language_code": "en",
+    }
+    assert scribe.headers is not None and scribe.headers["xi-api-key"] == "xi-key"
+    assert stream.session_id == "0b0a72b5c6e84b4f9a3c1d2e3f405162"
+    # Untranscoded bytes, batched into >= 100 ms chunks; the last one commits.
+    assert bytes(scribe.audio) == audio
+    sizes = [len(base64.b64decode(str(c["audio_base_64"]))) for c in scribe.chunks]
+    assert all(size >= 800 for size in sizes[:-1])
+    assert [c["commit"] for c in scribe.chunks] == [False] * (len(sizes) - 1) + [True]
+    assert all(c["message_type"] == "input_audio_chunk" and c["sample_rate"] == 8000 for c in scribe.chunks)
+    assert all("previous_text" not in c for c in scribe.chunks)
+
+    partials = [e for e in events if isinstance(e, Transcript) and not e.is_final]
+    finals = [e for e in events if isinstance(e, Transcript) and e.is_final]
+    assert [p.text for p in partials] == ["I forgot", "I forgot my password", "Thank you"]
+    assert partials[0].start == 0.0 and 2.0 <= partials[0].end <= 3.008
+    assert [(f.start, f.end, f.text) for f in finals] == [
+        (0.5, 1.9, "I forgot my password."),
+        (2.2, 2.8, "Thank you."),
+    ]
+    assert [w.word for w in finals[0].words] == ["I", "forgot", "my", "password."]
+    assert finals[0].words[1].start == 0.62 and 0.9 < finals[0].words[0].confidence < 1.0
+    assert finals[1].from_finalize  # produced by the commit at close
+
+
+async def test_keepalive_silence_is_taken_out_of_the_clock() -> None:
+    async with FakeScribe().running() as scribe:
+        stream = await ElevenLabsRecognizer(scribe.url).open(OPTIONS)
+        reader = asyncio.create_task(collect(stream))
+        for frame in frames(b"\x10" * 4800):  # 0.6 s of speech
+            await stream.send(frame)
+        await stream.keepalive()
+        await stream.keepalive()  # 0.2 s of silence inserted at 0.6 s
+        for frame in frames(b"\x20" * 20000):
+            await stream.send(frame)
+        await stream.close(timeout=5)
+        events = await reader
+    assert scribe.audio[4800:6400] == b"\xff" * 1600
+    assert scribe.headers is not None and "xi-api-key" not in scribe.headers
+    finals = [e for e in events if isinstance(e, Transcript) and e.is_final]
+    # Scribe's clock: "I" 0.5-0.6 (before the silence), "forgot" 0.62-0.98 partly inside it.
+    words = [(w.word, round(w.start, 3), round(w.end, 3)) for w in finals[0].words]
+    assert words == [("I", 0.5, 0.6), ("forgot", 0.6, 0.78), ("my", 0.8, 1.1), ("password.", 1.12, 1.7)]
+    assert (round(finals[1].start, 3), round(finals[1].end, 3)) == (2.0, 2.6)
+
+
+@pytest.mark.parametrize(
+    ("index", "kind"),
+    [
+        (0, RecognizerRejected),
+        (1, RecognizerRejected),
+        (2, RecognizerRejected),
+        (3, RecognizerConnectError),
+        (4, RecognizerConnectError),
+        (5, RecognizerConnectError),
+    ],
+)
+async def test_error_messages_end_the_stream(index: int, kind: type[Exception]) -> None:
+    error = lines("errors.jsonl")[index]
+    async with FakeScribe(on_connect=[error]).running() as scribe:
+        stream = await ElevenLabsRecognizer(scribe.url).open(OPTIONS)
+        with pytest.raises(kind) as info:
+            await collect(stream)
+        await stream.close(timeout=1)
+    assert json.loads(error)["message_type"] in str(info.value)
+
+
+async def test_soft_errors_and_garbage_do_not_end_the_stream() -> None:
+    noise = [lines("errors.jsonl")[6], "{nope", '{"message_type": 3}', '{"message_type":"speakers_merged"}']
+    async with FakeScribe(on_connect=noise).running() as scribe:
+        stream = await ElevenLabsRecognizer(scribe.url).open(OPTIONS)
+        reader = asyncio.create_task(collect(stream))
+        for frame in frames(b"\x30" * 24000):
+            await stream.send(frame)
+        await stream.close(timeout=5)
+        events = await reader
+    assert stream.garbage_count == 2
+    assert [e.text for e in events if isinstance(e, Transcript) and e.is_final] == [
+        "I forgot my password.",
+        "Thank you.",
+    ]
+
+
+async def test_committed_without_timestamps_still_yields_a_final() -> None:
+    plain = [line for line in lines("commit_response.jsonl") if "with_timestamps" not in line]
+    async with FakeScribe(after_audio=[], on_commit=plain).running() as scribe:
+        stream = await ElevenLabsRecognizer(scribe.url).open(OPTIONS)
+        reader = asyncio.create_task(collect(stream))
+        for frame in frames(b"\x30" * 4000):
+            await stream.send(frame)
+        await stream.close(timeout=0.5)
+        events = await reader
+    finals = [e for e in events if isinstance(e, Transcript) and e.is_final]
+    assert [(f.start, f.end, f.text) for f in finals] == [(0.0, 0.5, "Thank you.")]
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (401, RecognizerRejected),
+        (403, RecognizerRejected),
+        (429, RecognizerConnectError),
+        (503, RecognizerConnectError),
+    ],
+)
+async def test_refused_upgrade(status: int, kind: type[Exception]) -> None:
+    async with FakeScribe(reject_status=status).running() as scribe:
+        with pytest.raises(kind):
+            await ElevenLabsRecognizer(scribe.url, api_key="bad").open(OPTIONS)
+
+
+def test_decode_matches_old_and_new_error_names() -> None:
+    for line in lines("errors.jsonl"):
+        message = decode_server(line)
+        assert message is not None and message.message_type == json.loads(line)["message_type"]  # type: ignore[union-attr]

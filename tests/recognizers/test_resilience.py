@@ -1,0 +1,365 @@
+"""The resilience layer under real faults: every faulty run must yield the finals of a clean run.
+
+The scripted server's finals depend only on the audio it heard, so after de-duplication and rebasing
+a run with drops, kills and stalls must give the same finals, segment by segment, as a clean run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.audio import frames
+from bridge.audio import to_twilio_mulaw as read_mulaw_wav
+from bridge.events import RecognizerState, Word
+from bridge.recognizers.base import (
+    RecognizerConnectError,
+    RecognizerEvent,
+    RecognizerRejected,
+    SpeechStarted,
+    StreamOptions,
+    Transcript,
+)
+from bridge.recognizers.deepgram.live import DeepgramRecognizer
+from bridge.recognizers.resilience import ResilientStream, RetryPolicy
+from bridge.testing import ScriptedDeepgramServer, scripted_finals
+from tests.support import SHORT_CALL
+from tests.support.faults import FaultProxy
+
+ROOT = Path(__file__).resolve().parents[2]
+OPTIONS = StreamOptions(call_sid="CAres", track="inbound")
+BPS = 8000
+FAST = RetryPolicy(keepalive_interval=0.15, backoff_base=0.02, backoff_cap=0.1, max_failures=6, failure_window=5.0)
+AUDIO = read_mulaw_wav(SHORT_CALL)[0][: int(6.3 * BPS)]
+ORIGIN = 12.5
+
+pytestmark = pytest.mark.timeout(60)
+
+Segment = tuple[float, float, str]
+
+
+def expected(audio: bytes = AUDIO, origin: float = ORIGIN) -> list[Segment]:
+    return [(round(origin + s, 3), round(origin + e, 3), t) for s, e, t in scripted_finals(audio)]
+
+
+class Run:
+    """One call track through a ResilientStream, collecting what it yields."""
+
+    def __init__(self, url: str, policy: RetryPolicy = FAST, api_key: str = "") -> None:
+        self.states: list[tuple[RecognizerState, str]] = []
+        self.events: list[RecognizerEvent] = []
+        self.error: BaseException | None = None
+        self.stream = ResilientStream(
+            DeepgramRecognizer(url, api_key=api_key),
+            OPTIONS,
+            origin=ORIGIN,
+            on_state=lambda state, detail: self.states.append((state, detail)),
+            policy=policy,
+        )
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.stream.start()
+        self._reader = asyncio.create_task(self._collect())
+
+    async def _collect(self) -> None:
+        try:
+            async for event in self.stream.events():
+                self.events.append(event)
+        except Exception as exc:
+            self.error = exc
+
+    async def feed(self, audio: bytes, pace: float = 0.001) -> None:
+        for frame in frames(audio):
+            await self.stream.send(frame)
+            await asyncio.sleep(pace)
+
+    async def close(self) -> None:
+        await self.stream.close(timeout=5)
+        assert self._reader is not None
+        await self._reader
+
+    @property
+    def finals(self) -> list[Segment]:
+        return [
+            (round(e.start, 3), round(e.end, 3), e.text)
+            for e in self.events
+            if isinstance(e, Transcript) and e.is_final
+        ]
+
+    @property
+    def state_names(self) -> list[RecognizerState]:
+        return [s for s, _ in self.states]
+
+
+async def call(url: str, fault: Callable[[], Coroutine[Any, Any, None]] | None = None, **kw: object) -> Run:
+    run = Run(url, **kw)  # type: ignore[arg-type]
+    await run.start()
+    injector = asyncio.create_task(fault()) if fault else None
+    await run.feed(AUDIO)
+    if injector is not None:
+        await injector
+    await run.close()
+    return run
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[ScriptedDeepgramServer]:
+    async with ScriptedDeepgramServer() as s:
+        yield s
+
+
+async def test_clean_run_is_rebased_onto_the_call_clock(server: ScriptedDeepgramServer) -> None:
+    run = await call(server.url)
+    assert run.error is None
+    assert run.finals == expected()
+    assert run.state_names == ["connecting", "connected", "closed"]
+    first = next(e for e in run.events if isinstance(e, Transcript) and e.is_final)
+    assert first.words[0].start == ORIGIN and first.words[0].end == ORIGIN + 1.0
+    partials = [e for e in run.events if isinstance(e, Transcript) and not e.is_final]
+    assert partials and all(p.start >= ORIGIN for p in partials)
+    assert any(isinstance(e, SpeechStarted) and e.timestamp >= ORIGIN for e in run.events)
+    assert run.stream.stats.reconnects == 0 and run.stream.stats.dropped_seconds == 0
+    assert bytes(server.connections[0].audio) == AUDIO
+
+
+async def test_proxy_cut_mid_stream(server: ScriptedDeepgramServer) -> None:
+    async with FaultProxy(server.port) as proxy:
+
+        async def fault() -> None:
+            await server.wait_for_audio(int(2.5 * BPS))
+            proxy.cut()
+
+        run = await call(proxy.url(), fault)
+    assert run.error is None
+    assert run.finals == expected()
+    assert run.stream.stats.reconnects == 1
+    assert run.stream.stats.replayed_seconds > 0
+    assert run.stream.stats.dropped_seconds == 0
+    assert run.state_names == ["connecting", "connected", "reconnecting", "connected", "closed"]
+
+
+@pytest.mark.parametrize("before_final", [True, False])
+@pytest.mark.parametrize("at", [2 * BPS, 2 * BPS + 1000, 3 * BPS - 1])
+async def test_server_drops_the_connection(server: ScriptedDeepgramServer, at: int, before_final: bool) -> None:
+    server.drop_after(at, before_final=before_final)
+    run = await call(server.url)
+    assert run.error is None
+    assert run.finals == expected()
+    assert run.stream.stats.reconnects == 1
+    # The second connection started at the first byte not covered by a final (a window boundary).
+    second = bytes(server.connections[1].audio)
+    replay_from = len(AUDIO) - len(second)
+    assert second == AUDIO[replay_from:]
+    assert replay_from % BPS == 0 and at - BPS <= replay_from <= at
+
+
+async def test_proxy_drop_after_bytes_repeatedly(server: ScriptedDeepgramServer) -> None:
+    async with FaultProxy(server.port) as proxy:
+
+        async def fault() -> None:
+            for _ in range(3):
+                proxy.drop_after(int(1.7 * BPS))
+                await server.wait_for_audio(server.received_bytes + int(1.8 * BPS))
+
+        run = await call(proxy.url(), fault)
+    assert run.error is None
+    assert run.finals == expected()
+    assert run.stream.stats.reconnects >= 2
+
+
+async def test_server_killed_and_restarted() -> None:
+    async with ScriptedDeepgramServer() as server:
+
+        async def fault() -> None:
+            await server.wait_for_audio(int(1.5 * BPS))
+            await server.stop()
+            await asyncio.sleep(0.3)  # an outage: audio keeps arriving and is only buffered
+            await server.start()
+
+        run = await call(server.url, fault, policy=dataclasses.replace(FAST, max_failures=100))
+    assert run.error is None
+    assert run.finals == expected()
+    assert run.stream.stats.reconnects == 1
+    assert run.stream.stats.last_recovery_seconds >= 0.3
+
+
+async def test_stall_then_recover(server: ScriptedDeepgramServer) -> None:
+    async with FaultProxy(server.port) as proxy:
+
+        async def fault() -> None:
+            await server.wait_for_audio(2 * BPS)
+            proxy.stall(0.5)
+
+        run = await call(proxy.url(), fault)
+    assert run.error is None
+    assert run.finals == expected()
+
+
+async def test_unexpected_close_code_reconnects(server: ScriptedDeepgramServer) -> None:
+    async def fault() -> None:
+        await server.wait_for_audio(3 * BPS)
+        await server.close_all(1011, "NET-0000")
+
+    run = await call(server.url, fault)
+    assert run.error is None
+    assert run.finals == expected()
+    assert any(state == "reconnecting" and "NET-0000" in detail for state, detail in run.states)
+
+
+async def test_long_silent_hold_is_kept_alive() -> None:
+    """A 60 s hold, scaled down: the idle timeout is 0.3 s and the hold lasts eight times that."""
+    async with ScriptedDeepgramServer(idle_timeout=0.3) as server:
+        run = Run(server.url, policy=dataclasses.replace(FAST, keepalive_interval=0.1))
+        await run.start()
+        await run.feed(AUDIO[: 2 * BPS])
+        await asyncio.sleep(2.4)
+        await run.feed(AUDIO[2 * BPS :])
+        await run.close()
+    assert run.error is None
+    assert run.finals == expected()
+    assert len(server.connections) == 1 and run.stream.stats.reconnects == 0
+    assert server.connections[0].controls.count("KeepAlive") >= 10
+
+
+async def test_rejected_key_fails_without_retrying() -> None:
+    async with ScriptedDeepgramServer(api_key="right") as server:
+        run = Run(server.url, api_key="wrong")
+        with pytest.raises(RecognizerRejected):
+            await run.start()
+    assert server.rejected == 1
+    assert run.state_names == ["connecting", "failed"]
+
+
+async def test_rejected_on_reconnect_fails_and_surfaces(server: ScriptedDeepgramServer) -> None:
+    async def fault() -> None:
+        await server.wait_for_audio(2 * BPS)
+        server.reject(401, "INVALID_AUTH")
+        await server.close_all(1011, "NET-0000")
+
+    run = await call(server.url, fault)
+    assert isinstance(run.error, RecognizerRejected) and run.error.code == 401
+    assert server.rejected == 1
+    assert run.state_names[-1] == "failed"
+    assert run.stream.stats.dropped_seconds > 0
+
+
+async def test_repeated_failures_end_as_failed(server: ScriptedDeepgramServer) -> None:
+    async def fault() -> None:
+        await server.wait_for_audio(BPS)
+        server.reject(503)
+        await server.close_all(1011, "NET-0000")
+
+    run = await call(server.url, fault)
+    assert isinstance(run.error, RecognizerConnectError)
+    assert server.rejected == FAST.max_failures - 1
+    assert run.state_names[-1] == "failed"
+
+
+async def test_transient_failure_at_start_retries() -> None:
+    async with ScriptedDeepgramServer() as server:
+        server.reject(503, times=2)
+        run = await call(server.url)
+    assert run.error is None
+    assert run.finals == expected()
+    assert run.state_names[:3] == ["connecting", "reconnecting", "reconnecting"]
+
+
+async def test_bounded_buffer_counts_dropped_audio() -> None:
+    policy = RetryPolicy(keepalive_interval=0.15, backoff_base=0.02, backoff_cap=0.05, buffer_seconds=1.0)
+    async with ScriptedDeepgramServer() as server:
+        run = Run(server.url, policy=policy)
+        await run.start()
+        await run.feed(AUDIO[: 2 * BPS])
+        await server.wait_for_audio(2 * BPS)
+        await server.stop()
+        await run.feed(AUDIO[2 * BPS : 5 * BPS], pace=0)  # 3 s during the outage; 1 s (+slack) is kept
+        await server.start()
+        await run.feed(AUDIO[5 * BPS :])
+        await run.close()
+    assert run.error is None
+    stats = run.stream.stats
+    assert 1.0 <= stats.dropped_seconds <= 2.5
+    finals = run.finals
+    assert finals[:2] == expected()[:2]  # nothing lost before the outage
+    assert finals[-1][1] == round(ORIGIN + len(AUDIO) / BPS, 3)
+    assert [s for s, _, _ in finals] == sorted(s for s, _, _ in finals)
+
+
+# -- de-duplication, with an in-memory recognizer whose events are scripted ---------------------
+
+
+class _ListStream:
+    def __init__(self, events: list[RecognizerEvent]) -> None:
+        self._events = events
+        self.closed = asyncio.Event()
+
+    async def send(self, audio: bytes) -> None:
+        pass
+
+    async def keepalive(self) -> None:
+        pass
+
+    async def finalize(self) -> None:
+        pass
+
+    async def close(self, timeout: float = 5.0) -> None:
+        self.closed.set()
+
+    async def events(self) -> AsyncIterator[RecognizerEvent]:
+        for event in self._events:
+            yield event
+        await self.closed.wait()
+
+
+class _ListRecognizer:
+    name = "scripted"
+
+    def __init__(self, events: list[RecognizerEvent]) -> None:
+        self.events = events
+
+    async def open(self, options: StreamOptions) -> _ListStream:
+        return _ListStream(self.events)
+
+
+def final(start: float, end: float, text: str) -> Transcript:
+    words = tuple(
+        Word(word=w, start=start + i * 0.1, end=start + (i + 1) * 0.1, punctuated_word=w)
+        for i, w in enumerate(text.split())
+    )
+    return Transcript(is_final=True, start=start, end=end, text=text, words=words)
+
+
+async def test_finals_are_deduplicated_by_time_never_by_text() -> None:
+    events: list[RecognizerEvent] = [
+        final(0.0, 1.0, "yes"),
+        final(0.0, 1.0, "yes"),  # same span again: a duplicate
+        final(0.2, 0.9, "other"),  # inside a covered span: a duplicate
+        final(1.0, 2.0, "yes"),  # same word, later: kept
+        final(1.8, 2.5, "a b c d e f g"),  # partly covered: the words after 2.0 remain
+    ]
+    stream = ResilientStream(_ListRecognizer(events), OPTIONS, origin=100.0, policy=FAST)
+    await stream.start()
+    await stream.send(b"\xff" * 20000)
+    got: list[Transcript] = []
+
+    async def collect() -> None:
+        async for event in stream.events():
+            assert isinstance(event, Transcript)
+            got.append(event)
+
+    reader = asyncio.create_task(collect())
+    await asyncio.sleep(0.05)
+    await stream.close(timeout=1)
+    await reader
+    assert [(e.start, e.end, e.text) for e in got] == [
+        (100.0, 101.0, "yes"),
+        (101.0, 102.0, "yes"),
+        (102.0, 102.5, "c d e f g"),
+    ]
+    assert stream.stats.duplicate_finals == 2
