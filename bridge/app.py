@@ -87,7 +87,8 @@ def create_app(
                 if settings.recognizer == "embedded" and not url:
                     from bridge.embedded.server import EmbeddedConfig, running
 
-                    config = EmbeddedConfig(model=settings.embedded_model, workers=settings.embedded_workers)
+                    config = EmbeddedConfig(model=settings.embedded_model, final_model=settings.embedded_final_model,
+                                            workers=settings.embedded_workers)  # fmt: skip
                     url = await stack.enter_async_context(running(config))
                     log.info("embedded recognizer running at %s (model %s)", url, settings.embedded_model)
                 rec = make_recognizer(settings, url)

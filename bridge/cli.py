@@ -51,6 +51,7 @@ def _recognizer(args: argparse.Namespace) -> int:
     logs.setup(settings.log_level, as_json=settings.log_json)
     config = EmbeddedConfig(
         model=args.model or settings.embedded_model,
+        final_model=settings.embedded_final_model if args.final_model is None else args.final_model,
         workers=args.workers or settings.embedded_workers,
         api_key=args.api_key if args.api_key is not None else settings.recognizer_api_key,
     )
@@ -215,6 +216,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     r.add_argument("--host", default="127.0.0.1")
     r.add_argument("--port", type=int, default=8081)
     r.add_argument("--model", help="tiny.en | base | a CTranslate2 model directory")
+    r.add_argument("--final-model", help="the model of finals (two-pass; '' for the same as --model)")
     r.add_argument("--workers", type=int)
     r.add_argument("--api-key", help="require 'Authorization: Token <key>'")
     r.set_defaults(func=_recognizer)
@@ -293,19 +295,23 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     bench = sub.add_parser("bench", help="benchmarks: recognizer, batch, e2e, load, fanout")
     kinds = bench.add_subparsers(dest="kind", required=True, metavar="KIND")
 
-    r = kinds.add_parser("recognizer", help="the embedded recognizer: latency, WER, calls per core")
-    r.add_argument("--calls", type=int, default=1, help="concurrent calls (two streams each)")
-    r.add_argument("--model", default="tiny.en")
+    r = kinds.add_parser("recognizer", help="the embedded recognizer: live vs batch WER, latency, capacity")
+    r.add_argument("--sets", default="", help="fixture sets, comma-separated (default: all under --fixtures)")
+    r.add_argument("--speed", type=float, default=1.0, help="pace of the accuracy phase (1.0 = real time)")
+    r.add_argument("--model", default="tiny.en", help="the recognizer's model (partials, and finals by default)")
+    r.add_argument("--final-model", default="", help="a second model for finals (two-pass), e.g. base")
     r.add_argument("--workers", type=int, default=2)
-    r.add_argument("--url", default="", help="benchmark a running recognizer instead of starting one")
-    r.add_argument("--fixture", default=None, help="one call fixture for every call")
-    r.add_argument("--clips", type=int, default=0, help="also score K single-utterance clips offline")
-    r.add_argument("--speed", type=float, default=1.0, help="pace multiplier (1.0 = real time)")
-    r.add_argument("--ramp", action="store_true", help="raise N until p95 final lag >= 1.5 s")
-    r.add_argument("--max-calls", type=int, default=12)
+    r.add_argument("--batch-model", default="base", help="batch engine model to compare with ('' to skip)")
+    r.add_argument("--keyterm", action="append", default=[], help="a keyterm sent with every stream")
+    r.add_argument("--no-accuracy", action="store_true", help="only the capacity ramp")
+    r.add_argument("--calls", type=int, default=1, help="capacity: this many concurrent calls")
+    r.add_argument("--ramp", action="store_true", help="capacity: raise N until p95 final lag >= 1.5 s")
     r.add_argument("--min-calls", type=int, default=1, help="first N of --ramp")
+    r.add_argument("--max-calls", type=int, default=12)
+    r.add_argument("--capacity-set", default="basic", help="the fixture set the capacity calls cycle through")
+    r.add_argument("--url", default="", help="benchmark a running recognizer instead of starting one")
     r.add_argument("--fixtures", default="fixtures", help="the repository's fixtures/ directory")
-    r.add_argument("--out", default="", help="directory for bench_recognizer.json")
+    r.add_argument("--out", default="", help="directory for bench_recognizer.json and report.md")
     r.set_defaults(func=_bench("recognizer"))
 
     b = kinds.add_parser("batch", help="the batch engine: audio hours per core-hour, WER")

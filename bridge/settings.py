@@ -108,6 +108,8 @@ class Settings:
 
     # Embedded recognizer
     embedded_model: str = "tiny.en"
+    #: The model of finals (two-pass: fast partials, accurate finals); empty: finals use ``embedded_model``.
+    embedded_final_model: str = "base"
     embedded_workers: int = 2
 
     # Recording
@@ -167,6 +169,7 @@ class Settings:
             endpointing_ms=_int(e, "BRIDGE_ENDPOINTING_MS", cls.endpointing_ms),
             utterance_end_ms=_int(e, "BRIDGE_UTTERANCE_END_MS", cls.utterance_end_ms),
             embedded_model=e.get("BRIDGE_EMBEDDED_MODEL", cls.embedded_model),
+            embedded_final_model=e.get("BRIDGE_EMBEDDED_FINAL_MODEL", cls.embedded_final_model).strip(),
             embedded_workers=_int(e, "BRIDGE_EMBEDDED_WORKERS", cls.embedded_workers),
             recording_dir=Path(e.get("BRIDGE_RECORDING_DIR", str(cls.recording_dir))),
             subscriber_queue=_int(e, "BRIDGE_SUBSCRIBER_QUEUE", cls.subscriber_queue),

@@ -1,9 +1,11 @@
 """Word error rate, one way for the whole project: the compliance pass, the quality signal, benchmarks.
 
 Two transcripts of the same speech differ in casing, punctuation and how numbers are written ("20"
-vs "twenty", "5552184409" vs "five five five, two one eight…"); none of that is a recognition
+vs "twenty", "555 218 4409" vs "five five five, two one eight…"); none of that is a recognition
 error. Both sides go through Whisper's English text normalizer (the ``whisper-normalizer`` package,
-the normaliser Whisper's own evaluations use), and jiwer aligns the words and counts the edits.
+the normaliser Whisper's own evaluations use), then runs of digits are scored digit by digit (the
+normaliser joins "five five five, two one eight" into one token while "5, 5, 5, 2 1 8" stays six,
+so grouping alone would otherwise count as errors), and jiwer aligns the words and counts the edits.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ def _normalizer() -> Any:
 
 def normalize(text: str) -> list[str]:
     """The words of ``text`` in the one canonical form both sides of a comparison are put in."""
-    return str(_normalizer()(text.replace("\u2019", "'"))).split()
+    words = str(_normalizer()(text.replace("\u2019", "'"))).split()
+    return [piece for word in words for piece in (list(word) if word.isdigit() else [word])]
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,12 @@
-"""``bridge bench recognizer``: stream telephony fixtures at real-time pace, N calls at once.
+"""``bridge bench recognizer``: the embedded recognizer on hard calls, live next to the batch pass.
 
-Each call is a two-track fixture (caller and agent), streamed as two ``/v1/listen`` connections the
-way the bridge does it. Latencies are measured against the wall-clock instant the relevant audio was
-sent; accuracy against the fixture's reference turns (:mod:`bridge.wer`).
+Per fixture set (``bridge.bench.fixture_sets``: long monologues, robotic voices, line noise, short answers in
+silence, a real human reading, the eval calls…), each call is streamed the way the bridge streams it (one
+``/v1/listen`` connection per track, 20 ms mu-law frames at real-time pace), one call at a time, and
+scored: the WER of the live finals next to the WER of the batch pass (the same Whisper batch engine the
+worker runs) on the same audio, time to first partial after each turn's speech onset, partial latency,
+final lag after each turn's end, partial churn and looping partials. Then the capacity ramp: N calls at
+once until p95 final lag reaches 1.5 s. Latencies are wall-clock, against the instant the audio was sent.
 """
 
 from __future__ import annotations
@@ -25,28 +29,29 @@ import httpx
 import websockets
 from websockets.asyncio.client import connect
 
-from bridge.audio import Upsampler, mulaw_to_pcm16, pcm16_to_float, read_wav
-from bridge.bench.common import call_fixture
+from bridge.audio import FRAME_BYTES
+from bridge.bench.fixture_sets import FixtureCall, Turn, load_sets
 from bridge.recognizers.deepgram import wire as dg
-from bridge.wer import align, normalize
+from bridge.wer import ZERO, WerResult, normalize, wer
 
-CALLS = ("support_call", "short_call")
 QUERY = (
     "model=nova-3&encoding=mulaw&sample_rate=8000&channels=1&interim_results=true&endpointing=300"
     "&utterance_end_ms=1000&vad_events=true&punctuate=true&smart_format=true&language=en-US"
 )
-FRAME = 160  # 20 ms of 8 kHz mu-law, as Twilio sends it
+SAMPLE_RATE = 8000
 
 
 @dataclass
 class TrackRun:
-    turns: list[dict[str, Any]]
+    turns: list[Turn]
     t0: float = 0.0
     received: list[tuple[float, dg.ServerMessage]] = field(default_factory=list)
 
-    def sent_at(self, audio_time: float) -> float:
-        """Wall time at which the audio at ``audio_time`` had been sent (real-time pacing)."""
-        return self.t0 + audio_time
+    def results(self) -> list[tuple[float, dg.Results]]:
+        return [(t, m) for t, m in self.received if isinstance(m, dg.Results)]
+
+    def final_text(self) -> str:
+        return " ".join(m.channel.alternatives[0].transcript for _, m in self.results() if m.is_final).strip()
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -57,8 +62,8 @@ def pct(values: list[float], q: float) -> float | None:
     return round(s[k], 3)
 
 
-async def stream_track(url: str, audio: bytes, run: TrackRun, speed: float) -> None:
-    async with connect(f"{url}/v1/listen?{QUERY}", max_size=None) as ws:
+async def stream_track(url: str, audio: bytes, run: TrackRun, speed: float, query: str = QUERY) -> None:
+    async with connect(f"{url}/v1/listen?{query}", max_size=None) as ws:
 
         async def reader() -> None:
             with contextlib.suppress(websockets.ConnectionClosedError):
@@ -67,58 +72,143 @@ async def stream_track(url: str, audio: bytes, run: TrackRun, speed: float) -> N
 
         task = asyncio.create_task(reader())
         run.t0 = time.monotonic()
-        step = FRAME / 8000 / speed
-        for k, i in enumerate(range(0, len(audio), FRAME)):
+        step = FRAME_BYTES / SAMPLE_RATE / speed
+        for k, i in enumerate(range(0, len(audio), FRAME_BYTES)):
             delay = run.t0 + k * step - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            await ws.send(audio[i : i + FRAME])
+            await ws.send(audio[i : i + FRAME_BYTES])
         await ws.send(dg.encode(dg.CloseStream()).decode())
         await task
 
 
-def analyse(run: TrackRun, speed: float) -> dict[str, Any]:
+def loops(text: str, shortest: int = 3) -> bool:
+    """True when a run of ``shortest`` or more words repeats right after itself (a decoder loop)."""
+    words = normalize(text)
+    for n in range(shortest, len(words) // 2 + 1):
+        for i in range(len(words) - 2 * n + 1):
+            if words[i : i + n] == words[i + n : i + 2 * n]:
+                return True
+    return False
+
+
+@dataclass
+class Latency:
+    ttfp: list[float] = field(default_factory=list)
+    partial: list[float] = field(default_factory=list)
+    final: list[float] = field(default_factory=list)
+    rewritten: int = 0
+    shown: int = 0
+    partials: int = 0
+    looping: int = 0
+
+    def add(self, other: Latency) -> None:
+        self.ttfp += other.ttfp
+        self.partial += other.partial
+        self.final += other.final
+        self.rewritten += other.rewritten
+        self.shown += other.shown
+        self.partials += other.partials
+        self.looping += other.looping
+
+
+def analyse(run: TrackRun, speed: float) -> Latency:
+    """Latency of one track's results, against the wall-clock instant the audio they cover was sent."""
     scale = 1.0 / speed
-    results = [(t, m) for t, m in run.received if isinstance(m, dg.Results)]
-    out: dict[str, list[float]] = {"ttfp_onset": [], "ttfp_first_audio": [], "partial_latency": [], "final_lag": []}
-    edits = ref_words = rewritten = shown = 0
-    first_partial = next((t for t, m in results if m.channel.alternatives[0].transcript), None)
-    if first_partial is not None:
-        out["ttfp_first_audio"].append(first_partial - run.t0)
-    prev: dict[float, list[str]] = {}
+    out = Latency()
+    results = run.results()
+    previous: dict[float, list[str]] = {}
     for t, m in results:
-        words = m.channel.alternatives[0].transcript.split()
-        if not m.is_final and words:
-            out["partial_latency"].append(t - (run.t0 + (m.start + m.duration) * scale))
-            before = prev.get(m.start, [])
-            k = 0
-            for a, b in zip(before, words, strict=False):
-                if a != b:
-                    break
-                k += 1
-            rewritten += len(before) - k
-            shown += len(before)
-            prev[m.start] = words
-    hyp_all: list[str] = []
+        text = m.channel.alternatives[0].transcript
+        if m.is_final or not text:
+            continue
+        out.partials += 1
+        out.looping += loops(text)
+        out.partial.append(t - (run.t0 + (m.start + m.duration) * scale))
+        words = text.split()
+        before = previous.get(m.start, [])
+        same = 0
+        for a, b in zip(before, words, strict=False):
+            if a != b:
+                break
+            same += 1
+        out.rewritten += len(before) - same
+        out.shown += len(before)
+        previous[m.start] = words
     for turn in run.turns:
-        s, e = float(turn["start"]), float(turn["end"])
-        overlapping = [
-            (t, m)
-            for t, m in results
-            if m.channel.alternatives[0].transcript and m.start < e and m.start + m.duration > s
-        ]
-        if overlapping:
-            out["ttfp_onset"].append(overlapping[0][0] - (run.t0 + s * scale))
-        finals = [(t, m) for t, m in overlapping if m.is_final]
+        hits = [(t, m) for t, m in results if m.channel.alternatives[0].transcript
+                and m.start < turn.end and m.start + m.duration > turn.start]  # fmt: skip
+        if hits:
+            out.ttfp.append(hits[0][0] - (run.t0 + turn.start * scale))
+        finals = [(t, m) for t, m in hits if m.is_final]
         if finals:
-            out["final_lag"].append(finals[-1][0] - (run.t0 + e * scale))
-    for _, m in results:
-        if m.is_final:
-            hyp_all.extend(normalize(m.channel.alternatives[0].transcript))
-    ref_all = [w for turn in run.turns for w in normalize(str(turn["text"]))]
-    scored = align(ref_all, hyp_all)
-    edits, ref_words = scored.errors, scored.ref_words
-    return {**out, "edits": edits, "ref_words": ref_words, "rewritten": rewritten, "shown": shown}
+            out.final.append(finals[-1][0] - (run.t0 + turn.end * scale))
+    return out
+
+
+@dataclass
+class SetScore:
+    calls: int = 0
+    audio: float = 0.0
+    live: WerResult = ZERO
+    batch: WerResult = ZERO
+    latency: Latency = field(default_factory=Latency)
+    final_loops: int = 0
+    examples: list[dict[str, str]] = field(default_factory=list)
+
+    def row(self, name: str) -> dict[str, Any]:
+        lat = self.latency
+        ratio = self.live.rate / self.batch.rate if self.batch.rate else None
+        return {
+            "set": name, "calls": self.calls, "audio_seconds": round(self.audio, 1),
+            "live_wer": round(self.live.rate, 4), "batch_wer": round(self.batch.rate, 4),
+            "live_over_batch": round(ratio, 2) if ratio is not None else None,
+            "ref_words": self.live.ref_words,
+            "ttfp_p50": pct(lat.ttfp, 50), "ttfp_p95": pct(lat.ttfp, 95),
+            "partial_latency_p50": pct(lat.partial, 50), "partial_latency_p95": pct(lat.partial, 95),
+            "final_lag_p50": pct(lat.final, 50), "final_lag_p95": pct(lat.final, 95),
+            "partial_churn": round(lat.rewritten / lat.shown, 4) if lat.shown else None,
+            "looping_partials": lat.looping, "partials": lat.partials, "looping_finals": self.final_loops,
+        }  # fmt: skip
+
+
+async def score_calls(url: str, sets: dict[str, list[FixtureCall]], speed: float, query: str) -> dict[str, SetScore]:
+    """Stream every call (its two tracks together), one call at a time, and score its live finals."""
+    scores: dict[str, SetScore] = {}
+    for set_name, calls in sets.items():
+        score = scores.setdefault(set_name, SetScore())
+        for call in calls:
+            audio = call.audio()
+            runs = {track: TrackRun([t for t in call.turns if t.track == track]) for track in audio}
+            await asyncio.gather(*(stream_track(url, audio[t], runs[t], speed, query) for t in audio))
+            score.calls += 1
+            score.audio += call.duration
+            for track, run in runs.items():
+                ref = call.references.get(track, "")
+                hyp = run.final_text()
+                score.live = score.live + wer(ref, hyp)
+                score.latency.add(analyse(run, speed))
+                score.final_loops += loops(hyp, 4)
+                score.examples.append({"call": call.name, "track": track, "live": hyp})
+            print(f"  {set_name}/{call.name}: live {call.duration:.0f} s", file=sys.stderr, flush=True)
+    return scores
+
+
+def score_batch(sets: dict[str, list[FixtureCall]], scores: dict[str, SetScore], model: str) -> None:
+    """The batch pass (the worker's engine) on the same calls: the accuracy the live path is held to."""
+    from bridge.audio import read_wav
+    from bridge.batch.engine import transcribe_recording
+    from bridge.batch.whisper import WhisperBatchEngine
+
+    engine = WhisperBatchEngine(model, beam_size=5)
+    for set_name, calls in sets.items():
+        for call in calls:
+            t = asyncio.run(transcribe_recording(engine, read_wav(call.wav), call_sid=call.name))
+            for track, ref in call.references.items():
+                scores[set_name].batch = scores[set_name].batch + wer(ref, t.text(track))
+            for ex in scores[set_name].examples:
+                if ex["call"] == call.name:
+                    ex["batch"] = t.text(ex["track"])
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -126,43 +216,32 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def run_calls(
-    url: str, n: int, speed: float, fixture: str | None, server_pid: int | None, fixtures: str = "fixtures"
-) -> dict[str, Any]:
+async def run_concurrent(url: str, calls: list[FixtureCall], n: int, speed: float, query: str,
+                         server_pid: int | None) -> dict[str, Any]:  # fmt: skip
+    """``n`` calls at once (cycling through ``calls``): latency under load, CPU per call."""
     runs: list[TrackRun] = []
     jobs = []
     audio_seconds = 0.0
     for c in range(n):
-        name = fixture or CALLS[c % len(CALLS)]
-        wav_path = call_fixture(name, fixtures)
-        wav = read_wav(wav_path)
-        meta = json.loads(wav_path.with_suffix(".json").read_text())
-        for ch, track in enumerate(meta["channels"]):
-            run = TrackRun([t for t in meta["turns"] if t["track"] == track])
+        call = calls[c % len(calls)]
+        for track, audio in call.audio().items():
+            run = TrackRun([t for t in call.turns if t.track == track])
             runs.append(run)
-            jobs.append(stream_track(url, wav.channel_bytes(ch), run, speed))
-            audio_seconds += wav.duration
-    cpu0 = _cpu_seconds(server_pid) if server_pid else None
+            jobs.append(stream_track(url, audio, run, speed, query))
+            audio_seconds += call.duration
+    cpu0 = _cpu_seconds(server_pid) if server_pid else 0.0
     wall0 = time.monotonic()
     await asyncio.gather(*jobs)
     wall = time.monotonic() - wall0
-    cpu = (_cpu_seconds(server_pid) - cpu0) if server_pid and cpu0 is not None else None
-    per = [analyse(r, speed) for r in runs]
-    merged: dict[str, list[float]] = {}
-    for p in per:
-        for k in ("ttfp_onset", "ttfp_first_audio", "partial_latency", "final_lag"):
-            merged.setdefault(k, []).extend(p[k])
-    edits = sum(p["edits"] for p in per)
-    ref = sum(p["ref_words"] for p in per)
+    lat = Latency()
+    for run in runs:
+        lat.add(analyse(run, speed))
     summary: dict[str, Any] = {"calls": n, "streams": len(runs), "wall_seconds": round(wall, 2)}
-    for k, v in merged.items():
-        summary[k] = {"p50": pct(v, 50), "p95": pct(v, 95), "n": len(v)}
-    summary["wer"] = round(edits / ref, 4) if ref else None
-    shown = sum(p["shown"] for p in per)
-    summary["partial_churn"] = round(sum(p["rewritten"] for p in per) / shown, 4) if shown else None
-    if cpu is not None:
+    for name, values in (("ttfp", lat.ttfp), ("partial_latency", lat.partial), ("final_lag", lat.final)):
+        summary[name] = {"p50": pct(values, 50), "p95": pct(values, 95), "n": len(values)}
+    if server_pid:
+        cpu = _cpu_seconds(server_pid) - cpu0
         summary["server_cpu_seconds"] = round(cpu, 2)
-        summary["cpu_per_call_seconds_per_audio_second"] = round(cpu / (audio_seconds / 2), 4)
         summary["real_time_factor"] = round(cpu / audio_seconds, 4)
     return summary
 
@@ -175,11 +254,11 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _server(model: str, workers: int) -> Any:
+def _server(model: str, workers: int, final_model: str) -> Any:
     port = _free_port()
     code = (
         "from bridge.embedded.server import EmbeddedConfig, serve; "
-        f"serve(EmbeddedConfig(model={model!r}, workers={workers}), '127.0.0.1', {port})"
+        f"serve(EmbeddedConfig(model={model!r}, workers={workers}, final_model={final_model!r}), '127.0.0.1', {port})"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
     try:
@@ -200,58 +279,86 @@ def _server(model: str, workers: int) -> Any:
             proc.kill()
 
 
+def render(rows: list[dict[str, Any]], ramp: list[dict[str, Any]], best: int | None) -> str:
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v * 1000:.0f}"
+
+    head = ("| set | calls | audio s | live WER | batch WER | live/batch | first partial p50 | partial p95 "
+            "| final lag p50 / p95 | churn | looping partials |")  # fmt: skip
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        ratio = "-" if r["live_over_batch"] is None else f"{r['live_over_batch']:.2f}"
+        lines.append(
+            f"| {r['set']} | {r['calls']} | {r['audio_seconds']:.0f} | {r['live_wer'] * 100:.1f} % "
+            f"| {r['batch_wer'] * 100:.1f} % | {ratio} | {ms(r['ttfp_p50'])} ms | {ms(r['partial_latency_p95'])} ms "
+            f"| {ms(r['final_lag_p50'])} / {ms(r['final_lag_p95'])} ms | {r['partial_churn']} "
+            f"| {r['looping_partials']}/{r['partials']} |"
+        )
+    if ramp:
+        lines += ["", "| concurrent calls | streams | first partial p50 | partial p95 | final lag p50 / p95 | RTF |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for s in ramp:
+            lines.append(
+                f"| {s['calls']} | {s['streams']} | {ms(s['ttfp']['p50'])} ms | {ms(s['partial_latency']['p95'])} ms "
+                f"| {ms(s['final_lag']['p50'])} / {ms(s['final_lag']['p95'])} ms | {s.get('real_time_factor', '-')} |"
+            )
+    if best is not None:
+        lines.append(f"\nlargest N with p95 final lag < 1.5 s: {best} calls ({2 * best} streams)")
+    return "\n".join(lines)
+
+
 def main(args: argparse.Namespace) -> int:
+    sets = load_sets(args.fixtures, [s for s in args.sets.split(",") if s] or None)
+    query = QUERY + "".join(f"&keyterm={k}" for k in args.keyterm)
     report: dict[str, Any] = {
-        "model": args.model,
-        "workers": args.workers,
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
-        "python": platform.python_version(),
-        "runs": [],
-    }
+        "command": args.argv, "model": args.model, "final_model": args.final_model, "workers": args.workers,
+        "speed": args.speed, "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
+        "load_average_before": os.getloadavg(), "python": platform.python_version(),
+    }  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    ramp: list[dict[str, Any]] = []
+    best: int | None = None
     with contextlib.ExitStack() as stack:
         if args.url:
             url, pid = args.url, None
         else:
-            url, pid = stack.enter_context(_server(args.model, args.workers))
-        counts = list(range(args.min_calls, args.max_calls + 1)) if args.ramp else [args.calls]
-        best = 0
-        for n in counts:
-            summary = asyncio.run(run_calls(url, n, args.speed, args.fixture, pid, args.fixtures))
-            report["runs"].append(summary)
-            print(json.dumps(summary))
-            lag95 = summary["final_lag"]["p95"]
-            if lag95 is not None and lag95 < 1.5:
-                best = n
-            elif args.ramp:
-                break
-        report["max_calls_p95_final_lag_under_1_5s"] = best
-        if args.clips:
-            report["clips"] = _offline_clips(args.model, args.clips, args.fixtures)
-            print(json.dumps(report["clips"]))
+            url, pid = stack.enter_context(_server(args.model, args.workers, args.final_model))
+        if not args.no_accuracy:
+            print(f"accuracy: {sum(len(c) for c in sets.values())} calls, one at a time", file=sys.stderr)
+            scores = asyncio.run(score_calls(url, sets, args.speed, query))
+            if args.batch_model:
+                score_batch(sets, scores, args.batch_model)
+            rows = [s.row(name) for name, s in scores.items()]
+            total = SetScore()
+            for s in scores.values():
+                total.calls += s.calls
+                total.audio += s.audio
+                total.live, total.batch = total.live + s.live, total.batch + s.batch
+                total.latency.add(s.latency)
+                total.final_loops += s.final_loops
+            rows.append(total.row("all"))
+            report["examples"] = {name: s.examples for name, s in scores.items()}
+        if args.ramp or args.calls > 1:
+            pool = [c for calls in load_sets(args.fixtures, [args.capacity_set]).values() for c in calls]
+            counts = list(range(args.min_calls, args.max_calls + 1)) if args.ramp else [args.calls]
+            for n in counts:
+                summary = asyncio.run(run_concurrent(url, pool, n, 1.0, query, pid))
+                ramp.append(summary)
+                print(json.dumps(summary), file=sys.stderr, flush=True)
+                lag95 = summary["final_lag"]["p95"]
+                if lag95 is not None and lag95 < 1.5:
+                    best = n
+                elif args.ramp:
+                    break
+    report["sets"] = rows
+    report["ramp"] = ramp
+    report["max_calls_p95_final_lag_under_1_5s"] = best
+    report["load_average_after"] = os.getloadavg()
+    text = render(rows, ramp, best)
+    print(text)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "bench_recognizer.json").write_text(json.dumps(report, indent=1))
+        (out / "report.md").write_text(text + "\n")
     return 0
-
-
-def _offline_clips(model: str, k: int, fixtures: str) -> dict[str, Any]:
-    """Offline WER of whole clips through the same engine (the accuracy ceiling of streaming)."""
-    from bridge.embedded.engine import load_engine
-
-    clips = json.loads((Path(fixtures) / "audio" / "clips.json").read_text())[:k]
-    out: dict[str, Any] = {}
-    for name in dict.fromkeys((model, "base")):
-        engine = load_engine(name, workers=1)
-        edits = ref = 0
-        for clip in clips:
-            wav = read_wav(Path(fixtures) / "audio" / clip["file"])
-            audio = Upsampler()(pcm16_to_float(mulaw_to_pcm16(wav.data)))
-            hyp = engine.transcribe(audio, beam_size=5)
-            r = normalize(clip["text"])
-            edits += align(r, normalize(hyp.text)).errors
-            ref += len(r)
-        out[f"offline_wer_{name}_beam5"] = round(edits / ref, 4)
-    return out
-
-

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from bridge.embedded.packing import PACK_SEAM_S, Piece, Window
+
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
@@ -38,6 +40,8 @@ TOKEN_SLACK = 10
 MIN_PARTIAL_CONTEXT_S = 6.0
 #: Padding a partial's context keeps after its audio (Whisper needs trailing silence).
 PARTIAL_PAD_S = 3.0
+#: Longest ``<|startofprev|>`` prompt (keyterms + previous words): enough context, little decoder cost.
+MAX_CONTEXT_TOKENS = 64
 
 
 class ModelLoadError(RuntimeError):
@@ -172,6 +176,19 @@ class WhisperEngine:
         feats: np.ndarray = self.model.feature_extractor(padded, padding=160)
         return feats[:, : int(ctx * 100)]
 
+    def context_tokens(self, hotwords: str = "", previous: str = "") -> list[int]:
+        """The ``<|startofprev|>`` prompt: keyterms, then the end of what this speaker said before.
+
+        Whisper was trained to continue from the previous window's text; giving it the speaker's
+        last words keeps spelling, casing and vocabulary consistent across segments, and keyterms
+        placed there bias decoding toward them (what faster-whisper calls hotwords).
+        """
+        text = " ".join(p.strip() for p in (hotwords, previous) if p.strip())
+        if not text:
+            return []
+        tokens: list[int] = self.tokenizer.encode(" " + text)
+        return tokens[-MAX_CONTEXT_TOKENS:]
+
     def transcribe(
         self,
         audio: np.ndarray,
@@ -180,24 +197,80 @@ class WhisperEngine:
         beam_size: int = 1,
         align: bool = True,
         context_seconds: float | None = None,
+        hotwords: str = "",
+        previous: str = "",
     ) -> Hypothesis:
         """Decode up to ``context_seconds`` of 16 kHz float audio.
 
         ``prefix`` forces the hypothesis to start with already-agreed words (stable partials);
         ``align`` computes word times by cross-attention alignment, otherwise they are estimated
-        from character counts over the audio span (and a looping tail is cut, see
-        :func:`cut_repeats`). ``context_seconds`` narrows the encoder context for this call.
+        from character counts over the audio span. Either way a looping tail is cut
+        (:func:`cut_repeats`). ``context_seconds`` narrows the encoder context for this call;
+        ``hotwords`` and ``previous`` go in the prompt (:meth:`context_tokens`).
         """
-        import ctranslate2
-
         ctx = min(self.context_seconds, context_seconds or self.context_seconds)
-        feats = self.features(audio, ctx)
-        storage = ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[None]))
-        encoded = self.model.model.encode(storage, to_cpu=False)
+        encoded = self._encode(audio, ctx)
         prompt = self.model.get_prompt(
-            self.tokenizer, [], without_timestamps=True, prefix=prefix or None
+            self.tokenizer, self.context_tokens(hotwords, previous), without_timestamps=True, prefix=prefix or None
         )
         seconds = min(audio.size / SAMPLE_RATE, ctx)
+        tokens, text, confidence, no_speech = self._generate(encoded, prompt, seconds, beam_size)
+        words: list[EngineWord] = []
+        if tokens and align:
+            words = self._align(tokens, encoded, seconds)
+        elif tokens:
+            words = estimate_words(text, 0.0, seconds)
+        return Hypothesis(text=text, words=tuple(words), confidence=confidence, no_speech_prob=no_speech)
+
+    def transcribe_packed(
+        self, audios: list[np.ndarray], *, beam_size: int = 5, hotwords: str = ""
+    ) -> list[Hypothesis]:
+        """Decode several pieces of speech (other streams' finals, say) in one encoder pass.
+
+        The pieces are packed in order with silent seams (:mod:`bridge.embedded.packing`); each
+        aligned word goes back to the piece it was said in, on that piece's own clock. One pass
+        costs about what one piece alone costs, so under load finals share the encoder. A piece
+        the packed decode left empty (Whisper may stop after one sentence) is decoded alone, so
+        packing never loses a final. The caller keeps the pieces within the encoder context.
+        """
+        starts = np.cumsum([0, *(a.size for a in audios)])[:-1] / SAMPLE_RATE
+        pieces, at = [], 0.0
+        for start, a in zip(starts, audios, strict=True):
+            pieces.append(Piece(at, float(start), a.size / SAMPLE_RATE))
+            at += a.size / SAMPLE_RATE + PACK_SEAM_S
+        window = Window(pieces)
+        joined = window.audio(np.concatenate(audios) if audios else np.zeros(0, np.float32))
+        encoded = self._encode(joined, self.context_seconds)
+        prompt = self.model.get_prompt(self.tokenizer, self.context_tokens(hotwords), without_timestamps=True)
+        seconds = min(window.content, self.context_seconds)
+        tokens, _, confidence, no_speech = self._generate(encoded, prompt, seconds, beam_size)
+        per_piece: list[list[EngineWord]] = [[] for _ in pieces]
+        for w in self._align(tokens, encoded, seconds) if tokens else []:
+            i = pieces.index(window.piece_at((w.start + w.end) / 2))
+            p = pieces[i]
+            start = min(max(w.start - p.offset, 0.0), p.length)
+            end = min(max(w.end - p.offset, start), p.length)
+            per_piece[i].append(EngineWord(w.text, start, end, w.probability))
+        out = []
+        for audio, ws in zip(audios, per_piece, strict=True):
+            if ws:
+                out.append(Hypothesis(" ".join(w.text for w in ws), tuple(ws), confidence, no_speech))
+            else:  # Whisper sometimes ends after one sentence of a packed window: decode the rest alone
+                out.append(self.transcribe(audio, beam_size=beam_size, context_seconds=self.context_seconds,
+                                           hotwords=hotwords))  # fmt: skip
+        return out
+
+    def _encode(self, audio: np.ndarray, context_seconds: float) -> Any:
+        import ctranslate2
+
+        feats = self.features(audio, context_seconds)
+        storage = ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[None]))
+        return self.model.model.encode(storage, to_cpu=False)
+
+    def _generate(
+        self, encoded: Any, prompt: list[int], seconds: float, beam_size: int
+    ) -> tuple[list[int], str, float, float]:
+        """Tokens, text, confidence and no-speech probability of one decode, a looping tail cut."""
         budget = math.ceil(TOKENS_PER_SECOND * seconds) + TOKEN_SLACK
         res = self.model.model.generate(
             encoded,
@@ -218,32 +291,29 @@ class WhisperEngine:
         seq_len = max(1, len(res.sequences_ids[0]))
         avg_logprob = float(res.scores[0]) * seq_len / (seq_len + 1) if res.scores else -1.0
         text = self.tokenizer.decode(tokens).strip()
-        if not align:
-            text = cut_repeats(text)
-        duration = seconds
+        cut = cut_repeats(text)
+        if cut != text:
+            text = cut
+            tokens = self.tokenizer.encode(" " + text) if text else []
+        return tokens, text, float(math.exp(min(0.0, avg_logprob))), float(res.no_speech_prob)
+
+    def _align(self, tokens: list[int], encoded: Any, duration: float) -> list[EngineWord]:
+        """Word times by cross-attention alignment, punctuation attached to the word before it."""
+        frames = max(1, round(duration * 100))
+        aligned = self.model.find_alignment(self.tokenizer, [tokens], encoded, frames)[0]
         words: list[EngineWord] = []
-        if tokens and align:
-            frames = max(1, round(duration * 100))
-            aligned = self.model.find_alignment(self.tokenizer, [tokens], encoded, frames)[0]
-            for w in aligned:
-                wt = str(w["word"]).strip()
-                if not wt:
-                    continue
-                if words and not plain_word(wt):  # punctuation token: attach to the previous word
-                    last = words[-1]
-                    words[-1] = EngineWord(last.text + wt, last.start, last.end, last.probability)
-                    continue
-                start = min(float(w["start"]), duration)
-                end = min(max(float(w["end"]), start), duration)
-                words.append(EngineWord(wt, start, end, float(w["probability"])))
-        elif tokens:
-            words = estimate_words(text, 0.0, duration)
-        return Hypothesis(
-            text=text,
-            words=tuple(words),
-            confidence=float(math.exp(min(0.0, avg_logprob))),
-            no_speech_prob=float(res.no_speech_prob),
-        )
+        for w in aligned:
+            wt = str(w["word"]).strip()
+            if not wt:
+                continue
+            if words and not plain_word(wt):  # punctuation token: attach to the previous word
+                last = words[-1]
+                words[-1] = EngineWord(last.text + wt, last.start, last.end, last.probability)
+                continue
+            start = min(float(w["start"]), duration)
+            end = min(max(float(w["end"]), start), duration)
+            words.append(EngineWord(wt, start, end, float(w["probability"])))
+        return words
 
 
 def estimate_words(text: str, start: float, end: float) -> list[EngineWord]:
@@ -262,13 +332,24 @@ def estimate_words(text: str, start: float, end: float) -> list[EngineWord]:
     return out
 
 
-def cut_repeats(text: str, times: int = 3, longest: int = 8) -> str:
-    """Cut a tail where one word group repeats ``times`` times in a row (greedy-decoding loops)."""
+def cut_repeats(text: str, longest: int = 12) -> str:
+    """Cut a decoder loop: the tail from where one word group starts repeating.
+
+    A single word must come four times in a row, a pair three times, a group of three words or
+    more twice (people say "no, no, no" or "thank you, thank you", but not the same sentence twice).
+    Punctuation and case are ignored when comparing (a loop often repeats "please." as "please,").
+    """
     words = text.split()
-    for n in range(1, longest + 1):
-        for i in range(0, len(words) - n * times + 1):
-            group = words[i : i + n]
-            if all(words[i + k * n : i + (k + 1) * n] == group for k in range(1, times)):
+    bare = [plain_word(w) for w in words]
+    for i in range(len(words)):
+        for n in range(1, min(longest, (len(words) - i) // 2) + 1):
+            group = bare[i : i + n]
+            if not any(group):
+                continue
+            need = {1: 4, 2: 3}.get(n, 2)
+            if i + need * n > len(words):
+                continue
+            if all(bare[i + k * n : i + (k + 1) * n] == group for k in range(1, need)):
                 return " ".join(words[: i + n])
     return text
 

@@ -40,6 +40,12 @@ class RecognizerMetrics:
         self.replaced = Gauge(
             "recognizer_coalesced_partials", "Partials replaced by a newer request", registry=r
         )
+        self.packed_finals = Gauge(
+            "recognizer_packed_finals", "Finals that shared one decode with others queued with them", registry=r
+        )
+        self.cheap_finals = Gauge(
+            "recognizer_cheap_finals", "Finals decoded with the fast model because finals were queuing up", registry=r
+        )
 
     def observe_decode(self, kind: str, waited: float, ran: float) -> None:
         self.queue_wait_seconds.labels(kind).observe(waited)
@@ -53,3 +59,5 @@ class RecognizerMetrics:
         self.workers.set(s.workers)
         self.skipped.set(s.skipped_partials)
         self.replaced.set(s.replaced_partials)
+        self.cheap_finals.set(s.cheap_finals)
+        self.packed_finals.set(s.packed_finals)

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 ENCODINGS = {"mulaw": 1, "linear16": 2}
 SAMPLE_RATES = (8000, 16000)
 #: Accepted for compatibility and ignored (they do not change what this engine produces).
-IGNORED = frozenset({"model", "version", "tag", "extra", "mip_opt_out", "numerals", "keywords", "keyterm"})
+IGNORED = frozenset({"model", "version", "tag", "extra", "mip_opt_out", "numerals"})
+#: Deepgram's limits on keyterm prompting (https://developers.deepgram.com/docs/keyterm).
+MAX_KEYTERMS = 100
+MAX_KEYTERM_CHARS = 100
 
 
 class ParamError(ValueError):
@@ -33,6 +36,8 @@ class ListenParams:
     punctuate: bool = False
     smart_format: bool = False
     model: str = ""
+    #: Words and phrases to favour (``keyterm``, repeated; ``keywords`` of older models, ``word:boost``).
+    keyterms: tuple[str, ...] = ()
 
     @property
     def bytes_per_sample(self) -> int:
@@ -56,6 +61,31 @@ def _int(name: str, raw: str, lo: int, hi: int) -> int:
     if not lo <= value <= hi:
         raise ParamError(f"{name}={value} must be between {lo} and {hi}")
     return value
+
+
+def _all(query: Mapping[str, str], name: str) -> list[str]:
+    getlist = getattr(query, "getlist", None)
+    if getlist is not None:
+        return [str(v) for v in getlist(name)]
+    return [query[name]] if name in query else []
+
+
+def _keyterms(query: Mapping[str, str]) -> tuple[str, ...]:
+    terms = [t.strip() for t in _all(query, "keyterm")]
+    for raw in _all(query, "keywords"):
+        word, _, boost = raw.rpartition(":") if ":" in raw else (raw, "", "")
+        if boost:
+            try:
+                float(boost)
+            except ValueError:
+                raise ParamError(f"keywords={raw!r}: the boost after ':' must be a number") from None
+        terms.append(word.strip())
+    terms = [t for t in dict.fromkeys(terms) if t]
+    if len(terms) > MAX_KEYTERMS:
+        raise ParamError(f"at most {MAX_KEYTERMS} keyterms")
+    if any(len(t) > MAX_KEYTERM_CHARS for t in terms):
+        raise ParamError(f"a keyterm is longer than {MAX_KEYTERM_CHARS} characters")
+    return tuple(terms)
 
 
 def parse_params(query: Mapping[str, str]) -> ListenParams:
@@ -102,6 +132,7 @@ def parse_params(query: Mapping[str, str]) -> ListenParams:
         kw["model"] = query["model"]
     if kw.get("encoding") == "mulaw" and "sample_rate" not in query:
         kw["sample_rate"] = 8000
+    kw["keyterms"] = _keyterms(query)
     return ListenParams(**kw)  # type: ignore[arg-type]
 
 
@@ -119,5 +150,7 @@ _FIELDS = frozenset(
         "endpointing",
         "utterance_end_ms",
         "language",
+        "keyterm",
+        "keywords",
     }
 )

@@ -6,7 +6,9 @@ GIL), never more than ``workers`` at once. Rules:
 * finals run before any partial (a final is what gets stored);
 * a stream has at most one queued partial: a newer request replaces the older (coalescing);
 * a partial that waited longer than ``partial_max_wait`` is dropped, so under load partials are
-  skipped before finals are delayed.
+  skipped before finals are delayed;
+* finals that queued up are decoded together when they can be (:class:`Packable`: one encoder pass
+  for several finals), so under load the cost of a final shrinks instead of its lag growing.
 """
 
 from __future__ import annotations
@@ -16,11 +18,24 @@ import collections
 import concurrent.futures
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Packable:
+    """How a final can share one decode with the finals queued behind it."""
+
+    #: Only finals with the same key are decoded together (the same model and beam).
+    key: Hashable
+    #: Seconds of audio it adds to a packed window.
+    seconds: float
+    payload: Any
+    #: Decodes several payloads at once (this job's first); one result per payload, in order.
+    run_many: Callable[[list[Any]], list[Any]]
 
 
 @dataclass
@@ -30,6 +45,7 @@ class _Job(Generic[T]):
     future: asyncio.Future[T | None]
     kind: str
     queued_at: float = field(default_factory=time.monotonic)
+    pack: Packable | None = None
 
 
 @dataclass
@@ -41,6 +57,8 @@ class SchedulerStats:
     skipped_partials: int
     replaced_partials: int
     oldest_final_wait: float
+    cheap_finals: int = 0
+    packed_finals: int = 0
 
 
 class DecodeScheduler:
@@ -52,9 +70,16 @@ class DecodeScheduler:
         *,
         partial_max_wait: float = 0.6,
         on_done: Callable[[str, float, float], None] | None = None,
+        pack_seconds: float = 9.0,
+        pack_seam: float = 0.4,
     ) -> None:
         self.workers = max(1, workers)
         self.partial_max_wait = partial_max_wait
+        #: Most audio one packed decode holds (the encoder context less a tail), and the seam between pieces.
+        self.pack_seconds = pack_seconds
+        self.pack_seam = pack_seam
+        #: Finals that shared a decode with another (under load).
+        self.packed_finals = 0
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.workers, thread_name_prefix="whisper"
         )
@@ -63,6 +88,8 @@ class DecodeScheduler:
         self._busy = 0
         self.skipped_partials = 0
         self.replaced_partials = 0
+        #: Finals decoded with the fast model because finals were queuing up (two-pass fallback).
+        self.cheap_finals = 0
         self._on_done = on_done
         self._closed = False
 
@@ -77,6 +104,8 @@ class DecodeScheduler:
             skipped_partials=self.skipped_partials,
             replaced_partials=self.replaced_partials,
             oldest_final_wait=oldest,
+            cheap_finals=self.cheap_finals,
+            packed_finals=self.packed_finals,
         )
 
     @property
@@ -85,13 +114,21 @@ class DecodeScheduler:
         return (self._busy + len(self._finals) + len(self._partials)) / self.workers
 
     @property
+    def final_backlog(self) -> int:
+        """Finals waiting for a worker."""
+        return len(self._finals)
+
+    @property
     def saturated(self) -> bool:
         """Every worker busy and finals already waiting: new calls would only add lag."""
         return self._busy >= self.workers and len(self._finals) >= self.workers
 
-    def submit_final(self, stream: str, fn: Callable[[], T]) -> asyncio.Future[T | None]:
+    def submit_final(
+        self, stream: str, fn: Callable[[], T], *, pack: Packable | None = None
+    ) -> asyncio.Future[T | None]:
+        """Queue a final decode; ``pack`` lets it share a decode with finals queued with it."""
         fut: asyncio.Future[T | None] = asyncio.get_running_loop().create_future()
-        self._finals.append(_Job(stream, fn, fut, "final"))
+        self._finals.append(_Job(stream, fn, fut, "final", pack=pack))
         self._dispatch()
         return fut
 
@@ -117,9 +154,22 @@ class DecodeScheduler:
                 _resolve(j.future, None)
         self._finals = keep
 
+    def _take_finals(self) -> list[_Job[Any]]:
+        """The next final, and the finals queued behind it that fit in one packed decode with it."""
+        first = self._finals.popleft()
+        group = [first]
+        if first.pack is None:
+            return group
+        room = self.pack_seconds - first.pack.seconds
+        while self._finals:
+            nxt = self._finals[0].pack
+            if nxt is None or nxt.key != first.pack.key or nxt.seconds + self.pack_seam > room:
+                break
+            group.append(self._finals.popleft())
+            room -= nxt.seconds + self.pack_seam
+        return group
+
     def _next(self) -> _Job[Any] | None:
-        if self._finals:
-            return self._finals.popleft()
         now = time.monotonic()
         while self._partials:
             _, job = self._partials.popitem(last=False)
@@ -135,27 +185,43 @@ class DecodeScheduler:
             return
         loop = asyncio.get_running_loop()
         while self._busy < self.workers:
-            job = self._next()
-            if job is None:
-                return
-            if job.future.done():  # the waiter went away
-                continue
+            if self._finals:
+                group = [j for j in self._take_finals() if not j.future.done()]  # a waiter may have gone
+                if not group:
+                    continue
+            else:
+                job = self._next()
+                if job is None:
+                    return
+                if job.future.done():
+                    continue
+                group = [job]
             self._busy += 1
             started = time.monotonic()
-            cf = loop.run_in_executor(self._executor, job.fn)
-            cf.add_done_callback(functools.partial(self._finished, job, started))
+            if len(group) == 1:
+                cf = loop.run_in_executor(self._executor, group[0].fn)
+            else:
+                self.packed_finals += len(group)
+                first = group[0].pack
+                assert first is not None
+                payloads = [j.pack.payload for j in group if j.pack is not None]
+                cf = loop.run_in_executor(self._executor, first.run_many, payloads)
+            cf.add_done_callback(functools.partial(self._finished, group, started))
 
-    def _finished(self, job: _Job[Any], started: float, f: asyncio.Future[Any]) -> None:
+    def _finished(self, group: list[_Job[Any]], started: float, f: asyncio.Future[Any]) -> None:
         self._busy -= 1
         now = time.monotonic()
-        if self._on_done is not None:
-            self._on_done(job.kind, started - job.queued_at, now - started)
-        if not job.future.done():
-            exc = f.exception()
+        exc = f.exception()
+        results = [None] * len(group) if exc is not None else ([f.result()] if len(group) == 1 else list(f.result()))
+        for job, result in zip(group, results, strict=True):
+            if self._on_done is not None:
+                self._on_done(job.kind, started - job.queued_at, now - started)
+            if job.future.done():
+                continue
             if exc is not None:
                 job.future.set_exception(exc)
             else:
-                job.future.set_result(f.result())
+                job.future.set_result(result)
         self._dispatch()
 
     def close(self) -> None:

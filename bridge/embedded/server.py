@@ -40,6 +40,8 @@ class EmbeddedConfig:
     """How the embedded recognizer runs. Defaults suit a 2-core box with tiny.en."""
 
     model: str = "tiny.en"
+    #: A second, more accurate model for finals (two-pass); empty: finals use :attr:`model`.
+    final_model: str = ""
     workers: int = 2
     #: When set, clients must send ``Authorization: Token <key>`` (or the ``token`` subprotocol).
     api_key: str = ""
@@ -49,7 +51,7 @@ class EmbeddedConfig:
     #: Longest encoder context (s): ~10 s is ~3x cheaper than 30 s; shorter segments get less.
     context_seconds: float = 10.0
     #: Beam size for finals (partials always use greedy decoding).
-    final_beam: int = 1
+    final_beam: int = 5
     #: A queued partial older than this is skipped (it would be stale when it arrived).
     partial_max_wait: float = 0.6
     #: Refuse new streams (HTTP 503) beyond this many; 0 = no limit.
@@ -61,6 +63,7 @@ class _State:
         self.config = config
         self.metrics = RecognizerMetrics()
         self.engine: WhisperEngine | None = None
+        self.final_engine: WhisperEngine | None = None
         self.scheduler: DecodeScheduler | None = None
         self.active = 0
 
@@ -117,6 +120,7 @@ async def _listen(ws: WebSocket) -> None:
         request_id=request_id,
         model_name=engine.name,
         final_beam=cfg.final_beam,
+        final_engine=state.final_engine,
     )
     state.active += 1
     m.streams.inc()
@@ -240,12 +244,21 @@ def create_app(config: EmbeddedConfig) -> Starlette:
             compute_type=config.compute_type,
             context_seconds=config.context_seconds,
         )
+        if config.final_model and config.final_model != config.model:
+            state.final_engine = await asyncio.to_thread(
+                load_engine,
+                config.final_model,
+                workers=config.workers,
+                compute_type=config.compute_type,
+                context_seconds=max(config.context_seconds, 10.0),
+            )
         state.scheduler = DecodeScheduler(
             config.workers,
             partial_max_wait=config.partial_max_wait,
             on_done=state.metrics.observe_decode,
         )
-        logger.info("embedded recognizer ready (model %s, %d workers)", config.model, config.workers)
+        logger.info("embedded recognizer ready (model %s, finals %s, %d workers)", config.model,
+                    config.final_model or config.model, config.workers)  # fmt: skip
         try:
             yield
         finally:

@@ -11,15 +11,18 @@ import asyncio
 import hashlib
 import logging
 import math
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import numpy as np
+
 from bridge.audio import mulaw_to_pcm16
 from bridge.embedded.engine import Hypothesis, WhisperEngine, plain_word
 from bridge.embedded.params import ListenParams
-from bridge.embedded.scheduler import DecodeScheduler
+from bridge.embedded.scheduler import DecodeScheduler, Packable
 from bridge.embedded.segmenter import PartialDue, SegmentClosed, Segmenter, SpeechOnset
 from bridge.recognizers.deepgram import wire as dg
 
@@ -39,6 +42,10 @@ PARTIAL_KEEP_CONFIDENCE = math.exp(-1.0)
 PARTIAL_INTERVALS = ((1.0, 0.3), (2.0, 0.5), (math.inf, 1.0))
 #: An empty early partial is retried this soon rather than after a whole interval.
 RETRY_PARTIAL_S = 0.1
+#: How much of a speaker's previous words the decoder is given as context.
+PREVIOUS_CHARS = 200
+#: A final that waited this long for a worker is decoded with the fast model (a metric counts it).
+CHEAP_AFTER_S = 1.0
 
 Send = Callable[[bytes], Awaitable[None]]
 OutItem = bytes | asyncio.Future[bytes | None] | Callable[[], bytes | None]
@@ -80,13 +87,20 @@ class ListenSession:
         request_id: str,
         model_name: str,
         final_beam: int = 1,
+        final_engine: WhisperEngine | None = None,
     ) -> None:
         self.params = params
         self.engine = engine
+        #: The accurate decoder of finals (two-pass); the partials' engine when None.
+        self.final_engine = final_engine
         self.scheduler = scheduler
         self.request_id = request_id
         self.model_name = model_name
         self.final_beam = final_beam
+        #: Keyterms of this stream (Deepgram ``keyterm``/``keywords``), prompted to the decoder.
+        self.hotwords = ", ".join(params.keyterms)
+        #: The end of what this speaker said so far: the decoder's context for the next segment.
+        self._previous = ""
         endpoint = params.endpointing_ms
         gap = NO_ENDPOINT_GAP_S if endpoint is None else max(MIN_ENDPOINT_S, endpoint / 1000)
         self.segmenter = Segmenter(
@@ -153,9 +167,12 @@ class ListenSession:
     def _submit_partial(self, ev: PartialDue) -> None:
         context = self.engine.partial_context(ev.end - ev.start)
 
+        previous = self._previous
+
         def work() -> Hypothesis:
             return self.engine.transcribe(
-                ev.audio, prefix=self._agree.prefix(ev.segment), align=False, context_seconds=context
+                ev.audio, prefix=self._agree.prefix(ev.segment), align=False, context_seconds=context,
+                hotwords=self.hotwords, previous=previous,
             )
 
         fut = self.scheduler.submit_partial(self.request_id, work)
@@ -190,14 +207,28 @@ class ListenSession:
                               from_finalize=from_finalize)
             )
             return
-        context = self.engine.partial_context(ev.end - ev.start)
+        accurate = self.final_engine or self.engine
+        queued = time.monotonic()
 
         def work() -> Hypothesis:
-            return self.engine.transcribe(
-                ev.audio, beam_size=self.final_beam, align=True, context_seconds=context
+            # Decided when a worker takes the job: the accurate model, with this speaker's previous
+            # words as context; the partials' model (greedy) only if it waited so long that finals
+            # would otherwise fall behind the call (queued finals are packed first, see below).
+            engine, beam = accurate, self.final_beam
+            if time.monotonic() - queued > CHEAP_AFTER_S and (engine, beam) != (self.engine, 1):
+                engine, beam = self.engine, 1
+                self.scheduler.cheap_finals += 1
+            return engine.transcribe(
+                ev.audio, beam_size=beam, align=True, context_seconds=engine.partial_context(ev.end - ev.start),
+                hotwords=self.hotwords, previous=self._previous,
             )
 
-        fut = self.scheduler.submit_final(self.request_id, work)
+        def run_many(audios: list[np.ndarray]) -> list[Hypothesis]:
+            return accurate.transcribe_packed(audios, beam_size=self.final_beam, hotwords=self.hotwords)
+
+        pack = Packable(key=(id(accurate), self.final_beam, self.hotwords), seconds=ev.end - ev.start,
+                        payload=ev.audio, run_many=run_many)  # fmt: skip
+        fut = self.scheduler.submit_final(self.request_id, work, pack=pack)
         out: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
 
         def done(f: asyncio.Future[Hypothesis | None]) -> None:
@@ -214,6 +245,7 @@ class ListenSession:
                 hyp = None
             if hyp is not None:
                 self._last_word_end = ev.start + hyp.words[-1].end
+                self._previous = (self._previous + " " + hyp.text).strip()[-PREVIOUS_CHARS:]
             out.set_result(
                 self._results(start, ev.end, hyp, final=True, speech_final=speech_final,
                               from_finalize=from_finalize, offset=ev.start)

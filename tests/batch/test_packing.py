@@ -10,8 +10,8 @@ import pytest
 from bridge.audio import WAVE_FORMAT_PCM, Wav
 from bridge.audio import WHISPER_RATE as TARGET_RATE
 from bridge.audio import read_wav as read_recording
-from bridge.batch.packing import Piece, Window, pack_spans, speech_spans
 from bridge.batch.whisper import WhisperBatchEngine
+from bridge.embedded.packing import Piece, Window, pack_spans, speech_spans
 from tests.support import SHORT_CALL as CALL
 
 

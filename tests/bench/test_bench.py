@@ -115,3 +115,31 @@ def test_e2e_smoke(tmp_path: Path, scripted_url: str) -> None:
     assert runs[0]["wer"] > 0.9  # scripted words are checksums: nearly every reference word is missed
     assert result["partial_latency"]["n"] > 0  # type: ignore[index]
     assert result["metrics_partial_latency"]["count"] > 0  # type: ignore[index]
+
+
+def test_recognizer_bench_scores_live_next_to_batch(tmp_path: Path) -> None:
+    """One short call as its own fixture set, streamed fast: both WERs and the latencies are reported."""
+    import shutil
+
+    from bridge.bench.recognizer import loops
+    from tests.support import SHORT_CALL
+
+    fixtures = tmp_path / "fixtures"
+    (fixtures / "sets" / "tiny").mkdir(parents=True)
+    for suffix in (".wav", ".json"):
+        shutil.copy(SHORT_CALL.with_suffix(suffix), fixtures / "sets" / "tiny" / f"call{suffix}")
+    out = tmp_path / "out"
+    argv = ["bench", "recognizer", "--fixtures", str(fixtures), "--sets", "tiny", "--speed", "4", "--model",
+            "tiny.en", "--batch-model", "tiny.en", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "bench_recognizer.json").read_text())
+    (row, total) = report["sets"]
+    assert row["set"] == "tiny" and total["set"] == "all" and row["calls"] == 1
+    assert 0.0 <= row["live_wer"] < 0.5 and 0.0 <= row["batch_wer"] < 0.5  # tiny.en on a clean call
+    from bridge.wer import normalize
+
+    turns = json.loads(SHORT_CALL.with_suffix(".json").read_text())["turns"]
+    assert row["ref_words"] == sum(len(normalize(t["text"])) for t in turns)  # every reference word was scored
+    assert row["ttfp_p50"] is not None and row["final_lag_p50"] is not None and row["partials"] > 0
+    assert "| tiny | 1 |" in (out / "report.md").read_text()
+    assert loops("is there anything else I is there anything else I is there") and not loops("it was the best")

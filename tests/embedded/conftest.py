@@ -63,6 +63,13 @@ def recognizer_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def two_pass_recognizer_url() -> Iterator[str]:
+    """The default configuration: tiny.en partials, base finals."""
+    with ServerThread(EmbeddedConfig(model="tiny.en", final_model="base", workers=2)) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
 def keyed_recognizer_url() -> Iterator[str]:
     with ServerThread(EmbeddedConfig(model="tiny.en", workers=2, api_key="sekret")) as server:
         yield server.url

@@ -79,3 +79,34 @@ async def test_saturation_is_reported() -> None:
     await asyncio.gather(*futures)
     assert not sched.saturated
     sched.close()
+
+
+async def test_finals_that_queued_up_share_one_decode() -> None:
+    """Under load, queued finals are packed (up to the window) instead of each waiting its turn."""
+    from bridge.embedded.scheduler import Packable
+
+    sched = DecodeScheduler(1, partial_max_wait=60, pack_seconds=9.0, pack_seam=0.4)
+    gate = threading.Event()
+    batches: list[list[str]] = []
+
+    def run_many(payloads: list[str]) -> list[str]:
+        batches.append(payloads)
+        return [p.upper() for p in payloads]
+
+    def pack(name: str, seconds: float, key: str = "base") -> Packable:
+        return Packable(key=key, seconds=seconds, payload=name, run_many=run_many)
+
+    busy = sched.submit_final("s0", lambda: (gate.wait(10), "first")[1], pack=pack("first", 1.0))
+    waiting = [
+        sched.submit_final("s1", lambda: "alone-1", pack=pack("a", 3.0)),
+        sched.submit_final("s2", lambda: "alone-2", pack=pack("b", 2.0)),
+        sched.submit_final("s3", lambda: "alone-3", pack=pack("c", 3.0)),  # 3 + 0.4 + 2 + 0.4 + 3 = 8.8 s: fits
+        sched.submit_final("s4", lambda: "alone-4", pack=pack("d", 1.0)),  # would make 10.2 s: next decode
+        sched.submit_final("s5", lambda: "alone-5", pack=pack("e", 1.0, key="other-model")),
+        sched.submit_final("s6", lambda: "alone-6"),  # not packable
+    ]
+    gate.set()
+    assert await busy == "first"
+    assert list(await asyncio.gather(*waiting)) == ["A", "B", "C", "alone-4", "alone-5", "alone-6"]
+    assert batches == [["a", "b", "c"]]
+    assert sched.stats().packed_finals == 3

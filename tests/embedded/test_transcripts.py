@@ -23,9 +23,9 @@ QUERY = (
 )
 
 
-async def transcribe(url: str, audio: bytes, *, pace: float = 0.01) -> list[dg.ServerMessage]:
+async def transcribe(url: str, audio: bytes, *, pace: float = 0.01, query: str = QUERY) -> list[dg.ServerMessage]:
     """Stream ~10x faster than real time, close, and collect every message."""
-    async with connect(f"{url}/v1/listen?{QUERY}") as ws:
+    async with connect(f"{url}/v1/listen?{query}") as ws:
 
         async def reader(conn: ClientConnection) -> list[dg.ServerMessage]:
             out: list[dg.ServerMessage] = []

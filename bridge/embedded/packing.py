@@ -1,9 +1,9 @@
-"""Speech finding and window packing for the batch pass.
+"""Packing speech into Whisper's encoder context, and mapping word times back.
 
-A call channel is mostly silence (the other party's turns), and Whisper's encoder costs the same for
-silence as for speech, so only speech reaches the model: VAD finds it, and the speech of one channel
-is packed, with short silent seams, into windows that fill a short encoder context. Word times come
-back through the window's piece map.
+Whisper's encoder costs the same for silence as for speech and the same for 2 s as for 10 s of audio,
+so pieces of speech are packed, with short silent seams, into windows that fill a short encoder
+context; word times come back through the window's piece map. The batch pass packs the speech of a
+channel (found by VAD); the embedded recognizer packs finals that queued up under load.
 """
 
 from __future__ import annotations
