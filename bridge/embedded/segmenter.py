@@ -19,6 +19,8 @@ import webrtcvad
 from bridge.audio import Upsampler, pcm16_to_float
 
 FRAME_S = 0.02
+#: How many frames webrtcvad's decisions may trail the audio.
+VAD_LAG_FRAMES = 5
 
 
 @dataclass(frozen=True)
@@ -180,14 +182,29 @@ class Segmenter:
         return closed
 
     def _cut(self) -> SegmentClosed:
-        """Close at the latest pause in the second half of the segment, else at the cap."""
+        """Close a segment that reached the encoder's limit at its longest pause in the second half
+        (the latest of equals), in the middle of it; at the cap only if the speaker never paused.
+
+        The words before the cut become a final now and the rest stays open, so a long monologue is
+        finalised piece by piece, never truncated; a pause (rather than the latest unvoiced frame,
+        which may sit inside a word) keeps words whole on both sides of the cut.
+        """
         half = len(self._voiced) // 2
-        cut = len(self._voiced)
-        for i in range(len(self._voiced) - 1, half, -1):
-            if not self._voiced[i]:
-                cut = i + 1
-                break
-        return self._close("max", cut)
+        best_len, best_end = 0, len(self._voiced)
+        run = 0
+        for i in range(half, len(self._voiced)):
+            run = 0 if self._voiced[i] else run + 1
+            if run and run >= best_len:
+                best_len, best_end = run, i + 1
+        if not best_len:
+            return self._close("max", len(self._voiced))
+        # The VAD's decisions trail the audio (it holds "voiced" over a pause's start and is late to
+        # hear speech resume), so the cut goes in the middle of the quietest frames around the run.
+        lo = max(half, best_end - best_len - VAD_LAG_FRAMES)
+        energy = [float(np.mean(self._seg[i] ** 2)) for i in range(lo, best_end)]
+        floor = min(energy)
+        quiet = [lo + k for k, e in enumerate(energy) if e <= 2 * floor + 1e-10]
+        return self._close("max", quiet[len(quiet) // 2] + 1)
 
     def set_partial_interval(self, seconds: float) -> None:
         """Regular partial spacing from now on (the session widens it under load)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
 
 import pytest
@@ -131,3 +132,26 @@ async def test_early_partial_arrives_before_the_first_final(recognizer_url: str)
     assert early, "a partial with words comes before the final"
     # ...and it covers little speech: it was decoded soon after the onset, not a full interval later.
     assert early[0].start + early[0].duration <= onset.timestamp + 1.0
+
+
+def test_a_segment_at_the_encoders_limit_is_cut_at_its_longest_pause() -> None:
+    """A monologue longer than the encoder context is finalised in pieces, cut where the speaker
+    paused longest in the second half (not inside a word), and nothing of it is dropped."""
+    second = 8000 * 2  # bytes of 16-bit PCM per second
+    speech = (clip_pcm(0) * 3)[: 3 * second]
+
+    def pause(ms: int) -> bytes:
+        return b"\x00\x00" * (8 * ms)  # digital silence: surely unvoiced
+
+    pcm = speech[: int(2.4 * second)] + pause(160) + speech[: int(0.6 * second)] + pause(60) + speech
+    seg = Segmenter(8000, max_segment_s=4.0, endpoint_s=0.3)
+    closed = [e for e in events(seg, pcm) if isinstance(e, SegmentClosed)]
+    last = seg.flush()
+    assert last is not None
+    closed.append(last)
+    first = closed[0]
+    assert first.reason == "max" and first.start == 0.0
+    assert 2.4 <= first.end <= 2.6, first.end  # inside the 160 ms pause at 2.40-2.56 s, not the 60 ms one
+    for a, b in itertools.pairwise(closed):  # each piece starts where the one before ended: nothing dropped
+        assert b.start == pytest.approx(a.end)
+    assert closed[-1].end == pytest.approx(len(pcm) / 2 / 8000, abs=0.02)
