@@ -43,6 +43,10 @@ class RecognizerMetrics:
         self.packed_finals = Gauge(
             "recognizer_packed_finals", "Finals that shared one decode with others queued with them", registry=r
         )
+        self.ahead = Gauge(
+            "recognizer_finals_decoded_ahead", "Finals decoded at the first pause, before the endpoint",
+            ["outcome"], registry=r,
+        )
         self.cheap_finals = Gauge(
             "recognizer_cheap_finals", "Finals decoded with the fast model because finals were queuing up", registry=r
         )
@@ -61,3 +65,5 @@ class RecognizerMetrics:
         self.replaced.set(s.replaced_partials)
         self.cheap_finals.set(s.cheap_finals)
         self.packed_finals.set(s.packed_finals)
+        self.ahead.labels("used").set(s.used_ahead)
+        self.ahead.labels("wasted").set(s.wasted_ahead)

@@ -59,6 +59,8 @@ class SchedulerStats:
     oldest_final_wait: float
     cheap_finals: int = 0
     packed_finals: int = 0
+    used_ahead: int = 0
+    wasted_ahead: int = 0
 
 
 class DecodeScheduler:
@@ -80,6 +82,9 @@ class DecodeScheduler:
         self.pack_seam = pack_seam
         #: Finals that shared a decode with another (under load).
         self.packed_finals = 0
+        #: Finals decoded ahead of their endpoint, and decodes ahead thrown away (the speaker resumed).
+        self.used_ahead = 0
+        self.wasted_ahead = 0
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.workers, thread_name_prefix="whisper"
         )
@@ -106,6 +111,8 @@ class DecodeScheduler:
             oldest_final_wait=oldest,
             cheap_finals=self.cheap_finals,
             packed_finals=self.packed_finals,
+            used_ahead=self.used_ahead,
+            wasted_ahead=self.wasted_ahead,
         )
 
     @property

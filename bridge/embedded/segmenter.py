@@ -47,7 +47,20 @@ class SegmentClosed:
     has_speech: bool
 
 
-SegmentEvent = SpeechOnset | PartialDue | SegmentClosed
+@dataclass(frozen=True)
+class SegmentPausing:
+    """The open segment has been silent for a moment: its final can be decoded ahead of the endpoint
+    (kept if the speaker does not resume before it, thrown away if they do)."""
+
+    segment: int
+    start: float
+    end: float
+    audio: np.ndarray
+    #: End of the last voiced frame: the same at the endpoint means nobody spoke since.
+    voiced_end: float
+
+
+SegmentEvent = SpeechOnset | PartialDue | SegmentPausing | SegmentClosed
 
 
 class Segmenter:
@@ -63,6 +76,7 @@ class Segmenter:
         first_partial_s: float = 0.02,
         preroll_s: float = 0.3,
         vad_mode: int = 2,
+        pausing_s: float = 0.1,
     ) -> None:
         if sample_rate not in (8000, 16000):
             raise ValueError("sample_rate must be 8000 or 16000")
@@ -70,6 +84,8 @@ class Segmenter:
         self.vad = webrtcvad.Vad(vad_mode)
         self.frame_bytes = int(sample_rate * FRAME_S) * 2
         self.endpoint_frames = max(1, round(endpoint_s / FRAME_S))
+        #: Silence after which :class:`SegmentPausing` is announced (only when shorter than the endpoint).
+        self.pausing_frames = max(1, round(pausing_s / FRAME_S))
         self.max_frames = int(max_segment_s / FRAME_S)
         self.partial_frames = max(1, round(partial_interval_s / FRAME_S))
         self.first_partial_frames = max(1, round(first_partial_s / FRAME_S))
@@ -132,6 +148,9 @@ class Segmenter:
         if self._silence_run >= self.endpoint_frames:
             out.append(self._close("endpoint", len(self._seg)))
             return
+        if self._silence_run == self.pausing_frames < self.endpoint_frames:
+            start, now = self._seg_start_frame * FRAME_S, self._frames_seen * FRAME_S
+            out.append(SegmentPausing(self._segment_id, start, now, np.concatenate(self._seg), self.last_voiced_end))
         if len(self._seg) >= self.max_frames:
             out.append(self._cut())
             return

@@ -23,7 +23,7 @@ from bridge.audio import mulaw_to_pcm16
 from bridge.embedded.engine import Hypothesis, WhisperEngine, plain_word
 from bridge.embedded.params import ListenParams
 from bridge.embedded.scheduler import DecodeScheduler, Packable
-from bridge.embedded.segmenter import PartialDue, SegmentClosed, Segmenter, SpeechOnset
+from bridge.embedded.segmenter import PartialDue, SegmentClosed, Segmenter, SegmentPausing, SpeechOnset
 from bridge.recognizers.deepgram import wire as dg
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ RETRY_PARTIAL_S = 0.1
 PREVIOUS_CHARS = 200
 #: A final that waited this long for a worker is decoded with the fast model (a metric counts it).
 CHEAP_AFTER_S = 1.0
+#: A final is decoded ahead of the endpoint (at the first pause) only while the decoders are this idle.
+SPECULATE_BELOW_LOAD = 0.5
 
 Send = Callable[[bytes], Awaitable[None]]
 OutItem = bytes | asyncio.Future[bytes | None] | Callable[[], bytes | None]
@@ -101,6 +103,8 @@ class ListenSession:
         self.hotwords = ", ".join(params.keyterms)
         #: The end of what this speaker said so far: the decoder's context for the next segment.
         self._previous = ""
+        #: A final decoded ahead of the endpoint: (segment, voiced end, its decode).
+        self._ahead: tuple[int, float, asyncio.Future[Hypothesis | None]] | None = None
         endpoint = params.endpointing_ms
         gap = NO_ENDPOINT_GAP_S if endpoint is None else max(MIN_ENDPOINT_S, endpoint / 1000)
         self.segmenter = Segmenter(
@@ -152,7 +156,12 @@ class ListenSession:
             self._last_final_end = max(start, now)
             self._out.put_nowait(self._results(start, now, None, final=True, from_finalize=True))
 
-    def _handle(self, event: SpeechOnset | PartialDue | SegmentClosed, *, from_finalize: bool) -> None:
+    def _handle(
+        self, event: SpeechOnset | PartialDue | SegmentPausing | SegmentClosed, *, from_finalize: bool
+    ) -> None:
+        if isinstance(event, SegmentPausing):
+            self._decode_ahead(event)
+            return
         if isinstance(event, SpeechOnset):
             self._utterance_pending = False
             if self.params.vad_events:
@@ -197,16 +206,8 @@ class ListenSession:
         fut.add_done_callback(done)
         self._out.put_nowait(out)
 
-    def _submit_final(self, ev: SegmentClosed, *, from_finalize: bool) -> None:
-        speech_final = ev.reason == "endpoint" and self.params.endpointing_ms is not None
-        start = ev.start
-        self._last_final_end = ev.end
-        if not ev.has_speech:
-            self._out.put_nowait(
-                self._results(start, ev.end, None, final=True, speech_final=speech_final,
-                              from_finalize=from_finalize)
-            )
-            return
+    def _final_decode(self, audio: np.ndarray, duration: float) -> asyncio.Future[Hypothesis | None]:
+        """Queue the decode of a final: accurate while finals keep up, packed with others under load."""
         accurate = self.final_engine or self.engine
         queued = time.monotonic()
 
@@ -219,16 +220,57 @@ class ListenSession:
                 engine, beam = self.engine, 1
                 self.scheduler.cheap_finals += 1
             return engine.transcribe(
-                ev.audio, beam_size=beam, align=True, context_seconds=engine.partial_context(ev.end - ev.start),
+                audio, beam_size=beam, align=True, context_seconds=engine.partial_context(duration),
                 hotwords=self.hotwords, previous=self._previous,
             )
 
         def run_many(audios: list[np.ndarray]) -> list[Hypothesis]:
             return accurate.transcribe_packed(audios, beam_size=self.final_beam, hotwords=self.hotwords)
 
-        pack = Packable(key=(id(accurate), self.final_beam, self.hotwords), seconds=ev.end - ev.start,
-                        payload=ev.audio, run_many=run_many)  # fmt: skip
-        fut = self.scheduler.submit_final(self.request_id, work, pack=pack)
+        pack = Packable(key=(id(accurate), self.final_beam, self.hotwords), seconds=duration, payload=audio,
+                        run_many=run_many)  # fmt: skip
+        return self.scheduler.submit_final(self.request_id, work, pack=pack)
+
+    def _decode_ahead(self, ev: SegmentPausing) -> None:
+        """The speaker paused: start this segment's final now, while the endpoint silence runs.
+
+        At the endpoint the decode is kept if nobody spoke since (it saw all the speech), and the
+        final arrives a pause-length sooner; otherwise it is thrown away. Only while the decoders
+        are idle, so it never costs a busy recognizer anything.
+        """
+        self._discard_ahead()
+        if ev.audio.size and self.scheduler.load < SPECULATE_BELOW_LOAD:
+            self._ahead = (ev.segment, ev.voiced_end, self._final_decode(ev.audio, ev.end - ev.start))
+
+    def _discard_ahead(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and not ahead[2].done():
+            ahead[2].set_result(None)  # still queued: the scheduler skips it
+            self.scheduler.wasted_ahead += 1
+        elif ahead is not None:
+            self.scheduler.wasted_ahead += 1
+
+    def _submit_final(self, ev: SegmentClosed, *, from_finalize: bool) -> None:
+        speech_final = ev.reason == "endpoint" and self.params.endpointing_ms is not None
+        start = ev.start
+        self._last_final_end = ev.end
+        ahead, self._ahead = self._ahead, None
+        if not ev.has_speech:
+            self._ahead = ahead
+            self._discard_ahead()
+            self._out.put_nowait(
+                self._results(start, ev.end, None, final=True, speech_final=speech_final,
+                              from_finalize=from_finalize)
+            )
+            return
+        if (ahead is not None and ev.reason == "endpoint" and ahead[0] == ev.segment
+                and ahead[1] == self.segmenter.last_voiced_end):  # fmt: skip
+            fut = ahead[2]
+            self.scheduler.used_ahead += 1
+        else:
+            self._ahead = ahead
+            self._discard_ahead()
+            fut = self._final_decode(ev.audio, ev.end - ev.start)
         out: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
 
         def done(f: asyncio.Future[Hypothesis | None]) -> None:
