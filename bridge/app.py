@@ -23,7 +23,7 @@ from bridge.live import endpoints as live_endpoints
 from bridge.live.hub import Hub
 from bridge.metrics import Metrics
 from bridge.recognizers.base import Recognizer
-from bridge.recognizers.factory import make_recognizer
+from bridge.recognizers.factory import fallback_recognizer, primary_recognizer
 from bridge.recognizers.resilience import RetryPolicy
 from bridge.settings import Settings
 from bridge.store import FinalsWriter, Store
@@ -61,10 +61,11 @@ def create_app(
     settings: Settings | None = None,
     *,
     recognizer: Recognizer | None = None,
+    fallback: Recognizer | None = None,
     retry_policy: RetryPolicy | None = None,
 ) -> Starlette:
-    """Build the bridge. Without ``recognizer``, the configured one is used, and with the embedded
-    recognizer and no URL configured, the embedded server is started in-process."""
+    """Build the bridge. Without ``recognizer`` (``fallback``), the configured one is used, and an
+    embedded recognizer with no URL configured is started in-process (once, for both roles)."""
     settings = settings or Settings.from_env()
     metrics = Metrics()
 
@@ -81,29 +82,44 @@ def create_app(
             hub = Hub(store, settings, on_drop=lambda _call_sid: metrics.subscribers_dropped.inc())
             await hub.start()
             stack.push_async_callback(hub.stop)
-            rec = recognizer
-            if rec is None:
-                url = settings.recognizer_url
-                if settings.recognizer == "embedded" and not url:
+            embedded_url = ""
+
+            async def url_of(kind: str | None, url: str) -> str:
+                nonlocal embedded_url
+                if kind != "embedded" or url:
+                    return url
+                if not embedded_url:
                     from bridge.embedded.server import EmbeddedConfig, running
 
                     config = EmbeddedConfig(model=settings.embedded_model, final_model=settings.embedded_final_model,
                                             workers=settings.embedded_workers)  # fmt: skip
-                    url = await stack.enter_async_context(running(config))
-                    log.info("embedded recognizer running at %s (model %s)", url, settings.embedded_model)
-                rec = make_recognizer(settings, url)
+                    embedded_url = await stack.enter_async_context(running(config))
+                    log.info("embedded recognizer running at %s (model %s)", embedded_url, settings.embedded_model)
+                return embedded_url
+
+            rec = recognizer or primary_recognizer(settings, await url_of(settings.recognizer, settings.recognizer_url))
+            fb = fallback
+            if fb is None and settings.fallback_recognizer is not None:
+                fb = fallback_recognizer(settings, await url_of(settings.fallback_recognizer,
+                                                                settings.fallback_recognizer_url))  # fmt: skip
+            if fb is not None:
+                log.info("fallback recognizer: %s after %.1f s", fb.name, settings.fallback_after_seconds)
+            policy = retry_policy or RetryPolicy(catchup_seconds=settings.catchup_seconds,
+                                                 fallback_after=settings.fallback_after_seconds)  # fmt: skip
             calls = CallManager(
                 settings=settings,
                 store=store,
                 recognizer=rec,
+                fallback=fb,
                 metrics=metrics,
                 writer=writer,
-                retry_policy=retry_policy,
+                retry_policy=policy,
             )
             app.state.store = store
             app.state.writer = writer
             app.state.hub = hub
             app.state.recognizer = rec
+            app.state.fallback = fb
             app.state.calls = calls
             try:
                 yield

@@ -81,6 +81,33 @@ class RecognizerStatus(_Event, tag="recognizer_status"):
     track: Track
     state: RecognizerState
     detail: str = ""
+    #: The recognizer this status is about (``deepgram``, ``elevenlabs``, ``embedded``…).
+    recognizer: str = ""
+    #: True once the track runs on the fallback recognizer (for the rest of that stream).
+    fallback: bool = False
+
+
+GapReason = Literal["catchup", "buffer", "failed", "closing"]
+
+
+class ServedSpan(msgspec.Struct, omit_defaults=True):
+    """Which recognizer transcribed ``[start, end)`` of a track live (call seconds; ``end`` is
+    ``None`` while it still serves)."""
+
+    recognizer: str
+    start: float
+    end: float | None = None
+    fallback: bool = False
+
+
+class LiveGap(msgspec.Struct):
+    """Audio of a track that was not transcribed live (the batch pass still has it), and why:
+    ``catchup`` older than the replay's catch-up budget, ``buffer`` past the replay buffer,
+    ``failed`` the recognizer failed for good, ``closing`` the call ended while disconnected."""
+
+    start: float
+    end: float
+    reason: GapReason
 
 
 LiveEvent = Partial | Final | UtteranceEnd | CallStarted | CallEnded | RecognizerStatus
@@ -108,10 +135,13 @@ __all__ = [
     "CallEnded",
     "CallStarted",
     "Final",
+    "GapReason",
     "LiveEvent",
+    "LiveGap",
     "Partial",
     "RecognizerState",
     "RecognizerStatus",
+    "ServedSpan",
     "Track",
     "UtteranceEnd",
     "Word",

@@ -38,6 +38,22 @@ class Metrics:
         self.dropped_audio_seconds = Counter(
             "bridge_recognizer_dropped_audio_seconds_total", "Audio that could not be kept", registry=r
         )
+        self.skipped_audio_seconds = Counter(
+            "bridge_recognizer_skipped_audio_seconds_total",
+            "Audio left to the batch pass so the live transcript catches up within BRIDGE_CATCHUP_SECONDS",
+            registry=r,
+        )
+        self.paced_seconds = Counter(
+            "bridge_recognizer_paced_seconds_total",
+            "Time replay waited to stay under the recognizer's ingest rate",
+            registry=r,
+        )
+        self.recognizer_switches = Counter(
+            "bridge_recognizer_fallback_switches_total",
+            "Tracks switched from their recognizer to the fallback",
+            ["from_recognizer", "to_recognizer"],
+            registry=r,
+        )
         self.recovery_seconds = Histogram(
             "bridge_recognizer_recovery_seconds", "Outage to reconnected", buckets=_LATENCY_BUCKETS, registry=r
         )

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
+from bridge.options import CallOptions, OptionsError, load_profiles
+
 RecognizerKind = Literal["embedded", "deepgram", "elevenlabs"]
 StreamMode = Literal["start", "connect"]
 
@@ -62,6 +64,12 @@ def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str,
     return value
 
 
+def _vendor_key(env: Mapping[str, str], kind: str | None) -> str:
+    """The vendor's own key variable (``DEEPGRAM_API_KEY``, ``ELEVENLABS_API_KEY``)."""
+    name = {"deepgram": "DEEPGRAM_API_KEY", "elevenlabs": "ELEVENLABS_API_KEY"}.get(kind or "", "")
+    return env.get(name, "") if name else ""
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
     """Bridge configuration. Build it with :meth:`from_env`; override fields with ``dataclasses.replace``."""
@@ -105,6 +113,18 @@ class Settings:
     language: str = "en"
     endpointing_ms: int = 300
     utterance_end_ms: int = 1000
+    #: A second recognizer a track switches to when the primary rejects it or stays away (see
+    #: :mod:`bridge.recognizers.resilience`). ``None``: no fallback.
+    fallback_recognizer: RecognizerKind | None = None
+    fallback_recognizer_url: str = ""
+    fallback_recognizer_api_key: str = ""
+    #: Seconds the primary may be unreachable before a track switches to the fallback.
+    fallback_after_seconds: float = 5.0
+    #: After a reconnect the live transcript is current again within this many seconds; uncovered
+    #: audio older than the budget allows is left to the batch pass.
+    catchup_seconds: float = 20.0
+    #: Called number (``To``) -> options of its calls, applied by the voice webhook.
+    number_profiles: dict[str, CallOptions] = dataclasses.field(default_factory=dict)
 
     # Embedded recognizer
     embedded_model: str = "tiny.en"
@@ -141,9 +161,24 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         e = os.environ if env is None else env
-        recognizer = _choice(e, "BRIDGE_RECOGNIZER", "embedded", ("embedded", "deepgram", "elevenlabs"))
-        key_var = {"deepgram": "DEEPGRAM_API_KEY", "elevenlabs": "ELEVENLABS_API_KEY"}.get(recognizer, "")
-        api_key = e.get("BRIDGE_RECOGNIZER_API_KEY", "") or (e.get(key_var, "") if key_var else "")
+        kinds = ("embedded", "deepgram", "elevenlabs")
+        recognizer = _choice(e, "BRIDGE_RECOGNIZER", "embedded", kinds)
+        api_key = e.get("BRIDGE_RECOGNIZER_API_KEY", "") or _vendor_key(e, recognizer)
+        fallback = _choice(e, "BRIDGE_FALLBACK_RECOGNIZER", "", ("", *kinds)) or None
+        fallback_url = e.get("BRIDGE_FALLBACK_RECOGNIZER_URL", "").rstrip("/")
+        recognizer_url = e.get("BRIDGE_RECOGNIZER_URL", "").rstrip("/")
+        if fallback == recognizer and fallback_url == recognizer_url:
+            raise SettingsError("BRIDGE_FALLBACK_RECOGNIZER is the primary recognizer itself (same kind and URL)")
+        fallback_after = _float(e, "BRIDGE_FALLBACK_AFTER_SECONDS", cls.fallback_after_seconds)
+        catchup = _float(e, "BRIDGE_CATCHUP_SECONDS", cls.catchup_seconds)
+        if fallback_after <= 0 or catchup < 0:
+            raise SettingsError("BRIDGE_FALLBACK_AFTER_SECONDS must be > 0 and BRIDGE_CATCHUP_SECONDS >= 0")
+        profiles: dict[str, CallOptions] = {}
+        if profiles_path := e.get("BRIDGE_NUMBER_PROFILES", "").strip():
+            try:
+                profiles = load_profiles(Path(profiles_path))
+            except OptionsError as exc:
+                raise SettingsError(f"BRIDGE_NUMBER_PROFILES: {exc}") from None
         stream_mode = _choice(e, "BRIDGE_STREAM_MODE", "start", ("start", "connect"))
         return cls(
             host=e.get("BRIDGE_HOST", cls.host),
@@ -162,8 +197,14 @@ class Settings:
             redis_dir=Path(e.get("BRIDGE_REDIS_DIR", str(cls.redis_dir))),
             retention_seconds=_int(e, "BRIDGE_RETENTION_SECONDS", cls.retention_seconds),
             recognizer=recognizer,  # type: ignore[arg-type]
-            recognizer_url=e.get("BRIDGE_RECOGNIZER_URL", "").rstrip("/"),
+            recognizer_url=recognizer_url,
             recognizer_api_key=api_key,
+            fallback_recognizer=fallback,  # type: ignore[arg-type]
+            fallback_recognizer_url=fallback_url,
+            fallback_recognizer_api_key=e.get("BRIDGE_FALLBACK_RECOGNIZER_API_KEY", "") or _vendor_key(e, fallback),
+            fallback_after_seconds=fallback_after,
+            catchup_seconds=catchup,
+            number_profiles=profiles,
             recognizer_model=e.get("BRIDGE_RECOGNIZER_MODEL", ""),
             language=e.get("BRIDGE_LANGUAGE", cls.language),
             endpointing_ms=_int(e, "BRIDGE_ENDPOINTING_MS", cls.endpointing_ms),

@@ -41,7 +41,8 @@ class CallEvents(Protocol):
     def emit_final(self, final: events.Final) -> None:
         """A final, to be stored once and published."""
 
-    def recognizer_state(self, track: Track, state: events.RecognizerState, detail: str) -> None: ...
+    def recognizer_state(self, status: events.RecognizerStatus) -> None:
+        """A recognizer state change (the pipeline's ``stream`` has its served spans and gaps)."""
 
 
 class TrackPipeline:
@@ -58,6 +59,7 @@ class TrackPipeline:
         out: CallEvents,
         metrics: Metrics,
         policy: RetryPolicy | None = None,
+        fallback: Recognizer | None = None,
     ) -> None:
         self.call_sid = call_sid
         self.track = track
@@ -69,9 +71,11 @@ class TrackPipeline:
         self._log = {"call_sid": call_sid}
         self._reported: dict[str, float] = {}
         self._was_reconnecting = False
+        self._switch_labels = (recognizer.name, fallback.name if fallback is not None else "")
         self.stream = ResilientStream(
-            recognizer, options, origin=origin, on_state=self._on_state, policy=policy or RetryPolicy()
-        )
+            recognizer, options, origin=origin, on_state=self._on_state, policy=policy or RetryPolicy(),
+            fallback=fallback,
+        )  # fmt: skip
         self.sent = 0  # bytes of this track sent to the recognizer since the stream's start
         self.clock = SendClock()
         self.failed = False
@@ -98,7 +102,11 @@ class TrackPipeline:
             self.metrics.recovery_seconds.observe(stats.last_recovery_seconds)
         self._export_stats()
         self._was_reconnecting = state == "reconnecting"
-        self.out.recognizer_state(self.track, state, detail)
+        stream = self.stream
+        self.out.recognizer_state(events.RecognizerStatus(
+            call_sid=self.call_sid, track=self.track, state=state, detail=detail, recognizer=stream.recognizer.name,
+            fallback=stream.on_fallback,
+        ))  # fmt: skip
 
     async def feed(self, offset_bytes: int, payload: bytes) -> None:
         """Send ``payload`` found at byte ``offset_bytes`` of this stream's track."""
@@ -178,11 +186,16 @@ class TrackPipeline:
         """Move the resilience counters' growth into the Prometheus counters (on every state change)."""
         stats = self.stream.stats
         m = self.metrics
-        for name, counter in (
+        counters = [
             ("reconnects", m.reconnects),
             ("replayed_seconds", m.replayed_seconds),
             ("dropped_seconds", m.dropped_audio_seconds),
-        ):
+            ("skipped_seconds", m.skipped_audio_seconds),
+            ("paced_seconds", m.paced_seconds),
+        ]
+        if stats.switches:
+            counters.append(("switches", m.recognizer_switches.labels(*self._switch_labels)))
+        for name, counter in counters:
             value = float(getattr(stats, name, 0) or 0)
             delta = value - self._reported.get(name, 0.0)
             if delta > 0:

@@ -17,12 +17,15 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import msgspec
+
 from bridge import events
 from bridge.audio import SAMPLE_RATE
 from bridge.call.pipeline import TrackPipeline
 from bridge.call.recording import CallRecording
 from bridge.events import Track
 from bridge.metrics import Metrics
+from bridge.options import CallOptions
 from bridge.recognizers.base import Recognizer, StreamOptions
 from bridge.recognizers.resilience import RetryPolicy
 from bridge.settings import Settings
@@ -49,7 +52,6 @@ class SessionHost(Protocol):
 
     settings: Settings
     store: Store
-    recognizer: Recognizer
     metrics: Metrics
     writer: FinalsWriterLike
     retry_policy: RetryPolicy
@@ -57,6 +59,8 @@ class SessionHost(Protocol):
     stream_grace: float
 
     def forget(self, session: CallSession) -> None: ...
+
+    def recognizers_for(self, options: CallOptions) -> tuple[Recognizer, Recognizer | None]: ...
 
     def background(self, coro: Coroutine[object, object, object]) -> None: ...
 
@@ -121,6 +125,8 @@ class CallSession:
         self.recording: CallRecording | None = None
         self.recording_path: Path | None = None
         self.tracks: list[Track] = []
+        #: The call's options (its latest stream's ``<Parameter>``s, validated by the manager).
+        self.options = CallOptions()
         self.ended = False
         self._grace: asyncio.TimerHandle | None = None
         self._ending: asyncio.Task[None] | None = None
@@ -134,24 +140,29 @@ class CallSession:
         """A pipeline for one track of a stream starting at ``origin`` on the call clock."""
         m = self.manager
         s = m.settings
+        o = self.options
+        endpointing = s.endpointing_ms if o.endpointing is None else (o.endpointing or None)
         options = StreamOptions(
             call_sid=self.call_sid,
             track=track,
-            language=s.language,
-            model=s.recognizer_model,
-            endpointing_ms=s.endpointing_ms,
-            utterance_end_ms=s.utterance_end_ms,
+            language=o.language or s.language,
+            endpointing_ms=endpointing,
+            utterance_end_ms=o.utterance_end or s.utterance_end_ms,
+            keyterms=o.keyterms,
         )
+        recognizer, fallback = m.recognizers_for(o)
         return TrackPipeline(
-            call_sid=self.call_sid, track=track, origin=origin, recognizer=m.recognizer, options=options, out=self,
-            metrics=m.metrics, policy=m.retry_policy,
+            call_sid=self.call_sid, track=track, origin=origin, recognizer=recognizer, fallback=fallback,
+            options=options, out=self, metrics=m.metrics, policy=m.retry_policy,
         )  # fmt: skip
 
-    async def attach(self, start: Start) -> StreamHandle:
+    async def attach(self, start: Start, options: CallOptions | None = None) -> StreamHandle:
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
         info = start.start
+        if options is not None:
+            self.options = options
         tracks: list[Track] = [t for t in ("inbound", "outbound") if t in info.tracks] or ["inbound"]
         first = not self.streams
         # A new stream starts "now" on the call clock, and never before audio already heard.
@@ -183,12 +194,19 @@ class CallSession:
         await handle.start()
         return handle
 
-    def recognizer_state(self, track: Track, state: events.RecognizerState, detail: str) -> None:
-        self.emit(events.RecognizerStatus(call_sid=self.call_sid, track=track, state=state, detail=detail))
+    def recognizer_state(self, status: events.RecognizerStatus) -> None:
+        """Publish a track's recognizer status and record, over all of the call's streams, which
+        recognizer served which span of the track and which spans were not transcribed live."""
+        self.emit(status)
+        track, copy = status.track, msgspec.structs.replace
+        pipelines = [p for h in self.streams for p in h.pipelines.values() if p.track == track]
+        served = [copy(span) for p in pipelines for span in p.stream.served]
+        gaps = [copy(gap) for p in pipelines for gap in p.stream.gaps]
         store = self.manager.store
         self.manager.writer.call(
-            self.call_sid, "recognizer_state", lambda: store.set_recognizer_state(self.call_sid, track, state)
-        )
+            self.call_sid, "recognizer_state",
+            lambda: store.set_recognizer_state(self.call_sid, track, status.state, served=served, gaps=gaps),
+        )  # fmt: skip
 
     def emit(self, event: events.LiveEvent) -> None:
         self.manager.writer.publish(event)

@@ -10,8 +10,12 @@ Exceptions::
 
     RecognizerError                 base class
     ├── RecognizerConnectError      could not connect or the connection dropped; retrying may help
-    ├── RecognizerRejected          the recognizer refused us (bad key, bad parameters, 4xx on the
-    │                               upgrade); retrying cannot help
+    │   └── RecognizerThrottled     rate limited (HTTP 429, ElevenLabs ``rate_limited``): a retry may
+    │                               help later, a configured fallback takes over at once
+    ├── RecognizerRejected          the recognizer refused us (bad key, quota, parameters, 4xx on the
+    │   │                           upgrade); retrying cannot help
+    │   └── RecognizerInputError    it cannot decode the audio (Deepgram close 1008 ``DATA-0000``,
+    │                               ElevenLabs ``input_error``); replaying the same bytes cannot help
     └── RecognizerProtocolError     the recognizer sent something we cannot understand
 """
 
@@ -49,6 +53,14 @@ class RecognizerRejected(RecognizerError):
     retryable = False
 
 
+class RecognizerThrottled(RecognizerConnectError):
+    """Rate limited: retried with backoff, unless a fallback recognizer can take the track now."""
+
+
+class RecognizerInputError(RecognizerRejected):
+    """The recognizer cannot decode what it is sent; the same audio would fail the same way."""
+
+
 class RecognizerProtocolError(RecognizerError):
     """The recognizer sent a message that does not parse."""
 
@@ -72,6 +84,10 @@ class StreamOptions:
     vad_events: bool = True
     punctuate: bool = True
     smart_format: bool = False
+    #: Words and phrases to bias recognition toward; each client sends them in its vendor's form.
+    keyterms: tuple[str, ...] = ()
+    #: Transcript text heard before this connection (context for ElevenLabs after a reconnect).
+    previous_text: str = ""
 
     @property
     def bytes_per_second(self) -> int:
@@ -130,7 +146,11 @@ class RecognizerStream(Protocol):
 class Recognizer(Protocol):
     """A factory of streams: one per call track."""
 
+    #: Which recognizer this is (``deepgram``, ``elevenlabs``, ``embedded``): names it in statuses.
     name: str
+    #: Fastest the recognizer accepts audio, as a multiple of real time (``None``: no known limit).
+    #: Replay after a reconnect is paced below it (:mod:`bridge.recognizers.resilience`).
+    max_ingest_rate: float | None
 
     async def open(self, options: StreamOptions) -> RecognizerStream:
         """Connect; raises :class:`RecognizerRejected` or :class:`RecognizerConnectError`."""
@@ -142,9 +162,11 @@ __all__ = [
     "RecognizerConnectError",
     "RecognizerError",
     "RecognizerEvent",
+    "RecognizerInputError",
     "RecognizerProtocolError",
     "RecognizerRejected",
     "RecognizerStream",
+    "RecognizerThrottled",
     "SpeechStarted",
     "StreamOptions",
     "Transcript",

@@ -1,4 +1,4 @@
-"""The recognizer client the settings ask for.
+"""The recognizer clients the settings ask for: the primary, and the fallback if any.
 
 The embedded recognizer speaks Deepgram's protocol, so the Deepgram client serves it too.
 """
@@ -6,27 +6,36 @@ The embedded recognizer speaks Deepgram's protocol, so the Deepgram client serve
 from __future__ import annotations
 
 from bridge.recognizers.base import Recognizer
-from bridge.settings import Settings
+from bridge.settings import RecognizerKind, Settings
 
 
-def make_recognizer(settings: Settings, url: str) -> Recognizer:
-    """The configured recognizer client, talking to ``url`` (or the vendor's default host)."""
-    if settings.recognizer == "elevenlabs":
+def make_recognizer(kind: RecognizerKind, url: str, *, api_key: str = "", model: str = "") -> Recognizer:
+    """A ``kind`` client talking to ``url`` (or the vendor's default host)."""
+    if kind == "elevenlabs":
         from bridge.recognizers.elevenlabs.live import ElevenLabsRecognizer
 
-        return ElevenLabsRecognizer(
-            url=url or "wss://api.elevenlabs.io",
-            api_key=settings.recognizer_api_key,
-            model_id=settings.recognizer_model or "scribe_v2_realtime",
-        )
+        return ElevenLabsRecognizer(url=url or "wss://api.elevenlabs.io", api_key=api_key,
+                                    model_id=model or "scribe_v2_realtime")  # fmt: skip
     from bridge.recognizers.deepgram.live import DeepgramRecognizer
 
-    default = "wss://api.deepgram.com" if settings.recognizer == "deepgram" else ""
-    return DeepgramRecognizer(
-        url=url or default,
-        api_key=settings.recognizer_api_key,
-        model=settings.recognizer_model or ("nova-3" if settings.recognizer == "deepgram" else "tiny.en"),
-    )
+    if kind == "deepgram":
+        return DeepgramRecognizer(url=url or "wss://api.deepgram.com", api_key=api_key, model=model or "nova-3")
+    # Ours: no vendor ingest limit to respect, and it takes keyterms as Deepgram's nova-3 does.
+    return DeepgramRecognizer(url=url, api_key=api_key, model=model or "tiny.en", name="embedded",
+                              max_ingest_rate=None, keyterms_as="keyterm")  # fmt: skip
 
 
-__all__ = ["make_recognizer"]
+def primary_recognizer(settings: Settings, url: str) -> Recognizer:
+    """The configured recognizer (``url``: the embedded one's when it runs in-process)."""
+    return make_recognizer(settings.recognizer, url, api_key=settings.recognizer_api_key,
+                           model=settings.recognizer_model)  # fmt: skip
+
+
+def fallback_recognizer(settings: Settings, url: str) -> Recognizer | None:
+    """``BRIDGE_FALLBACK_RECOGNIZER`` with the vendor's default model, or ``None``."""
+    if settings.fallback_recognizer is None:
+        return None
+    return make_recognizer(settings.fallback_recognizer, url, api_key=settings.fallback_recognizer_api_key)
+
+
+__all__ = ["fallback_recognizer", "make_recognizer", "primary_recognizer"]

@@ -5,6 +5,19 @@ covered by a final in a bounded buffer, forwards audio from a pump task (so ``se
 the network), sends keepalives during silence, reconnects with capped exponential backoff and full
 jitter, replays the uncovered audio on the new connection, rebases every timestamp onto the call's
 clock and drops finals whose audio span an earlier final already covered (by time, never by text).
+
+Replay respects the vendor: a connection that opens with a backlog sends it no faster than the
+recognizer's ingest rate (Deepgram: 1.25x real time) until it has caught up with live audio, and
+the backlog is capped so that the live transcript is current again within
+:attr:`RetryPolicy.catchup_seconds`; older audio is left to the batch pass and recorded as a
+:class:`~bridge.events.LiveGap`. Rejections (bad key, quota, undecodable audio) are never retried.
+
+Fallback is a policy of this layer, not a second copy of it: with a fallback recognizer, a track
+switches when the primary rejects it (401/402/403, undecodable audio), throttles it (429), or is not
+back within :attr:`RetryPolicy.fallback_after` seconds; the uncovered audio is replayed to the
+fallback and de-duplicated by audio time as after any reconnect. The switch holds for the rest of
+the stream: flapping between vendors mid-call costs more than it saves, and the next stream (a new
+call, or Twilio reconnecting this one) tries the primary first again.
 """
 
 from __future__ import annotations
@@ -14,17 +27,19 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 
 import msgspec
 
-from bridge.events import RecognizerState, Word
+from bridge.events import GapReason, LiveGap, RecognizerState, ServedSpan, Word
 from bridge.recognizers.base import (
     Recognizer,
     RecognizerConnectError,
     RecognizerError,
     RecognizerEvent,
     RecognizerStream,
+    RecognizerThrottled,
     SpeechStarted,
     StreamOptions,
     Transcript,
@@ -36,11 +51,14 @@ logger = logging.getLogger(__name__)
 
 #: Finals ending within this much of the covered time count as already covered (rounding slack).
 _EPS = 1e-3
+#: Characters of recent final text handed to a new connection as context (ElevenLabs ``previous_text``).
+_CONTEXT_CHARS = 500
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
-    """Timings of keepalive, reconnect and replay. Tests shrink them; production keeps the defaults."""
+    """Timings of keepalive, reconnect, replay and fallback. Tests shrink them; production keeps the
+    defaults (``BRIDGE_CATCHUP_SECONDS`` and ``BRIDGE_FALLBACK_AFTER_SECONDS`` set two of them)."""
 
     keepalive_interval: float = 4.0
     backoff_base: float = 1.0
@@ -50,12 +68,24 @@ class RetryPolicy:
     failure_window: float = 120.0
     #: A connection that lived this long resets the backoff to ``backoff_base``.
     stable_after: float = 10.0
-    #: Seconds of audio not yet covered by a final that are kept for replay.
+    #: Seconds of audio not yet covered by a final that are kept for replay (a memory bound).
     buffer_seconds: float = 60.0
+    #: After a reconnect the live transcript is current again within this many seconds: replay at
+    #: ingest rate ``r`` gains ``r - 1`` s on live audio per second, so at most
+    #: ``catchup_seconds * (r - 1)`` s are replayed (5 s at Deepgram's 1.25x); older uncovered audio
+    #: goes to the batch pass only. Recognizers without a known limit get the whole buffer.
+    catchup_seconds: float = 20.0
+    #: Overrides every recognizer's ``max_ingest_rate`` (``math.inf``: unpaced and uncapped; for
+    #: tests that feed audio faster than real time and do not test pacing).
+    max_ingest_rate: float | None = None
+    #: Audio a paced connection may send at once beyond its rate.
+    pace_burst_seconds: float = 1.0
     #: Largest single send when replaying (seconds of audio).
     replay_chunk_seconds: float = 0.5
     #: Bound on opening one connection.
     connect_timeout: float = 10.0
+    #: With a fallback recognizer: switch when the primary is not back within this many seconds.
+    fallback_after: float = 5.0
 
     def backoff(self, attempt: int) -> float:
         """Seconds before reconnect attempt ``attempt`` (the bridge's one rule, :mod:`bridge.retry`)."""
@@ -68,9 +98,16 @@ class ResilienceStats:
 
     reconnects: int = 0
     replayed_seconds: float = 0.0
+    #: Audio that could not be kept (buffer overflow, failure, close while disconnected).
     dropped_seconds: float = 0.0
+    #: Audio left to the batch pass because replaying it would break the catch-up budget.
+    skipped_seconds: float = 0.0
+    #: Time the pump waited to stay under the recognizer's ingest rate.
+    paced_seconds: float = 0.0
     last_recovery_seconds: float = 0.0
     duplicate_finals: int = 0
+    #: Switches from the primary recognizer to the fallback.
+    switches: int = 0
 
 
 _END = object()
@@ -90,6 +127,7 @@ class ResilientStream:
         origin: float = 0.0,
         on_state: Callable[[RecognizerState, str], None] | None = None,
         policy: RetryPolicy = RetryPolicy(),
+        fallback: Recognizer | None = None,
     ) -> None:
         self.recognizer = recognizer
         self.options = options
@@ -97,8 +135,15 @@ class ResilientStream:
         self.policy = policy
         self.stats = ResilienceStats()
         self.state: RecognizerState = "connecting"
+        #: Which recognizer transcribed which part of the track, and what was not transcribed live.
+        self.served: list[ServedSpan] = []
+        self.gaps: list[LiveGap] = []
+        #: The track has switched to the fallback recognizer.
+        self.on_fallback = False
+        self._fallback = fallback
         self._on_state = on_state
         self._bps = options.bytes_per_second
+        self._width = 1 if options.encoding in ("mulaw", "alaw") else 2
         self._log = {"call_sid": options.call_sid, "track": options.track}
         # Audio: _buf holds bytes [_buf_start, _total) of this track; _sent is the pump's position.
         self._buf = bytearray()
@@ -106,10 +151,15 @@ class ResilientStream:
         self._total = 0
         self._sent = 0
         self._covered = 0.0  # seconds from the first byte covered by accepted finals
-        self._lost_to = 0  # bytes already accounted as dropped
+        self._lost_to = 0  # bytes already accounted as not transcribed live
         self._max_buf = max(1, round(policy.buffer_seconds * self._bps))
-        self._max_chunk = max(160, round(policy.replay_chunk_seconds * self._bps))
+        self._max_chunk = max(160, round(min(policy.replay_chunk_seconds, policy.pace_burst_seconds) * self._bps))
         self._conn_base = 0.0  # seconds: where the current connection's time 0 sits
+        # Pacing of the current connection: bytes/s (None: unpaced), its start, bytes it was sent.
+        self._pace_rate: float | None = None
+        self._pace_t0 = 0.0
+        self._pace_sent = 0
+        self._recent: collections.deque[str] = collections.deque(maxlen=20)
         self._audio = asyncio.Event()
         self._pump_idle = False  # the pump is parked waiting for audio (see send's fast path)
         self._last_send = 0.0
@@ -124,17 +174,19 @@ class ResilientStream:
     # -- public ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect the first time. A rejection raises; a transient failure retries in the background."""
+        """Connect the first time. A rejection raises (unless a fallback takes over); a transient
+        failure retries in the background."""
         self._set_state("connecting", self.recognizer.name)
         first: RecognizerError | None = None
         try:
-            self._stream = await self._open()
+            stream = await self._open()
         except RecognizerError as exc:
-            if not exc.retryable:
+            if not exc.retryable and self._fallback is None:
                 self._fail(exc)
                 raise
             first = exc
         else:
+            self._begin_connection(stream)
             self._set_state("connected", self.recognizer.name)
         self._task = asyncio.create_task(self._supervise(first), name=f"resilient-{self.options.call_sid}")
 
@@ -191,6 +243,7 @@ class ResilientStream:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            self._lose_uncovered("closing")
             self._finish()
 
     async def events(self) -> AsyncIterator[RecognizerEvent]:
@@ -204,21 +257,19 @@ class ResilientStream:
                 return
             yield item  # type: ignore[misc]
 
-    @property
-    def covered_seconds(self) -> float:
-        """Call time up to which finals have been accepted."""
-        return self.origin + self._covered
-
     # -- supervision -------------------------------------------------------------------------
 
-    async def _open(self) -> RecognizerStream:
-        timeout = self.policy.connect_timeout
+    async def _open(self, limit: float | None = None) -> RecognizerStream:
+        timeout = self.policy.connect_timeout if limit is None else max(0.05, min(limit, self.policy.connect_timeout))
         if self._closing.is_set():
             timeout = max(0.05, min(timeout, self._close_remaining()))
+        options = self.options
+        if self._recent:  # a reconnect: tell the recognizer what was said before (ElevenLabs uses it)
+            options = dataclasses.replace(options, previous_text=" ".join(self._recent)[-_CONTEXT_CHARS:].lstrip())
         try:
-            return await asyncio.wait_for(self.recognizer.open(self.options), timeout)
+            return await asyncio.wait_for(self.recognizer.open(options), timeout)
         except TimeoutError:
-            raise RecognizerConnectError("timed out opening the recognizer stream") from None
+            raise RecognizerConnectError(f"timed out opening the {self.recognizer.name} stream") from None
 
     async def _supervise(self, first_error: RecognizerError | None) -> None:
         try:
@@ -237,41 +288,66 @@ class ResilientStream:
                         attempt = 0
                     logger.warning("recognizer connection lost: %s", error, extra=self._log)
                 if self._closing.is_set() and self._close_remaining() <= 0:
-                    self._lose_uncovered()
+                    self._lose_uncovered("closing")
                     break
                 assert error is not None
-                if not error.retryable or self._too_many_failures(loop.time()):
+                self._stream = None
+                give_up = not error.retryable or self._too_many_failures(loop.time())
+                delay = self.policy.backoff(attempt)
+                if self._fallback is not None and (
+                    give_up or isinstance(error, RecognizerThrottled)
+                    or loop.time() - outage_began >= self.policy.fallback_after
+                ):  # fmt: skip
+                    self._switch(error)
+                    attempt, delay = 0, 0.0
+                elif give_up:
                     self._fail(error)
                     return
-                self._stream = None
-                self._set_state("reconnecting", str(error))
-                stream = await self._reconnect(attempt)
+                else:
+                    self._set_state("reconnecting", str(error))
+                deadline = None
+                if self._fallback is not None:  # the primary gets until fallback_after, not longer
+                    deadline = outage_began + self.policy.fallback_after
+                    delay = min(delay, max(0.0, deadline - loop.time()))
+                stream = await self._reconnect(delay, deadline)
                 attempt += 1
                 if isinstance(stream, RecognizerError):
                     error = stream
                     continue
                 if stream is None:  # closing while disconnected
-                    self._lose_uncovered()
+                    self._lose_uncovered("closing")
                     break
                 self._begin_connection(stream)
                 self.stats.reconnects += 1
                 self.stats.last_recovery_seconds = loop.time() - outage_began
-                self._set_state("connected", f"reconnected, replaying {self._replay_seconds():.2f}s")
+                self._set_state("connected", self._connected_detail())
                 error = None
         except Exception as exc:  # a bug here must surface on events(), not vanish in a task
             logger.exception("resilience supervisor failed", extra=self._log)
             self._fail(RecognizerConnectError(f"resilience supervisor failed: {exc!r}"))
             return
+        if self.served:
+            self.served[-1].end = round(self.origin + self._total / self._bps, 3)
         self._set_state("closed", "")
         self._finish()
+
+    def _switch(self, error: RecognizerError) -> None:
+        """Hand the track to the fallback for the rest of the stream (see the module docstring)."""
+        assert self._fallback is not None
+        old, self.recognizer, self._fallback = self.recognizer, self._fallback, None
+        self.on_fallback = True
+        self.stats.switches += 1
+        self._failures.clear()
+        logger.warning("switching from %s to the fallback %s: %s", old.name, self.recognizer.name, error,
+                       extra=self._log)  # fmt: skip
+        self._set_state("reconnecting", f"switching from {old.name} to fallback {self.recognizer.name}: {error}")
 
     def _close_remaining(self) -> float:
         return self._close_deadline - asyncio.get_running_loop().time()
 
-    async def _reconnect(self, attempt: int) -> RecognizerStream | RecognizerError | None:
-        """Wait the backoff, then open once. While closing, keep trying until the close deadline
-        (the buffered last words deserve a connection); ``None`` once it has passed."""
-        delay = self.policy.backoff(attempt)
+    async def _reconnect(self, delay: float, deadline: float | None) -> RecognizerStream | RecognizerError | None:
+        """Wait ``delay``, then open once (bounded by ``deadline``). While closing, keep trying until the
+        close deadline (the buffered last words deserve a connection); ``None`` once it has passed."""
         if not self._closing.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), delay)
@@ -282,26 +358,54 @@ class ResilientStream:
             await asyncio.sleep(min(delay, remaining))
             if self._close_remaining() <= 0:
                 return None
+        limit = None if deadline is None else deadline - asyncio.get_running_loop().time()
         try:
-            return await self._open()
+            return await self._open(limit)
         except RecognizerError as exc:
-            logger.warning("reconnect attempt %d failed: %s", attempt + 1, exc, extra=self._log)
+            logger.warning("reconnect to %s failed: %s", self.recognizer.name, exc, extra=self._log)
             return exc
 
-    def _begin_connection(self, stream: RecognizerStream) -> None:
-        """Point the pump at the first uncovered byte; the connection's time 0 is that byte."""
-        self._stream = stream
-        if self._buf_start > self._lost_to:
-            lost = self._buf_start - max(self._lost_to, round(self._covered * self._bps))
-            if lost > 0:
-                self.stats.dropped_seconds += lost / self._bps
-            self._lost_to = self._buf_start
-        self.stats.replayed_seconds += (self._total - self._buf_start) / self._bps
-        self._sent = self._buf_start
-        self._conn_base = self._buf_start / self._bps
+    def _ingest_rate(self) -> float | None:
+        """Audio-seconds per second the current recognizer accepts (``None``: no known limit)."""
+        rate = self.policy.max_ingest_rate
+        if rate is None:
+            rate = getattr(self.recognizer, "max_ingest_rate", None)
+        return None if rate is None or math.isinf(rate) else rate
 
-    def _replay_seconds(self) -> float:
-        return (self._total - self._buf_start) / self._bps
+    def _begin_connection(self, stream: RecognizerStream) -> None:
+        """Point the pump at the first uncovered byte (within the catch-up budget); the connection's
+        time 0 is that byte."""
+        self._stream = stream
+        bps = self._bps
+        lost_from = max(self._lost_to, round(self._covered * bps))
+        self._gap(lost_from, self._buf_start, "buffer")
+        start = self._buf_start
+        rate = self._ingest_rate()
+        if rate is not None:
+            budget = round(self.policy.catchup_seconds * max(0.0, rate - 1.0) * bps) // self._width * self._width
+            if self._total - start > budget:
+                skip_to = self._total - budget
+                self._gap(start, skip_to, "catchup")
+                self._trim(skip_to)
+                start = skip_to
+        self._lost_to = start
+        self.stats.replayed_seconds += (self._total - start) / bps
+        self._sent = start
+        self._conn_base = start / bps
+        self._pace_rate = None if rate is None else rate * bps
+        self._pace_t0, self._pace_sent = asyncio.get_running_loop().time(), 0
+        name, at = self.recognizer.name, round(self.origin + self._conn_base, 3)
+        if not self.served or self.served[-1].recognizer != name or self.served[-1].fallback != self.on_fallback:
+            if self.served:
+                self.served[-1].end = round(self.origin + lost_from / bps, 3)
+            self.served.append(ServedSpan(recognizer=name, start=at, fallback=self.on_fallback))
+
+    def _connected_detail(self) -> str:
+        detail = f"{self.recognizer.name}: replaying {(self._total - self._sent) / self._bps:.2f}s"
+        gap = self.gaps[-1] if self.gaps else None
+        if gap is not None and gap.reason == "catchup" and abs(gap.end - (self.origin + self._conn_base)) < _EPS:
+            detail += f"; {gap.start:.2f}-{gap.end:.2f}s left to the batch pass (catch-up budget)"
+        return detail
 
     def _too_many_failures(self, now: float) -> bool:
         self._failures.append(now)
@@ -343,19 +447,32 @@ class ResilientStream:
             await asyncio.gather(reader, pump, return_exceptions=True)
 
     async def _pump(self, stream: RecognizerStream) -> None:
-        """Forward buffered audio to ``stream``; keepalive during silence; return once flushed on close."""
+        """Forward buffered audio to ``stream`` (paced while behind); keepalive during silence;
+        return once flushed on close."""
         loop = asyncio.get_running_loop()
         self._last_send = loop.time()
+        burst = self.policy.pace_burst_seconds * self._bps
         while True:
             if self._sent < self._buf_start:
                 self._sent = self._buf_start
             if self._sent < self._total:
+                n = min(self._max_chunk, self._total - self._sent)
+                rate = self._pace_rate
+                if rate is not None:
+                    wait = (self._pace_sent + n - burst) / rate - (loop.time() - self._pace_t0)
+                    if wait > 0:
+                        self.stats.paced_seconds += wait
+                        await asyncio.sleep(wait)
+                        continue
                 offset = self._sent - self._buf_start
-                chunk = bytes(self._buf[offset : offset + self._max_chunk])
+                chunk = bytes(self._buf[offset : offset + n])
                 self._sent += len(chunk)
+                self._pace_sent += len(chunk)
                 await stream.send(chunk)
                 self._last_send = loop.time()
                 continue
+            # Caught up: from here on audio arrives at real time, under every vendor's limit.
+            self._pace_rate = None
             if self._closing.is_set():
                 return
             self._audio.clear()
@@ -398,16 +515,11 @@ class ResilientStream:
                 logger.debug("dropping final [%.3f, %.3f) already covered", start, end, extra=self._log)
                 return
             words = tuple(
-                Word(
-                    word=w.word,
-                    start=base + w.start,
-                    end=base + w.end,
-                    confidence=w.confidence,
-                    punctuated_word=w.punctuated_word,
-                )
+                Word(word=w.word, start=base + w.start, end=base + w.end, confidence=w.confidence,
+                     punctuated_word=w.punctuated_word)
                 for w in event.words
                 if self._conn_base + w.end > self._covered + _EPS
-            )
+            )  # fmt: skip
             text = event.text
             if start < self._covered - _EPS:  # partly covered: keep only the new words
                 if event.words:
@@ -416,6 +528,7 @@ class ResilientStream:
             self._covered = end
             self._trim(round(end * self._bps))
             if text:
+                self._recent.append(text)
                 self._queue.put_nowait(
                     msgspec.structs.replace(
                         event, start=self.origin + start, end=self.origin + end, text=text, words=words
@@ -433,11 +546,28 @@ class ResilientStream:
             del self._buf[: upto - self._buf_start]
             self._buf_start = upto
 
-    def _lose_uncovered(self) -> None:
-        lost = self._total - max(round(self._covered * self._bps), self._lost_to)
-        if lost > 0:
-            self.stats.dropped_seconds += lost / self._bps
-            self._lost_to = self._total
+    def _gap(self, start: int, end: int, reason: GapReason) -> None:
+        """Bytes ``[start, end)`` of the track will not be transcribed live: count and record them."""
+        if end <= start:
+            return
+        seconds = (end - start) / self._bps
+        if reason == "catchup":
+            self.stats.skipped_seconds += seconds
+        else:
+            self.stats.dropped_seconds += seconds
+        t0, t1 = round(self.origin + start / self._bps, 3), round(self.origin + end / self._bps, 3)
+        last = self.gaps[-1] if self.gaps else None
+        if last is not None and last.reason == reason and abs(last.end - t0) < _EPS:
+            last.end = t1
+        else:
+            self.gaps.append(LiveGap(start=t0, end=t1, reason=reason))
+
+    def _lose_uncovered(self, reason: GapReason) -> None:
+        lost_from = max(round(self._covered * self._bps), self._lost_to)
+        if self.served and self.served[-1].end is None:
+            self.served[-1].end = round(self.origin + lost_from / self._bps, 3)
+        self._gap(lost_from, self._total, reason)
+        self._lost_to = max(self._lost_to, self._total)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -452,7 +582,7 @@ class ResilientStream:
 
     def _fail(self, error: RecognizerError) -> None:
         self._error = error
-        self._lose_uncovered()
+        self._lose_uncovered("failed")
         self._set_state("failed", str(error))
         self._finish()
 

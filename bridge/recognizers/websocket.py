@@ -25,6 +25,7 @@ from bridge.recognizers.base import (
     RecognizerEvent,
     RecognizerProtocolError,
     RecognizerRejected,
+    RecognizerThrottled,
     StreamOptions,
 )
 
@@ -43,14 +44,22 @@ async def open_socket(
     rejects: Callable[[int], bool],
     detail: Callable[[int, Headers, bytes], str],
     max_size: int | None = 2**22,
+    ping_interval: float | None = 5.0,
+    ping_timeout: float | None = 5.0,
 ) -> ClientConnection:
     """Connect, mapping every failure to :class:`RecognizerRejected` (``rejects(status)``: retrying
-    cannot help) or :class:`RecognizerConnectError` (a reconnect may)."""
+    cannot help), :class:`RecognizerThrottled` (HTTP 429) or :class:`RecognizerConnectError` (a
+    reconnect may).
+
+    WebSocket pings (RFC 6455, answered by any server) detect a recognizer that hangs with the
+    connection open within ``ping_interval + ping_timeout``: no vendor message says "still alive"
+    during silence, so the transport has to.
+    """
     log_extra = {"call_sid": options.call_sid, "track": options.track}
     try:
         return await connect(
             url, additional_headers=headers, open_timeout=open_timeout, compression=None, proxy=None,
-            max_size=max_size, close_timeout=2.0,
+            max_size=max_size, close_timeout=2.0, ping_interval=ping_interval, ping_timeout=ping_timeout,
         )  # fmt: skip
     except InvalidStatus as exc:
         status = exc.response.status_code
@@ -59,6 +68,8 @@ async def open_socket(
         logger.warning("%s", message, extra=log_extra)
         if rejects(status):
             raise RecognizerRejected(message, code=status, reason=reason) from exc
+        if status == 429:
+            raise RecognizerThrottled(message, code=status, reason=reason) from exc
         raise RecognizerConnectError(message, code=status, reason=reason) from exc
     except InvalidURI as exc:
         raise RecognizerRejected(f"invalid recognizer URL {url.split('?')[0]!r}: {exc}") from exc
@@ -122,6 +133,10 @@ class WebSocketStream:
         reason = self._ws.close_reason or ""
         if code is None and exc is not None and exc.rcvd is not None:
             code, reason = exc.rcvd.code, exc.rcvd.reason
+        return self.error_for_close(code, reason)
+
+    def error_for_close(self, code: int | None, reason: str) -> RecognizerError:
+        """What a close frame means; vendors override this for the codes that forbid a retry."""
         return RecognizerConnectError(f"{self.vendor} connection closed: {code} {reason}".rstrip(), code=code,
                                       reason=reason)  # fmt: skip
 

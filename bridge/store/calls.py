@@ -8,6 +8,7 @@ do not publish them again. Everything of a call gets the retention TTL when the 
 from __future__ import annotations
 
 import time
+from typing import TypeVar
 
 import msgspec
 
@@ -15,6 +16,7 @@ from bridge import events
 from bridge.store.client import StoreBase, as_mapping, text, text_dict
 
 TRACK_ORDER = {"inbound": 0, "outbound": 1}
+T = TypeVar("T")
 
 # Hash fields of P:call:{sid} with a meaning of their own; everything else lands in CallInfo.extra.
 _F_STATUS = "status"
@@ -28,6 +30,8 @@ _F_FINALS = "finals"
 _KNOWN = frozenset({_F_STATUS, _F_STARTED, _F_ENDED, _F_REASON, _F_ACCOUNT, _F_FROM, _F_TO, _F_FINALS})
 _TRACK_PREFIX = "track."
 _RECOGNIZER_PREFIX = "recognizer."
+_SERVED_PREFIX = "served."
+_GAPS_PREFIX = "gaps."
 _CUSTOM_PREFIX = "custom."
 #: The hash field the finals script keeps the count in (see :mod:`bridge.store.finals`).
 FINALS_FIELD = _F_FINALS
@@ -49,6 +53,10 @@ class CallInfo(msgspec.Struct, kw_only=True, omit_defaults=False):
     stream_sids: list[str] = msgspec.field(default_factory=list)
     #: Recognizer state per track (``connecting``, ``connected``, ``reconnecting``…).
     recognizers: dict[str, str] = msgspec.field(default_factory=dict)
+    #: Per track: which recognizer transcribed which span live (the fallback's spans say so).
+    served: dict[str, list[events.ServedSpan]] = msgspec.field(default_factory=dict)
+    #: Per track: spans not transcribed live (the batch pass has them), with the reason.
+    gaps: dict[str, list[events.LiveGap]] = msgspec.field(default_factory=dict)
     finals: int = 0
     #: Twilio ``<Parameter>`` values of the stream.
     custom: dict[str, str] = msgspec.field(default_factory=dict)
@@ -65,6 +73,19 @@ def _float(value: str | None) -> float:
         return float(value) if value else 0.0
     except ValueError:
         return 0.0
+
+
+_served_decoder = msgspec.json.Decoder(list[events.ServedSpan])
+_gaps_decoder = msgspec.json.Decoder(list[events.LiveGap])
+_encoder = msgspec.json.Encoder()
+
+
+def _decode(value: str, decoder: msgspec.json.Decoder[T]) -> T | None:
+    """A JSON field of the call record, or ``None`` if it does not parse (never fail a read on it)."""
+    try:
+        return decoder.decode(value)
+    except msgspec.MsgspecError:
+        return None
 
 
 def _call_info(call_sid: str, fields: dict[str, str], stream_sids: list[str]) -> CallInfo:
@@ -87,6 +108,10 @@ def _call_info(call_sid: str, fields: dict[str, str], stream_sids: list[str]) ->
             info.tracks.append(name[len(_TRACK_PREFIX) :])
         elif name.startswith(_RECOGNIZER_PREFIX):
             info.recognizers[name[len(_RECOGNIZER_PREFIX) :]] = value
+        elif name.startswith(_SERVED_PREFIX) and (served := _decode(value, _served_decoder)) is not None:
+            info.served[name[len(_SERVED_PREFIX) :]] = served
+        elif name.startswith(_GAPS_PREFIX) and (gaps := _decode(value, _gaps_decoder)) is not None:
+            info.gaps[name[len(_GAPS_PREFIX) :]] = gaps
         elif name.startswith(_CUSTOM_PREFIX):
             info.custom[name[len(_CUSTOM_PREFIX) :]] = value
         else:
@@ -153,8 +178,22 @@ class CallRecords(StoreBase):
         if fields:
             await self.client.hset(self.keys.call(call_sid), mapping=as_mapping(fields))
 
-    async def set_recognizer_state(self, call_sid: str, track: str, state: str) -> None:
-        await self.update_call(call_sid, {_RECOGNIZER_PREFIX + track: state})
+    async def set_recognizer_state(
+        self,
+        call_sid: str,
+        track: str,
+        state: str,
+        *,
+        served: list[events.ServedSpan] | None = None,
+        gaps: list[events.LiveGap] | None = None,
+    ) -> None:
+        """A track's recognizer state, and (when given) its served spans and live gaps so far."""
+        fields = {_RECOGNIZER_PREFIX + track: state}
+        if served is not None:
+            fields[_SERVED_PREFIX + track] = _encoder.encode(served).decode()
+        if gaps is not None:
+            fields[_GAPS_PREFIX + track] = _encoder.encode(gaps).decode()
+        await self.update_call(call_sid, fields)
 
     async def call_ended(self, call_sid: str, *, ended_at: float, reason: str = "") -> None:
         """Move the call to the recent index, start its retention clock and tell subscribers."""

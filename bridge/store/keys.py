@@ -8,8 +8,12 @@ key                                    type        content
 =====================================  ==========  ==================================================
 ``P:call:{sid}``                       hash        call metadata (status, times, numbers, tracks as
                                                    ``track.<track>``, recognizer state per track as
-                                                   ``recognizer.<track>``, ``custom.<name>`` stream
-                                                   parameters, ``finals`` count)
+                                                   ``recognizer.<track>``, which recognizer served
+                                                   which span as ``served.<track>`` and the spans not
+                                                   transcribed live as ``gaps.<track>`` (JSON lists
+                                                   of events.ServedSpan / events.LiveGap),
+                                                   ``custom.<name>`` stream parameters, ``finals``
+                                                   count)
 ``P:call:{sid}:streams``               zset        every StreamSid the call had, scored by start time
 ``P:call:{sid}:finals``                list        final JSON documents; index ``i`` holds ``seq=i+1``
 ``P:call:{sid}:final_ids``             hash        final id -> seq (makes writing a final idempotent)

@@ -5,7 +5,19 @@ transcripts are a pure function of the audio it received: every full window (1 s
 audio becomes one final whose single word is a checksum of that window's bytes; partials come every
 200 ms of audio. Windows are counted from the start of each connection, and a reconnecting client
 replays from the end of its last final, so a run with faults yields, segment by segment, the same
-finals as a clean run. Hooks let tests drop, reject, stall and garble connections.
+finals as a clean run. Hooks let tests drop, reject, stall, hang and garble connections.
+
+It behaves like Deepgram where a client can get it wrong
+(https://developers.deepgram.com/docs/recovering-from-connection-errors-and-timeouts-when-live-streaming-audio):
+
+- with ``ingest_rate`` set (Deepgram: 1.25) it takes audio no faster than that multiple of real time
+  (after a ``ingest_burst_seconds`` allowance): faster audio waits, so its results come late, and the
+  wait is counted in :attr:`ScriptedConnection.throttled_seconds`;
+- audio it cannot decode (a container header such as ``RIFF`` sent as raw audio, an odd number of
+  bytes of ``linear16``, or anything after :meth:`ScriptedDeepgramServer.refuse_audio`) closes the
+  connection ``1008 DATA-0000``;
+- ``idle_timeout`` (Deepgram: 10 s) without audio or ``KeepAlive`` closes it ``1011 NET-0001``
+  (other control messages do not count).
 """
 
 from __future__ import annotations
@@ -30,6 +42,10 @@ from bridge.audio import MULAW_SILENCE as SILENCE
 from bridge.recognizers.deepgram import wire
 
 logger = logging.getLogger(__name__)
+
+#: Magic bytes of audio containers: sent with a raw ``encoding``, Deepgram cannot decode them.
+_CONTAINERS = (b"RIFF", b"OggS", b"fLaC", b"ID3", b"\x1aE\xdf\xa3")
+
 
 def window_word(window: bytes) -> str:
     """The word the scripted server hears in ``window`` (deterministic in the bytes only)."""
@@ -58,6 +74,8 @@ class ScriptedConnection:
     controls: list[str] = dataclasses.field(default_factory=list)  # control message types
     close_code: int | None = None
     close_reason: str = ""
+    #: Seconds this connection's audio had to wait to stay under the ingest rate.
+    throttled_seconds: float = 0.0
 
     @property
     def query(self) -> dict[str, str]:
@@ -78,12 +96,17 @@ class ScriptedDeepgramServer:
         partial_seconds: float = 0.2,
         idle_timeout: float = 10.0,
         api_key: str | None = None,
+        ingest_rate: float | None = None,
+        ingest_burst_seconds: float = 1.0,
     ) -> None:
         self.port = port
         self.window_seconds = window_seconds
         self.partial_seconds = partial_seconds
-        #: NET-0001: close 1011 when nothing arrives from the client for this long.
+        #: NET-0001: close 1011 when neither audio nor KeepAlive arrives for this long.
         self.idle_timeout = idle_timeout
+        #: Fastest audio is taken, as a multiple of real time (``None``: as fast as it comes).
+        self.ingest_rate = ingest_rate
+        self.ingest_burst_seconds = ingest_burst_seconds
         #: When set, upgrades without ``Authorization: Token <api_key>`` get HTTP 401.
         self.api_key = api_key
         self.connections: list[ScriptedConnection] = []
@@ -100,6 +123,10 @@ class ScriptedDeepgramServer:
         self._reject_times: int | None = None
         self._drop_after: tuple[int, bool] | None = None
         self._stall_until = 0.0
+        self._refuse_audio = False
+        self._hung = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._opening: set[ServerConnection] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -123,11 +150,13 @@ class ScriptedDeepgramServer:
         """Kill the server: connections are aborted (no close frame), the port stops listening."""
         if self._server is None:
             return
-        for ws in list(self._active):
+        self._stopping.set()  # wakes what hang() holds
+        for ws in [*self._active, *self._opening]:
             ws.transport.abort()
         self._server.close(close_connections=False)
         await self._server.wait_closed()
         self._server = None
+        self._stopping.clear()
 
     async def __aenter__(self) -> ScriptedDeepgramServer:
         await self.start()
@@ -159,6 +188,22 @@ class ScriptedDeepgramServer:
         """Stop reading and answering on every connection for ``seconds``."""
         self._stall_until = asyncio.get_running_loop().time() + seconds
 
+    def hang(self) -> None:
+        """Stop answering for good, the way a wedged server does: open connections are neither read
+        (so WebSocket pings go unanswered) nor written, and new upgrades never complete."""
+        self._hung.set()
+        for ws in list(self._active):
+            ws.transport.pause_reading()
+
+    def refuse_audio(self) -> None:
+        """From now on, audio cannot be decoded: every connection closes ``1008 DATA-0000`` on it."""
+        self._refuse_audio = True
+
+    @property
+    def throttled_seconds(self) -> float:
+        """Seconds audio waited, over all connections, to stay under :attr:`ingest_rate`."""
+        return sum(c.throttled_seconds for c in self.connections)
+
     async def close_all(self, code: int = wire.CLOSE_NET_ERROR, reason: str = wire.REASON_NET_SERVER) -> None:
         """Close every live connection with a close frame ``code``/``reason``."""
         for ws in list(self._active):
@@ -186,7 +231,12 @@ class ScriptedDeepgramServer:
         """The per-connection protocol state (subclasses measure or change what is sent)."""
         return ScriptedSession(self, ws, record)
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if self._hung.is_set():  # never answers; the client's open timeout ends it
+            self._opening.add(connection)
+            await self._stopping.wait()
+            self._opening.discard(connection)
+            return self._refuse(connection, 503, "stopped")
         if urlsplit(request.path).path != "/v1/listen":
             return self._refuse(connection, 404, "no such endpoint")
         if self._reject is not None:
@@ -236,7 +286,8 @@ class ScriptedSession:
         self.vad_events = q.get("vad_events") == "true"
         self.utterance_end = self.interim and "utterance_end_ms" in q
         rate = int(q.get("sample_rate", "8000"))
-        self.bps = rate * (1 if q.get("encoding", "mulaw") in ("mulaw", "alaw") else 2)
+        self.encoding = q.get("encoding", "")
+        self.bps = rate * (1 if self.encoding in ("mulaw", "alaw", "") else 2)
         self.window_bytes = max(1, round(server.window_seconds * self.bps))
         self.partial_bytes = max(1, round(server.partial_seconds * self.bps))
         self.window = bytearray()
@@ -249,19 +300,29 @@ class ScriptedSession:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        began = alive = loop.time()
         while True:
             stall = self.server._stall_until - loop.time()
             if stall > 0:
                 await asyncio.sleep(stall)
+            if self.server._hung.is_set():
+                self.ws.transport.pause_reading()
+                await self.server._stopping.wait()  # wedged until the server is stopped
+                return
             try:
-                message = await asyncio.wait_for(self.ws.recv(), self.server.idle_timeout)
+                message = await asyncio.wait_for(self.ws.recv(), self.server.idle_timeout - (loop.time() - alive))
             except TimeoutError:
+                if self.server._hung.is_set():
+                    await self.server._stopping.wait()  # a wedged server closes nothing either
+                    return
                 await self.ws.close(wire.CLOSE_NET_ERROR, wire.REASON_NET_IDLE)
                 return
             if isinstance(message, bytes):
-                if not message:
+                if not message or not self._decodable(message):
                     await self.ws.close(wire.CLOSE_DATA_ERROR, wire.REASON_DATA)
                     return
+                alive = loop.time()
+                await self._ingest(len(message), began)
                 if not await self._audio(message):
                     return
                 continue
@@ -271,7 +332,9 @@ class ScriptedSession:
                 self.record.controls.append("garbage")
                 continue
             self.record.controls.append(type(control).__name__)
-            if isinstance(control, wire.Finalize):
+            if isinstance(control, wire.KeepAlive):
+                alive = loop.time()
+            elif isinstance(control, wire.Finalize):
                 await self._flush(from_finalize=True)
             elif isinstance(control, wire.CloseStream):
                 await self._flush(from_finalize=False)
@@ -286,6 +349,24 @@ class ScriptedSession:
                 )
                 await self.ws.close(1000, "")
                 return
+
+    def _decodable(self, data: bytes) -> bool:
+        if self.server._refuse_audio:
+            return False
+        if self.encoding and not self.total and data.startswith(_CONTAINERS):
+            return False  # a file's header sent as raw audio: the encoding parameter is wrong
+        return not (self.encoding == "linear16" and len(data) % 2)
+
+    async def _ingest(self, nbytes: int, began: float) -> None:
+        """Take ``nbytes`` no faster than the ingest rate allows since the connection opened."""
+        rate = self.server.ingest_rate
+        if rate is None:
+            return
+        allowed = (self.server.ingest_burst_seconds + rate * (asyncio.get_running_loop().time() - began)) * self.bps
+        wait = (self.total + nbytes - allowed) / (rate * self.bps)
+        if wait > 0:
+            self.record.throttled_seconds += wait
+            await asyncio.sleep(wait)
 
     async def _send(self, message: wire.ServerMessage) -> None:
         await self.ws.send(wire.encode(message).decode())

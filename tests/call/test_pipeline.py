@@ -98,8 +98,8 @@ class Collector:
     def emit_final(self, final: events.Final) -> None:
         self.finals.append(final)
 
-    def recognizer_state(self, track: Track, state: events.RecognizerState, detail: str) -> None:
-        self.states.append((track, state, detail))
+    def recognizer_state(self, status: events.RecognizerStatus) -> None:
+        self.states.append((status.track, status.state, status.detail))
 
 
 def _pipeline(recognizer: FakeRecognizer, out: Collector, metrics: Metrics, origin: float = 0.0) -> TrackPipeline:

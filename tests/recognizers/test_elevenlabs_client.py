@@ -19,12 +19,16 @@ from websockets.http11 import Request, Response
 from bridge.audio import frames
 from bridge.recognizers.base import (
     RecognizerConnectError,
+    RecognizerError,
     RecognizerEvent,
+    RecognizerInputError,
     RecognizerRejected,
+    RecognizerThrottled,
     StreamOptions,
     Transcript,
 )
-from bridge.recognizers.elevenlabs.live import ElevenLabsRecognizer, ElevenLabsStream, decode_server
+from bridge.recognizers.elevenlabs.live import ElevenLabsRecognizer, ElevenLabsStream
+from bridge.recognizers.elevenlabs.wire import ERROR_TYPES, SOFT_ERRORS, ErrorMessage, decode_server
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "elevenlabs"
 OPTIONS = StreamOptions(call_sid="CAel", track="inbound")
@@ -147,29 +151,54 @@ async def test_keepalive_silence_is_taken_out_of_the_clock() -> None:
     assert (round(finals[1].start, 3), round(finals[1].end, 3)) == (2.0, 2.6)
 
 
-@pytest.mark.parametrize(
-    ("index", "kind"),
-    [
-        (0, RecognizerRejected),
-        (1, RecognizerRejected),
-        (2, RecognizerRejected),
-        (3, RecognizerConnectError),
-        (4, RecognizerConnectError),
-        (5, RecognizerConnectError),
-    ],
-)
-async def test_error_messages_end_the_stream(index: int, kind: type[Exception]) -> None:
-    error = lines("errors.jsonl")[index]
-    async with FakeScribe(on_connect=[error]).running() as scribe:
+#: What each realtime error type (``errors.jsonl``, one of each in the SDK's union) does to the stream.
+ERROR_KINDS: dict[str, type[Exception]] = {
+    "auth_error": RecognizerRejected,
+    "quota_exceeded": RecognizerRejected,
+    "unaccepted_terms": RecognizerRejected,
+    "invalid_request": RecognizerRejected,
+    "input_error": RecognizerInputError,
+    "rate_limited": RecognizerThrottled,
+    "transcriber_error": RecognizerConnectError,
+    "session_time_limit_exceeded": RecognizerConnectError,
+    "queue_overflow": RecognizerConnectError,
+    "resource_exhausted": RecognizerConnectError,
+    "insufficient_audio_activity": RecognizerConnectError,
+    "error": RecognizerConnectError,
+}
+
+
+ENDING_ERRORS = [line for line in lines("errors.jsonl") if json.loads(line)["message_type"] in ERROR_KINDS]
+
+
+@pytest.mark.parametrize("line", ENDING_ERRORS)
+async def test_error_messages_end_the_stream(line: str) -> None:
+    kind = json.loads(line)["message_type"]
+    async with FakeScribe(on_connect=[line]).running() as scribe:
         stream = await ElevenLabsRecognizer(scribe.url).open(OPTIONS)
-        with pytest.raises(kind) as info:
+        with pytest.raises(RecognizerError) as info:
             await collect(stream)
         await stream.close(timeout=1)
-    assert json.loads(error)["message_type"] in str(info.value)
+    assert type(info.value) is ERROR_KINDS[kind]
+    assert info.value.reason == kind and kind in str(info.value)
+    assert info.value.retryable is (ERROR_KINDS[kind] in (RecognizerThrottled, RecognizerConnectError))
+
+
+def test_every_error_type_of_the_sdk_union_is_classified() -> None:
+    recorded = {json.loads(line)["message_type"] for line in lines("errors.jsonl")}
+    assert recorded == ERROR_TYPES
+    assert recorded - set(ERROR_KINDS) == SOFT_ERRORS
+
+
+def test_an_unknown_message_with_an_error_is_a_generic_error() -> None:
+    message = decode_server('{"message_type":"brand_new_error","error":"boom"}')
+    assert isinstance(message, ErrorMessage) and message.message_type == "error" and "boom" in message.error
+    assert decode_server('{"message_type":"speakers_merged","from_speaker_id":"a","to_speaker_id":"b"}') is None
 
 
 async def test_soft_errors_and_garbage_do_not_end_the_stream() -> None:
-    noise = [lines("errors.jsonl")[6], "{nope", '{"message_type": 3}', '{"message_type":"speakers_merged"}']
+    soft = [line for line in lines("errors.jsonl") if json.loads(line)["message_type"] in SOFT_ERRORS]
+    noise = [*soft, "{nope", '{"message_type": 3}', '{"message_type":"speakers_merged"}']
     async with FakeScribe(on_connect=noise).running() as scribe:
         stream = await ElevenLabsRecognizer(scribe.url).open(OPTIONS)
         reader = asyncio.create_task(collect(stream))
@@ -202,17 +231,24 @@ async def test_committed_without_timestamps_still_yields_a_final() -> None:
     [
         (401, RecognizerRejected),
         (403, RecognizerRejected),
-        (429, RecognizerConnectError),
+        (429, RecognizerThrottled),
         (503, RecognizerConnectError),
     ],
 )
 async def test_refused_upgrade(status: int, kind: type[Exception]) -> None:
     async with FakeScribe(reject_status=status).running() as scribe:
-        with pytest.raises(kind):
+        with pytest.raises(RecognizerError) as info:
             await ElevenLabsRecognizer(scribe.url, api_key="bad").open(OPTIONS)
+    assert type(info.value) is kind
 
 
-def test_decode_matches_old_and_new_error_names() -> None:
+def test_decode_reads_every_recorded_error() -> None:
     for line in lines("errors.jsonl"):
         message = decode_server(line)
-        assert message is not None and message.message_type == json.loads(line)["message_type"]  # type: ignore[union-attr]
+        assert isinstance(message, ErrorMessage) and message.message_type == json.loads(line)["message_type"]
+
+
+def test_regression_quota_exceeded_error_is_not_a_name_scribe_sends() -> None:
+    """The old fixture's ``quota_exceeded_error`` is in no SDK type: decoded as generic, not as quota."""
+    message = decode_server('{"message_type":"quota_exceeded_error","error":"x"}')
+    assert isinstance(message, ErrorMessage) and message.message_type == "error"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,10 @@ from tests.support.faults import FaultProxy
 ROOT = Path(__file__).resolve().parents[2]
 OPTIONS = StreamOptions(call_sid="CAres", track="inbound")
 BPS = 8000
-FAST = RetryPolicy(keepalive_interval=0.15, backoff_base=0.02, backoff_cap=0.1, max_failures=6, failure_window=5.0)
+#: These tests feed audio ~20x faster than real time, which no vendor ingests: pacing is off here and
+#: tested against the rate-limited fake in ``test_pacing.py``.
+FAST = RetryPolicy(keepalive_interval=0.15, backoff_base=0.02, backoff_cap=0.1, max_failures=6, failure_window=5.0,
+                   max_ingest_rate=math.inf)  # fmt: skip
 AUDIO = read_mulaw_wav(SHORT_CALL)[0][: int(6.3 * BPS)]
 ORIGIN = 12.5
 
@@ -271,7 +275,7 @@ async def test_transient_failure_at_start_retries() -> None:
 
 
 async def test_bounded_buffer_counts_dropped_audio() -> None:
-    policy = RetryPolicy(keepalive_interval=0.15, backoff_base=0.02, backoff_cap=0.05, buffer_seconds=1.0)
+    policy = dataclasses.replace(FAST, backoff_cap=0.05, buffer_seconds=1.0)
     async with ScriptedDeepgramServer() as server:
         run = Run(server.url, policy=policy)
         await run.start()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Literal
 from urllib.parse import urlencode
 
 import msgspec
@@ -20,8 +21,11 @@ from websockets.exceptions import ConnectionClosed
 
 from bridge.events import Word
 from bridge.recognizers.base import (
+    RecognizerConnectError,
     RecognizerError,
     RecognizerEvent,
+    RecognizerInputError,
+    RecognizerRejected,
     SpeechStarted,
     StreamOptions,
     Transcript,
@@ -37,14 +41,27 @@ _FINALIZE = wire.encode(wire.Finalize()).decode()
 _CLOSE_STREAM = wire.encode(wire.CloseStream()).decode()
 #: HTTP statuses on the upgrade that retrying cannot fix (auth, parameters).
 _REJECT_STATUSES = frozenset({400, 401, 402, 403, 404, 405, 413, 415, 422})
+#: "Deepgram can accept audio up to 1.25x real time"
+#: (https://developers.deepgram.com/docs/recovering-from-connection-errors-and-timeouts-when-live-streaming-audio).
+DEEPGRAM_INGEST_RATE = 1.25
+KeytermParam = Literal["keyterm", "keywords"]
 
 
 def _flag(value: bool) -> str:
     return "true" if value else "false"
 
 
-def listen_query(options: StreamOptions, model: str, extra: dict[str, str] | None = None) -> str:
-    """The ``/v1/listen`` query string for ``options`` (booleans lowercase, as Deepgram's SDK sends)."""
+def keyterm_param(model: str) -> KeytermParam:
+    """Nova-3 and Flux take ``keyterm`` (Keyterm Prompting); earlier models take ``keywords``
+    (https://developers.deepgram.com/docs/keyterm, https://developers.deepgram.com/docs/keywords)."""
+    return "keyterm" if model.startswith(("nova-3", "flux")) else "keywords"
+
+
+def listen_query(
+    options: StreamOptions, model: str, extra: dict[str, str] | None = None, *, keyterms_as: KeytermParam = "keyterm"
+) -> str:
+    """The ``/v1/listen`` query string for ``options`` (booleans lowercase, as Deepgram's SDK sends);
+    keyterms go out as one repeated parameter each, as the SDK sends lists."""
     params: dict[str, str] = {}
     if model:
         params["model"] = model
@@ -65,7 +82,8 @@ def listen_query(options: StreamOptions, model: str, extra: dict[str, str] | Non
     )
     if extra:
         params.update(extra)
-    return urlencode(params)
+    pairs = list(params.items()) + [(keyterms_as, term) for term in options.keyterms]
+    return urlencode(pairs)
 
 
 def to_event(message: wire.ServerMessage) -> RecognizerEvent | None:
@@ -103,8 +121,6 @@ def to_event(message: wire.ServerMessage) -> RecognizerEvent | None:
 class DeepgramRecognizer:
     """Opens Deepgram-protocol live streams (Deepgram itself, or the embedded recognizer)."""
 
-    name = "deepgram"
-
     def __init__(
         self,
         url: str = "wss://api.deepgram.com",
@@ -112,20 +128,32 @@ class DeepgramRecognizer:
         model: str = "nova-3",
         extra_params: dict[str, str] | None = None,
         *,
+        name: str = "deepgram",
+        max_ingest_rate: float | None = DEEPGRAM_INGEST_RATE,
+        keyterms_as: KeytermParam | None = None,
         open_timeout: float = 10.0,
+        ping_interval: float | None = 5.0,
+        ping_timeout: float | None = 5.0,
         max_garbage: int = 10,
     ) -> None:
         self.url = url.rstrip("/")
         self.api_key = api_key
         self.model = model
         self.extra_params = dict(extra_params or {})
+        self.name = name
+        self.max_ingest_rate = max_ingest_rate
+        #: ``None``: by model (:func:`keyterm_param`); the embedded recognizer takes ``keyterm``.
+        self.keyterms_as = keyterms_as
         self.open_timeout = open_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
         #: Consecutive unparseable server messages tolerated before the stream fails.
         self.max_garbage = max_garbage
 
     def listen_url(self, options: StreamOptions) -> str:
         model = options.model or self.model
-        return f"{self.url}/v1/listen?{listen_query(options, model, self.extra_params)}"
+        query = listen_query(options, model, self.extra_params, keyterms_as=self.keyterms_as or keyterm_param(model))
+        return f"{self.url}/v1/listen?{query}"
 
     async def open(self, options: StreamOptions) -> DeepgramStream:
         ws = await open_socket(
@@ -136,6 +164,8 @@ class DeepgramRecognizer:
             open_timeout=self.open_timeout,
             rejects=lambda status: status in _REJECT_STATUSES,
             detail=_dg_error,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
         )
         return DeepgramStream(ws, options, max_garbage=self.max_garbage)
 
@@ -187,6 +217,18 @@ class DeepgramStream(WebSocketStream):
             else:
                 await self._ws.close()
 
+    def error_for_close(self, code: int | None, reason: str) -> RecognizerError:
+        """1008 is Deepgram's "cannot use what you sent": ``DATA-0000`` is audio it cannot decode
+        (wrong encoding or rate); a reconnect would replay the same bytes into the same close."""
+        if code == wire.CLOSE_DATA_ERROR:
+            detail = f"Deepgram closed {code} {reason}".rstrip()
+            if reason.startswith("DATA"):
+                return RecognizerInputError(f"{detail}: it cannot decode the audio (encoding/sample rate)",
+                                            code=code, reason=reason)  # fmt: skip
+            return RecognizerRejected(detail, code=code, reason=reason)
+        return RecognizerConnectError(f"Deepgram connection closed: {code} {reason}".rstrip(), code=code,
+                                      reason=reason)  # fmt: skip
+
     def on_message(self, data: str | bytes) -> RecognizerError | None:
         if isinstance(data, bytes):
             raise msgspec.DecodeError("binary frame from server")
@@ -202,4 +244,4 @@ class DeepgramStream(WebSocketStream):
         return None
 
 
-__all__ = ["DeepgramRecognizer", "DeepgramStream", "listen_query", "to_event"]
+__all__ = ["DEEPGRAM_INGEST_RATE", "DeepgramRecognizer", "DeepgramStream", "keyterm_param", "listen_query", "to_event"]

@@ -25,13 +25,17 @@ from bridge.events import Word
 from bridge.recognizers.base import (
     RecognizerConnectError,
     RecognizerError,
+    RecognizerInputError,
     RecognizerRejected,
+    RecognizerThrottled,
     StreamOptions,
     Transcript,
 )
 from bridge.recognizers.elevenlabs.wire import (
+    INPUT_ERRORS,
     REJECTING_ERRORS,
     SOFT_ERRORS,
+    THROTTLING_ERRORS,
     CommittedTranscript,
     CommittedTranscriptWithTimestamps,
     ErrorMessage,
@@ -45,6 +49,18 @@ from bridge.recognizers.elevenlabs.wire import (
 from bridge.recognizers.websocket import WebSocketStream, open_socket
 
 logger = logging.getLogger(__name__)
+
+#: No ingest limit is documented; the server has one (``queue_overflow``), so replay is paced like
+#: Deepgram's documented 1.25x.
+ELEVENLABS_INGEST_RATE = 1.25
+#: Realtime keyterms: "maximum 50, each at most 20 characters" (the SDK's ``RealtimeAudioOptions``).
+MAX_KEYTERMS, MAX_KEYTERM_CHARS = 50, 20
+
+
+def usable_keyterms(keyterms: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(keyterms Scribe realtime accepts, the ones it would refuse) within its documented limits."""
+    fit = [k for k in keyterms if len(k) <= MAX_KEYTERM_CHARS]
+    return fit[:MAX_KEYTERMS], [k for k in keyterms if len(k) > MAX_KEYTERM_CHARS] + fit[MAX_KEYTERMS:]
 
 
 def realtime_query(options: StreamOptions, model_id: str) -> str:
@@ -62,7 +78,8 @@ def realtime_query(options: StreamOptions, model_id: str) -> str:
         params["vad_silence_threshold_secs"] = f"{min(3.0, max(0.3, options.utterance_end_ms / 1000)):g}"
     if options.language:
         params["language_code"] = options.language
-    return urlencode(params)
+    keyterms, _ = usable_keyterms(options.keyterms)
+    return urlencode([*params.items(), *(("keyterms", k) for k in keyterms)])
 
 
 def _body(status: int, headers: Headers, body: bytes) -> str:
@@ -72,22 +89,28 @@ def _body(status: int, headers: Headers, body: bytes) -> str:
 class ElevenLabsRecognizer:
     """Opens Scribe v2 Realtime streams."""
 
-    name = "elevenlabs"
-
     def __init__(
         self,
         url: str = "wss://api.elevenlabs.io",
         api_key: str = "",
         model_id: str = "scribe_v2_realtime",
         *,
+        name: str = "elevenlabs",
+        max_ingest_rate: float | None = ELEVENLABS_INGEST_RATE,
         open_timeout: float = 10.0,
+        ping_interval: float | None = 5.0,
+        ping_timeout: float | None = 5.0,
         chunk_seconds: float = 0.1,
         max_garbage: int = 10,
     ) -> None:
         self.url = url.rstrip("/")
         self.api_key = api_key
         self.model_id = model_id
+        self.name = name
+        self.max_ingest_rate = max_ingest_rate
         self.open_timeout = open_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
         self.chunk_seconds = chunk_seconds
         self.max_garbage = max_garbage
 
@@ -103,7 +126,14 @@ class ElevenLabsRecognizer:
             open_timeout=self.open_timeout,
             rejects=lambda status: 400 <= status < 500 and status not in (408, 429),
             detail=_body,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
         )
+        _, refused = usable_keyterms(options.keyterms)
+        if refused:
+            logger.warning("ElevenLabs realtime takes at most %d keyterms of <= %d characters; not sent: %s",
+                           MAX_KEYTERMS, MAX_KEYTERM_CHARS, ", ".join(refused),
+                           extra={"call_sid": options.call_sid, "track": options.track})  # fmt: skip
         return ElevenLabsStream(
             ws, options, chunk_bytes=round(self.chunk_seconds * options.bytes_per_second), max_garbage=self.max_garbage
         )
@@ -133,6 +163,8 @@ class ElevenLabsStream(WebSocketStream):
         self._held: CommittedTranscript | None = None
         self._committed = asyncio.Event()
         self.session_id = ""
+        #: Context for the model, allowed on the session's first chunk only (``InputAudioChunkPayload``).
+        self._previous_text = options.previous_text or None
         super().__init__(ws, options, max_garbage=max_garbage)
 
     # -- sending -------------------------------------------------------------------------------
@@ -154,8 +186,10 @@ class ElevenLabsStream(WebSocketStream):
             return
         self._conn_bytes += len(data)
         chunk = InputAudioChunk(
-            audio_base_64=base64.b64encode(data).decode(), commit=commit, sample_rate=self.options.sample_rate
-        )
+            audio_base_64=base64.b64encode(data).decode(), commit=commit, sample_rate=self.options.sample_rate,
+            previous_text=self._previous_text,
+        )  # fmt: skip
+        self._previous_text = None
         await self._send(encode(chunk).decode())
 
     async def keepalive(self) -> None:
@@ -282,11 +316,16 @@ class ElevenLabsStream(WebSocketStream):
             logger.warning("ElevenLabs warning: %s", message.warning, extra=self._log_extra)
         elif isinstance(message, ErrorMessage):
             logger.warning("ElevenLabs %s: %s", message.message_type, message.error, extra=self._log_extra)
-            detail = f"ElevenLabs {message.message_type}: {message.error}"
-            if message.message_type in REJECTING_ERRORS:
-                return RecognizerRejected(detail, reason=message.message_type)
-            if message.message_type not in SOFT_ERRORS:
-                return RecognizerConnectError(detail, reason=message.message_type)
+            kind = message.message_type
+            detail = f"ElevenLabs {kind}: {message.error}"
+            if kind in INPUT_ERRORS:
+                return RecognizerInputError(detail, reason=kind)
+            if kind in REJECTING_ERRORS:
+                return RecognizerRejected(detail, reason=kind)
+            if kind in THROTTLING_ERRORS:
+                return RecognizerThrottled(detail, reason=kind)
+            if kind not in SOFT_ERRORS:
+                return RecognizerConnectError(detail, reason=kind)
         return None
 
     def on_end(self) -> None:
@@ -300,4 +339,4 @@ def _confidence(logprob: float | None) -> float:
     return max(0.0, min(1.0, math.exp(logprob)))
 
 
-__all__ = ["ElevenLabsRecognizer", "ElevenLabsStream", "realtime_query"]
+__all__ = ["ELEVENLABS_INGEST_RATE", "ElevenLabsRecognizer", "ElevenLabsStream", "realtime_query", "usable_keyterms"]
