@@ -223,6 +223,10 @@ class Worker:
         recording = await asyncio.to_thread(read_wav, path)
         if recording.channels not in (1, 2):
             raise WavError(f"{path}: {recording.channels} channels (1 or 2 supported)")
+        if job.source == "twilio" and recording.channels < job.channels:
+            # A downmix would put the agent on the caller's track and drop the agent's transcript.
+            path.unlink(missing_ok=True)
+            raise DownloadError(f"Twilio served {recording.channels} channel(s) of a {job.channels}-channel recording")
         transcript = await transcribe_recording(
             self.engine, recording, call_sid=sid, tracks=job.tracks, path=str(path), job_key=key
         )
@@ -262,7 +266,7 @@ class Worker:
             return dest  # fetched by an earlier attempt
         return await download_recording(
             job.recording_url, dest, auth=self.twilio_auth, http=self.http, allowed_hosts=self.recording_hosts,
-            timeout=self.download_timeout_s,
+            timeout=self.download_timeout_s, channels=job.channels,
         )  # fmt: skip
 
     # -- bookkeeping -------------------------------------------------------------------------

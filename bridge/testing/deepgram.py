@@ -135,6 +135,7 @@ class ScriptedDeepgramServer:
         return f"ws://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
+        self._hung.clear()
         self._server = await serve(
             self._handle,
             "127.0.0.1",

@@ -7,7 +7,7 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
@@ -17,6 +17,7 @@ from bridge.audio import to_twilio_mulaw as read_mulaw_wav
 from bridge.recognizers.base import (
     RecognizerConnectError,
     RecognizerEvent,
+    RecognizerInputError,
     RecognizerProtocolError,
     RecognizerRejected,
     SpeechStarted,
@@ -282,3 +283,74 @@ async def test_abrupt_drop_raises_connect_error() -> None:
                 events.append(event)
         await stream.close(timeout=1)
     assert [(e.start, e.end) for e in events if isinstance(e, Transcript) and e.is_final] == [(0.0, 1.0)]
+
+
+async def test_close_1008_data_is_an_input_error_never_retried() -> None:
+    async with ScriptedDeepgramServer() as server:
+        server.refuse_audio()
+        stream = await DeepgramRecognizer(server.url).open(OPTIONS)
+        await stream.send(b"\x20" * 160)
+        with pytest.raises(RecognizerInputError) as info:
+            await collect(stream)
+        await stream.close(timeout=1)
+    assert (info.value.code, info.value.reason, info.value.retryable) == (1008, "DATA-0000", False)
+    assert "cannot decode the audio" in str(info.value)
+    assert server.connections[0].close_code == 1008
+
+
+async def test_other_1008_closes_are_rejections() -> None:
+    async with ScriptedDeepgramServer() as server:
+        stream = await DeepgramRecognizer(server.url).open(OPTIONS)
+        await stream.send(b"\x20" * 160)
+        await server.wait_for_audio(160)
+        await server.close_all(1008, "policy")
+        with pytest.raises(RecognizerRejected) as info:
+            await collect(stream)
+        await stream.close(timeout=1)
+    assert not isinstance(info.value, RecognizerInputError) and info.value.code == 1008
+
+
+@pytest.mark.parametrize(
+    ("model", "keyterms_as", "param"),
+    [("nova-3", None, "keyterm"), ("nova-3-medical", None, "keyterm"), ("nova-2", None, "keywords"),
+     ("tiny.en", "keyterm", "keyterm")],
+)  # fmt: skip
+def test_keyterms_go_out_in_the_models_form(model: str, keyterms_as: str | None, param: str) -> None:
+    options = StreamOptions(call_sid="CAk", track="inbound", keyterms=("Acme Cloud", "Zephyr"))
+    url = DeepgramRecognizer("ws://h", model=model, keyterms_as=keyterms_as).listen_url(options)  # type: ignore[arg-type]
+    query = parse_qsl(urlsplit(url).query)
+    assert [v for k, v in query if k == param] == ["Acme Cloud", "Zephyr"]
+    assert {"keyterm", "keywords"} - {param} not in {k for k, _ in query}
+    assert ("model", model) in query
+
+
+async def test_idle_timer_counts_only_audio_and_keepalive() -> None:
+    """NET-0001 comes after the idle timeout without audio or KeepAlive: a Finalize does not count."""
+    async with ScriptedDeepgramServer(idle_timeout=0.4) as server:
+        stream = await DeepgramRecognizer(server.url).open(OPTIONS)
+        await stream.send(b"\x30" * 160)
+        for _ in range(6):  # 0.6 s of Finalize only, every 0.1 s
+            await asyncio.sleep(0.1)
+            with contextlib.suppress(RecognizerConnectError):
+                await stream.finalize()
+        assert server.connections[0].controls[:3] == ["Finalize"] * 3
+        with pytest.raises(RecognizerConnectError) as info:
+            await collect(stream)
+        await stream.close(timeout=1)
+    assert (info.value.code, info.value.reason) == (1011, "NET-0001")
+
+
+async def test_a_hung_server_is_detected_by_websocket_pings() -> None:
+    async with ScriptedDeepgramServer() as server:
+        recognizer = DeepgramRecognizer(server.url, ping_interval=0.2, ping_timeout=0.3, open_timeout=0.5)
+        stream = await recognizer.open(OPTIONS)
+        await stream.send(b"\x30" * 160)
+        await server.wait_for_audio(160)
+        server.hang()
+        with pytest.raises(RecognizerConnectError) as info:
+            async with asyncio.timeout(5):  # without pings this would wait for ever
+                await collect(stream)
+        await stream.close(timeout=1)
+        assert info.value.retryable and info.value.code == 1006  # the ping timed out: no close handshake
+        with pytest.raises(RecognizerConnectError):
+            await recognizer.open(OPTIONS)  # new upgrades never complete either

@@ -7,11 +7,13 @@ import base64
 import contextlib
 import dataclasses
 import json
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+import websockets
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -28,7 +30,19 @@ from bridge.recognizers.base import (
     Transcript,
 )
 from bridge.recognizers.elevenlabs.live import ElevenLabsRecognizer, ElevenLabsStream
-from bridge.recognizers.elevenlabs.wire import ERROR_TYPES, SOFT_ERRORS, ErrorMessage, decode_server
+from bridge.recognizers.elevenlabs.wire import (
+    ERROR_TYPES,
+    SOFT_ERRORS,
+    ErrorMessage,
+    InputAudioChunk,
+    SessionStarted,
+    decode_server,
+    encode,
+)
+from bridge.recognizers.resilience import RetryPolicy
+from bridge.testing import ScriptedScribeServer, scripted_finals
+from tests.support import eventually
+from tests.support.streams import Run
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "elevenlabs"
 OPTIONS = StreamOptions(call_sid="CAel", track="inbound")
@@ -252,3 +266,84 @@ def test_regression_quota_exceeded_error_is_not_a_name_scribe_sends() -> None:
     """The old fixture's ``quota_exceeded_error`` is in no SDK type: decoded as generic, not as quota."""
     message = decode_server('{"message_type":"quota_exceeded_error","error":"x"}')
     assert isinstance(message, ErrorMessage) and message.message_type == "error"
+
+
+# -- against the scripted Scribe server (bridge.testing.elevenlabs), messages in the SDK's shapes ----
+
+SCRIPTED_AUDIO = bytes(range(256)) * 110  # 3.52 s
+
+
+async def test_scripted_scribe_session_yields_the_scripted_finals() -> None:
+    async with ScriptedScribeServer(api_key="xi") as server:
+        stream = await ElevenLabsRecognizer(server.url, api_key="xi").open(OPTIONS)
+        reader = asyncio.create_task(collect(stream))
+        for frame in frames(SCRIPTED_AUDIO):
+            await stream.send(frame)
+        await stream.close(timeout=5)
+        events = await reader
+    finals = [(round(e.start, 3), round(e.end, 3), e.text) for e in events if isinstance(e, Transcript) and e.is_final]
+    assert finals == [(round(s, 3), round(e, 3), w) for s, e, w in scripted_finals(SCRIPTED_AUDIO)]
+    assert bytes(server.connections[0].audio) == SCRIPTED_AUDIO
+    assert server.connections[0].errors == []
+
+
+async def test_scripted_scribe_refuses_a_wrong_key_with_auth_error() -> None:
+    async with ScriptedScribeServer(api_key="right") as server:
+        stream = await ElevenLabsRecognizer(server.url, api_key="wrong").open(OPTIONS)
+        with pytest.raises(RecognizerRejected) as info:
+            await collect(stream)
+        await stream.close(timeout=1)
+    assert info.value.reason == "auth_error" and server.connections[0].errors == ["auth_error"]
+
+
+async def test_regression_input_error_is_not_retried() -> None:
+    """``input_error`` ("unsupported audio format or invalid input") used to be retried up to ten
+    times per track, replaying the same audio each time; it now fails the track at once."""
+    policy = RetryPolicy(keepalive_interval=0.15, backoff_base=0.01, backoff_cap=0.02, max_ingest_rate=math.inf)
+    async with ScriptedScribeServer() as server:
+        server.fail_next_audio("input_error")
+        run = Run(ElevenLabsRecognizer(server.url), OPTIONS, policy=policy)
+        await run.start()
+        await run.feed(SCRIPTED_AUDIO[:8000])
+        await run.close(timeout=2)
+    assert isinstance(run.error, RecognizerInputError) and run.error.reason == "input_error"
+    assert len(server.connections) == 1
+    assert run.state_names == ["connecting", "connected", "failed"]
+
+
+async def test_a_mismatched_sample_rate_is_an_input_error_from_the_fake() -> None:
+    """The fake checks what Scribe checks: chunks at the session's rate (here: PCM 16 kHz session,
+    8 kHz chunks)."""
+    async with ScriptedScribeServer() as server:
+        ws = await websockets.connect(f"{server.url}/v1/speech-to-text/realtime?model_id=m&audio_format=pcm_16000")
+        chunk = InputAudioChunk(audio_base_64=base64.b64encode(b"\x00" * 320).decode(), commit=False, sample_rate=8000)
+        await ws.send(encode(chunk).decode())
+        messages = []
+        with contextlib.suppress(websockets.ConnectionClosedError):
+            async for m in ws:
+                messages.append(decode_server(m))
+    assert ws.close_code == 1008
+    assert isinstance(messages[0], SessionStarted) and messages[0].config.sample_rate == 16000
+    assert isinstance(messages[1], ErrorMessage) and messages[1].message_type == "input_error"
+    assert server.connections[0].errors == ["input_error"]
+
+
+async def test_previous_text_is_sent_after_a_reconnect_and_keyterms_as_scribe_takes_them() -> None:
+    options = dataclasses.replace(OPTIONS, keyterms=("Acme", "Zephyr Cloud", "a keyterm far too long for Scribe"))
+    policy = RetryPolicy(keepalive_interval=5, backoff_base=0.01, backoff_cap=0.02, max_ingest_rate=math.inf)
+    async with ScriptedScribeServer() as server:
+        run = Run(ElevenLabsRecognizer(server.url), options, policy=policy)
+        await run.start()
+        await run.feed(SCRIPTED_AUDIO[: 2 * 8000 + 800])
+        await eventually(lambda: len(run.finals) == 2)
+        await server.drop_all()
+        await run.feed(SCRIPTED_AUDIO[2 * 8000 + 800 :])
+        await run.close(timeout=5)
+    assert run.error is None and len(server.connections) == 2
+    first, second = server.connections
+    assert [v for k, v in first.query if k == "keyterms"] == ["Acme", "Zephyr Cloud"]
+    assert first.previous_texts == []
+    words = [w for _, _, w in scripted_finals(SCRIPTED_AUDIO)]
+    assert second.previous_texts == [" ".join(words[:2])]
+    assert second.chunks[0].previous_text is not None  # allowed on the first chunk only
+    assert [w for _, _, w in run.finals] == words

@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 
-from bridge.audio import frames
 from bridge.audio import to_twilio_mulaw as read_mulaw_wav
-from bridge.events import RecognizerState, Word
+from bridge.events import Word
 from bridge.recognizers.base import (
     RecognizerConnectError,
     RecognizerEvent,
@@ -31,6 +30,8 @@ from bridge.recognizers.resilience import ResilientStream, RetryPolicy
 from bridge.testing import ScriptedDeepgramServer, scripted_finals
 from tests.support import SHORT_CALL
 from tests.support.faults import FaultProxy
+from tests.support.streams import Run as _Run
+from tests.support.streams import Segment
 
 ROOT = Path(__file__).resolve().parents[2]
 OPTIONS = StreamOptions(call_sid="CAres", track="inbound")
@@ -44,61 +45,13 @@ ORIGIN = 12.5
 
 pytestmark = pytest.mark.timeout(60)
 
-Segment = tuple[float, float, str]
-
-
 def expected(audio: bytes = AUDIO, origin: float = ORIGIN) -> list[Segment]:
     return [(round(origin + s, 3), round(origin + e, 3), t) for s, e, t in scripted_finals(audio)]
 
 
-class Run:
-    """One call track through a ResilientStream, collecting what it yields."""
-
-    def __init__(self, url: str, policy: RetryPolicy = FAST, api_key: str = "") -> None:
-        self.states: list[tuple[RecognizerState, str]] = []
-        self.events: list[RecognizerEvent] = []
-        self.error: BaseException | None = None
-        self.stream = ResilientStream(
-            DeepgramRecognizer(url, api_key=api_key),
-            OPTIONS,
-            origin=ORIGIN,
-            on_state=lambda state, detail: self.states.append((state, detail)),
-            policy=policy,
-        )
-        self._reader: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        await self.stream.start()
-        self._reader = asyncio.create_task(self._collect())
-
-    async def _collect(self) -> None:
-        try:
-            async for event in self.stream.events():
-                self.events.append(event)
-        except Exception as exc:
-            self.error = exc
-
-    async def feed(self, audio: bytes, pace: float = 0.001) -> None:
-        for frame in frames(audio):
-            await self.stream.send(frame)
-            await asyncio.sleep(pace)
-
-    async def close(self) -> None:
-        await self.stream.close(timeout=5)
-        assert self._reader is not None
-        await self._reader
-
-    @property
-    def finals(self) -> list[Segment]:
-        return [
-            (round(e.start, 3), round(e.end, 3), e.text)
-            for e in self.events
-            if isinstance(e, Transcript) and e.is_final
-        ]
-
-    @property
-    def state_names(self) -> list[RecognizerState]:
-        return [s for s, _ in self.states]
+def Run(url: str, policy: RetryPolicy = FAST, api_key: str = "") -> _Run:
+    """A track on the scripted Deepgram server at ``url`` (``tests/support/streams.py``)."""
+    return _Run(DeepgramRecognizer(url, api_key=api_key), OPTIONS, policy=policy, origin=ORIGIN)
 
 
 async def call(url: str, fault: Callable[[], Coroutine[Any, Any, None]] | None = None, **kw: object) -> Run:
