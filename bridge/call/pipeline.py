@@ -109,9 +109,8 @@ class TrackPipeline:
         ))  # fmt: skip
 
     async def feed(self, offset_bytes: int, payload: bytes) -> None:
-        """Send ``payload`` found at byte ``offset_bytes`` of this stream's track."""
-        if self.failed:
-            return
+        """Send ``payload`` found at byte ``offset_bytes`` of this stream's track (a failed stream
+        only counts it, so the call record's gaps reach the end of the track)."""
         if offset_bytes - self.sent > MAX_GAP_BYTES:
             # A timestamp leap no real stream makes: don't synthesize that much silence.
             log.warning("ignoring a %.0f s timestamp leap on %s", (offset_bytes - self.sent) / SAMPLE_RATE,

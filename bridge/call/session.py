@@ -195,17 +195,20 @@ class CallSession:
         return handle
 
     def recognizer_state(self, status: events.RecognizerStatus) -> None:
-        """Publish a track's recognizer status and record, over all of the call's streams, which
-        recognizer served which span of the track and which spans were not transcribed live."""
         self.emit(status)
-        track, copy = status.track, msgspec.structs.replace
+        self._record_coverage(status.track, status.state)
+
+    def _record_coverage(self, track: Track, state: events.RecognizerState) -> None:
+        """Record a track's recognizer state and, over all of the call's streams, which recognizer
+        served which span of it and which spans were not transcribed live."""
+        copy = msgspec.structs.replace
         pipelines = [p for h in self.streams for p in h.pipelines.values() if p.track == track]
         served = [copy(span) for p in pipelines for span in p.stream.served]
         gaps = [copy(gap) for p in pipelines for gap in p.stream.gaps]
         store = self.manager.store
         self.manager.writer.call(
             self.call_sid, "recognizer_state",
-            lambda: store.set_recognizer_state(self.call_sid, track, status.state, served=served, gaps=gaps),
+            lambda: store.set_recognizer_state(self.call_sid, track, state, served=served, gaps=gaps),
         )  # fmt: skip
 
     def emit(self, event: events.LiveEvent) -> None:
@@ -238,6 +241,8 @@ class CallSession:
             self._grace.cancel()
         timeout = self.manager.close_timeout
         await asyncio.gather(*(h.close(timeout) for h in self.streams))
+        for pipeline in self.streams[-1].pipelines.values() if self.streams else ():
+            self._record_coverage(pipeline.track, pipeline.stream.state)  # the last word on spans and gaps
         self.ended = True
         duration = self.clock
         job: RecordingJob | None = None

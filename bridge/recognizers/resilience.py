@@ -194,8 +194,9 @@ class ResilientStream:
         """Buffer ``audio`` and wake the pump; never waits on the network."""
         if not audio:
             return
-        if self._closing.is_set() or self._error is not None:
-            self.stats.dropped_seconds += len(audio) / self._bps
+        if self._closing.is_set() or self._error is not None:  # not transcribed live: say so
+            self._gap(self._total, self._total + len(audio), "failed" if self._error is not None else "closing")
+            self._total = self._lost_to = self._total + len(audio)
             return
         caught_up = self._sent == self._total
         self._buf += audio
