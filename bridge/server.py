@@ -17,6 +17,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from bridge.app import create_app
+from bridge.recognizers.base import Recognizer
 from bridge.recognizers.resilience import RetryPolicy
 from bridge.settings import Settings
 
@@ -78,10 +79,15 @@ def serve(settings: Settings, *, drain_seconds: float) -> None:
 
 @contextlib.asynccontextmanager
 async def running_bridge(
-    settings: Settings, *, retry_policy: RetryPolicy | None = None
+    settings: Settings,
+    *,
+    retry_policy: RetryPolicy | None = None,
+    recognizer: Recognizer | None = None,
+    fallback: Recognizer | None = None,
 ) -> AsyncIterator[tuple[Starlette, str]]:
-    """Run the bridge in this event loop on ``settings.port`` (0: a free one); yields (app, http base URL)."""
-    app = create_app(settings, retry_policy=retry_policy)
+    """Run the bridge in this event loop on ``settings.port`` (0: a free one); yields (app, http base URL).
+    ``recognizer``/``fallback`` replace the configured clients (tools that tune their timeouts)."""
+    app = create_app(settings, recognizer=recognizer, fallback=fallback, retry_policy=retry_policy)
     config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

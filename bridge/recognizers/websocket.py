@@ -10,6 +10,7 @@ which error it ends with are done here once. Reconnect and replay are not: they 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
@@ -17,7 +18,7 @@ from typing import Any, ClassVar
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidStatus, InvalidURI
 
 from bridge.recognizers.base import (
     RecognizerConnectError,
@@ -59,7 +60,8 @@ async def open_socket(
     try:
         return await connect(
             url, additional_headers=headers, open_timeout=open_timeout, compression=None, proxy=None,
-            max_size=max_size, close_timeout=2.0, ping_interval=ping_interval, ping_timeout=ping_timeout,
+            max_size=max_size, close_timeout=min(2.0, ping_timeout or 2.0), ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
         )  # fmt: skip
     except InvalidStatus as exc:
         status = exc.response.status_code
@@ -94,6 +96,8 @@ class WebSocketStream:
         #: Unparseable messages received on this connection (all of them, not only consecutive).
         self.garbage_count = 0
         self._closing = False
+        #: Why the reader was given up on during close (its end is then an error: finals are missing).
+        self._abandoned: str | None = None
         self._error: RecognizerError | None = None
         self._reader = asyncio.create_task(self._read(), name=f"{self.vendor}-reader-{options.call_sid}")
 
@@ -109,6 +113,14 @@ class WebSocketStream:
 
     def emit(self, event: RecognizerEvent) -> None:
         self._queue.put_nowait(event)
+
+    async def _abandon(self, why: str) -> None:
+        """Stop reading a connection whose close never completed; the stream then ends with an error,
+        so the resilience layer replays what no final covered instead of taking the silence as done."""
+        self._abandoned = why
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
 
     # -- the stream ------------------------------------------------------------------------
 
@@ -173,7 +185,7 @@ class WebSocketStream:
             if not self._closing:
                 end = self.closed_error()
         except ConnectionClosed as exc:
-            if not self._closing:
+            if not self._closing or isinstance(exc, ConnectionClosedError):  # lost, even while closing
                 end = self.closed_error(exc)
             logger.info("%s connection closed: %s", self.vendor, exc, extra=self._log_extra)
         except Exception as exc:  # never let a reader crash silently: surface it on events()
@@ -181,6 +193,8 @@ class WebSocketStream:
             end = RecognizerConnectError(f"{self.vendor} reader failed: {exc!r}")
         finally:
             self.on_end()
+            if self._abandoned is not None and not isinstance(end, RecognizerError):
+                end = RecognizerConnectError(f"{self.vendor} {self._abandoned}")
             if isinstance(end, RecognizerError):
                 self._error = end
             self._queue.put_nowait(end)

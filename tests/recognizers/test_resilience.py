@@ -320,3 +320,22 @@ async def test_finals_are_deduplicated_by_time_never_by_text() -> None:
         (102.0, 102.5, "c d e f g"),
     ]
     assert stream.stats.duplicate_finals == 2
+
+
+async def test_regression_a_connection_lost_while_closing_is_not_taken_for_a_clean_end() -> None:
+    """A recognizer that hangs as the call ends used to look like a clean close: the last words were
+    lost without a trace. Now the loss is an error, the stream retries within the close deadline and
+    what it could not get transcribed is recorded as a gap."""
+    async with ScriptedDeepgramServer() as server:
+        recognizer = DeepgramRecognizer(server.url, ping_interval=0.1, ping_timeout=0.2, open_timeout=0.3)
+        run = _Run(recognizer, OPTIONS, policy=dataclasses.replace(FAST, max_failures=100), origin=ORIGIN)
+        await run.start()
+        await run.feed(AUDIO[: int(2.5 * BPS)])
+        await server.wait_for_audio(int(2.5 * BPS))
+        server.hang()
+        await run.close(timeout=1.5)
+    assert run.error is None and run.state_names[-1] == "closed"
+    assert run.finals == expected()[:2]
+    [gap] = run.stream.gaps
+    assert (gap.start, gap.end, gap.reason) == (ORIGIN + 2.0, ORIGIN + 2.5, "closing")
+    assert any(s == "reconnecting" for s in run.state_names)

@@ -32,7 +32,7 @@ from bridge.recognizers.base import (
     UtteranceEnded,
 )
 from bridge.recognizers.deepgram import wire
-from bridge.recognizers.websocket import END, WebSocketStream, open_socket
+from bridge.recognizers.websocket import WebSocketStream, open_socket
 
 logger = logging.getLogger(__name__)
 
@@ -207,10 +207,7 @@ class DeepgramStream(WebSocketStream):
             await asyncio.wait_for(asyncio.shield(self._reader), timeout)
         except TimeoutError:
             logger.warning("Deepgram did not close within %.1fs; closing", timeout, extra=self._log_extra)
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-            self._queue.put_nowait(END)
+            await self._abandon(f"did not finish within {timeout:.1f}s of CloseStream")
         finally:
             if timeout <= 0:
                 self._ws.transport.abort()

@@ -161,7 +161,8 @@ class ElevenLabsStream(WebSocketStream):
         self._last_final_end = 0.0
         self._uncommitted = False
         self._held: CommittedTranscript | None = None
-        self._committed = asyncio.Event()
+        self._committed = asyncio.Event()  # the last commit's final is out (timestamped, or empty)
+        self._answered = asyncio.Event()  # any committed transcript since the last commit
         self.session_id = ""
         #: Context for the model, allowed on the session's first chunk only (``InputAudioChunkPayload``).
         self._previous_text = options.previous_text or None
@@ -208,23 +209,32 @@ class ElevenLabsStream(WebSocketStream):
 
     async def close(self, timeout: float = 5.0) -> None:
         """Commit what is buffered and wait (bounded) for its committed transcript, then close."""
+        unanswered = False
         if not self._closing and not self._reader.done():
             self._closing = True
             self._committed.clear()
+            self._answered.clear()
             try:
                 await self._flush(commit=True)
                 if self._uncommitted:
-                    with contextlib.suppress(TimeoutError):
+                    try:
                         await asyncio.wait_for(self._committed.wait(), timeout)
+                    except TimeoutError:
+                        unanswered = not self._answered.is_set()
             except RecognizerError:
                 pass
         self._closing = True
+        if unanswered and not self._reader.done():
+            await self._abandon(f"sent no committed transcript within {timeout:.1f}s of the last commit")
         if not self._reader.done():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._ws.close(), max(0.1, timeout))
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
+        else:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ws.close(), 0.1)
 
     # -- clocks --------------------------------------------------------------------------------
 
@@ -287,6 +297,8 @@ class ElevenLabsStream(WebSocketStream):
 
     def on_message(self, data: str | bytes) -> RecognizerError | None:
         message = decode_server(data)
+        if isinstance(message, CommittedTranscript | CommittedTranscriptWithTimestamps):
+            self._answered.set()
         if isinstance(message, CommittedTranscriptWithTimestamps):
             self._held = None
             self._uncommitted = False
