@@ -79,7 +79,12 @@ class ScriptedConnection:
 
     @property
     def query(self) -> dict[str, str]:
-        return dict(parse_qsl(urlsplit(self.path).query, keep_blank_values=True))
+        return dict(self.query_items)
+
+    @property
+    def query_items(self) -> list[tuple[str, str]]:
+        """The query as sent, repeated parameters (``keyterm``) included."""
+        return parse_qsl(urlsplit(self.path).query, keep_blank_values=True)
 
 
 class ScriptedDeepgramServer:

@@ -24,6 +24,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from twilio.twiml.voice_response import VoiceResponse  # type: ignore[import-untyped, unused-ignore]
 
+from bridge.options import PARAMETER_LIMIT, to_parameters
 from bridge.settings import Settings
 from bridge.store.jobs import RecordingJob
 from bridge.twilio import models as tm
@@ -35,8 +36,6 @@ MEDIA_PATH = "/twilio/media"
 STREAM_STATUS_PATH = "/twilio/stream-status"
 RECORDING_PATH = "/twilio/recording"
 MAX_FORM_BYTES = 64 * 1024
-#: Twilio: "The combined length of each <Parameter> name and value attributes must be under 500 characters."
-_PARAMETER_LIMIT = 499
 
 
 class CallStore(Protocol):
@@ -113,11 +112,13 @@ def _public_bases(request: Request, settings: Settings) -> tuple[str, str]:
 
 
 def _parameter(stream: Any, name: str, value: str) -> None:
-    stream.parameter(name=name, value=value[: max(0, _PARAMETER_LIMIT - len(name))])
+    stream.parameter(name=name, value=value[: max(0, PARAMETER_LIMIT - len(name))])
 
 
 def build_twiml(settings: Settings, *, call_sid: str, from_: str, to: str, http_base: str, ws_base: str) -> str:
-    """TwiML for an incoming call: fork the media to us, then carry on with the call."""
+    """TwiML for an incoming call: fork the media to us, then carry on with the call. The called
+    number's profile (``BRIDGE_NUMBER_PROFILES``) rides along as ``<Parameter>``s: Twilio allows no
+    query string on a stream URL, and the stream's ``start`` brings them back to be validated."""
     response = VoiceResponse()
     url = ws_base + MEDIA_PATH
     status_callback = http_base + STREAM_STATUS_PATH
@@ -133,6 +134,9 @@ def build_twiml(settings: Settings, *, call_sid: str, from_: str, to: str, http_
     _parameter(stream, "From", from_)
     _parameter(stream, "To", to)
     _parameter(stream, "CallSid", call_sid)
+    profile = settings.number_profiles.get(to)
+    for name, value in to_parameters(profile).items() if profile is not None else ():
+        stream.parameter(name=name, value=value)  # within Twilio's limit: checked when profiles load
 
     if settings.stream_mode == "connect":
         response.hangup()
@@ -170,7 +174,8 @@ async def voice(request: Request) -> Response:
         http_base=http_base,
         ws_base=ws_base,
     )
-    logger.info("voice webhook: streaming (%s mode)", settings.stream_mode, extra={"call_sid": call_sid})
+    profiled = " with the profile of " + form.get("To", "") if form.get("To", "") in settings.number_profiles else ""
+    logger.info("voice webhook: streaming (%s mode)%s", settings.stream_mode, profiled, extra={"call_sid": call_sid})
     return Response(twiml, media_type="application/xml")
 
 

@@ -9,6 +9,7 @@ from urllib.parse import parse_qsl, urlencode
 import httpx
 import pytest
 
+from bridge.options import PARAMETERS, CallOptions, from_parameters
 from bridge.settings import Settings
 from bridge.twilio.auth import sign, stream_token
 from tests.twilio.conftest import AUTH_TOKEN, CALL_SID, STREAM_SID, Bridge, fixture_text, make_app, serve
@@ -184,3 +185,22 @@ async def test_bad_status_forms_are_400(bridge: Bridge, path: str, form: dict[st
     assert response.status_code == 400
     assert reason in response.text
     assert bridge.store.updates == []
+
+
+async def test_a_number_profile_rides_along_with_its_calls_only(settings: Settings) -> None:
+    profile = CallOptions(language="es", endpointing=False, keyterms=("Acme Cloud", "Zephyr"), redact=("pci",))
+    s = dataclasses.replace(settings, public_url=PUBLIC, number_profiles={"+15550100002": profile})
+    profiled = _params(await _stream_of(s, VOICE_FORM))
+    other = _params(await _stream_of(s, {**VOICE_FORM, "To": "+15550100099"}))
+    assert {k: v for k, v in profiled.items() if k in PARAMETERS} == {
+        "language": "es", "endpointing": "false", "keyterms": "Acme Cloud,Zephyr", "redact": "pci",
+    }  # fmt: skip
+    assert from_parameters(profiled) == profile  # what the stream's start brings back
+    assert not set(other) & set(PARAMETERS)
+    assert profiled["To"] == "+15550100002" and other["To"] == "+15550100099"
+
+
+async def _stream_of(settings: Settings, form: dict[str, str]) -> ET.Element:
+    stream = (await _twiml(settings, form)).find("Start/Stream")
+    assert stream is not None
+    return stream
