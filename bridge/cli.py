@@ -292,7 +292,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     s.add_argument("--down-for", type=float, default=0.3, help="seconds the recognizer stays dead")
     s.set_defaults(func=_soak)
 
-    bench = sub.add_parser("bench", help="benchmarks: recognizer, batch, e2e, load, fanout")
+    bench = sub.add_parser("bench", help="benchmarks: recognizer, batch, e2e, load, outage, fanout")
     kinds = bench.add_subparsers(dest="kind", required=True, metavar="KIND")
 
     r = kinds.add_parser("recognizer", help="the embedded recognizer: live vs batch WER, latency, capacity")
@@ -346,6 +346,19 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ld.add_argument("--redis-url", default=None, help="default: an embedded redis started for the run")
     ld.add_argument("--out", default=None)
     ld.set_defaults(func=_bench("load"))
+
+    o = kinds.add_parser("outage", help="a recognizer outage at real-time pace: time until the transcript is current")
+    o.add_argument("--before", type=float, default=10.0, help="seconds of call before the outage")
+    o.add_argument("--outage", type=float, default=30.0, help="seconds the recognizer is down")
+    o.add_argument("--after", type=float, default=40.0, help="seconds of call after it")
+    o.add_argument("--catchup", type=float, default=20.0, help="BRIDGE_CATCHUP_SECONDS")
+    o.add_argument("--current-lag", type=float, default=1.5,
+                   help="a final this close to its audio counts as current (the fake finalizes 1 s windows)")
+    o.add_argument("--fallback", action="store_true", help="the recognizer never returns: an ElevenLabs fallback")
+    o.add_argument("--fallback-after", type=float, default=5.0, help="BRIDGE_FALLBACK_AFTER_SECONDS")
+    o.add_argument("--redis-url", default="", help="default: REDIS_URL or an embedded redis")
+    o.add_argument("--out", default=None)
+    o.set_defaults(func=_bench("outage"))
 
     f = kinds.add_parser("fanout", help="one call, many subscribers: final-to-subscriber latency")
     f.add_argument("--subscribers", type=int, default=100, help="half WebSocket, half SSE")

@@ -13,9 +13,9 @@ It behaves like Deepgram where a client can get it wrong
 - with ``ingest_rate`` set (Deepgram: 1.25) it takes audio no faster than that multiple of real time
   (after a ``ingest_burst_seconds`` allowance): faster audio waits, so its results come late, and the
   wait is counted in :attr:`ScriptedConnection.throttled_seconds`;
-- audio it cannot decode (a container header such as ``RIFF`` sent as raw audio, an odd number of
-  bytes of ``linear16``, or anything after :meth:`ScriptedDeepgramServer.refuse_audio`) closes the
-  connection ``1008 DATA-0000``;
+- audio it cannot decode (a container header such as ``RIFF`` sent as raw audio with an ``encoding``,
+  or anything after :meth:`ScriptedDeepgramServer.refuse_audio`) closes the connection
+  ``1008 DATA-0000``;
 - ``idle_timeout`` (Deepgram: 10 s) without audio or ``KeepAlive`` closes it ``1011 NET-0001``
   (other control messages do not count).
 """
@@ -359,9 +359,8 @@ class ScriptedSession:
     def _decodable(self, data: bytes) -> bool:
         if self.server._refuse_audio:
             return False
-        if self.encoding and not self.total and data.startswith(_CONTAINERS):
-            return False  # a file's header sent as raw audio: the encoding parameter is wrong
-        return not (self.encoding == "linear16" and len(data) % 2)
+        # A file's header sent as raw audio: the encoding parameter is wrong.
+        return not (self.encoding and not self.total and data.startswith(_CONTAINERS))
 
     async def _ingest(self, nbytes: int, began: float) -> None:
         """Take ``nbytes`` no faster than the ingest rate allows since the connection opened."""

@@ -143,3 +143,18 @@ def test_recognizer_bench_scores_live_next_to_batch(tmp_path: Path) -> None:
     assert row["ttfp_p50"] is not None and row["final_lag_p50"] is not None and row["partials"] > 0
     assert "| tiny | 1 |" in (out / "report.md").read_text()
     assert loops("is there anything else I is there anything else I is there") and not loops("it was the best")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("fallback", [False, True])
+def test_outage_bench_runs_and_reports(redis_url: str, tmp_path: Path, fallback: bool) -> None:
+    out = tmp_path / "outage"
+    argv = ["bench", "outage", "--before", "1.2", "--outage", "1", "--after", "1.5", "--catchup", "2",
+            "--fallback-after", "0.5", "--redis-url", redis_url, "--out", str(out)]  # fmt: skip
+    assert main([*argv, "--fallback"] if fallback else argv) == 0  # nothing lost or doubled
+    result = json.loads((out / "result.json").read_text())
+    assert (out / "report.md").read_text().startswith("# Recovery after a recognizer outage")
+    assert result["finals"] > 0 and result["lost"] == 0 and result["doubled"] == 0
+    names = [span["recognizer"] for span in result["served"]]
+    assert names == (["deepgram", "elevenlabs"] if fallback else ["deepgram"])
+    assert (result["time_to_current_s"] is None) is fallback
