@@ -14,8 +14,9 @@ the backlog is capped so that the live transcript is current again within
 
 Fallback is a policy of this layer, not a second copy of it: with a fallback recognizer, a track
 switches when the primary rejects it (401/402/403, undecodable audio), throttles it (429), or is not
-back within :attr:`RetryPolicy.fallback_after` seconds; the uncovered audio is replayed to the
-fallback and de-duplicated by audio time as after any reconnect. The switch holds for the rest of
+back within :attr:`RetryPolicy.fallback_after` seconds; all the uncovered audio is replayed to the
+fallback (paced, and not cut by the catch-up budget: that wait bounds it) and de-duplicated by audio
+time as after any reconnect. The switch holds for the rest of
 the stream: flapping between vendors mid-call costs more than it saves, and the next stream (a new
 call, or Twilio reconnecting this one) tries the primary first again.
 """
@@ -98,16 +99,12 @@ class ResilienceStats:
 
     reconnects: int = 0
     replayed_seconds: float = 0.0
-    #: Audio that could not be kept (buffer overflow, failure, close while disconnected).
-    dropped_seconds: float = 0.0
-    #: Audio left to the batch pass because replaying it would break the catch-up budget.
-    skipped_seconds: float = 0.0
-    #: Time the pump waited to stay under the recognizer's ingest rate.
-    paced_seconds: float = 0.0
+    dropped_seconds: float = 0.0  # not kept: buffer overflow, failure, close while disconnected
+    skipped_seconds: float = 0.0  # left to the batch pass by the catch-up budget
+    paced_seconds: float = 0.0  # waited to stay under the recognizer's ingest rate
     last_recovery_seconds: float = 0.0
     duplicate_finals: int = 0
-    #: Switches from the primary recognizer to the fallback.
-    switches: int = 0
+    switches: int = 0  # from the primary recognizer to the fallback
 
 
 _END = object()
@@ -203,8 +200,8 @@ class ResilientStream:
         self._total += len(audio)
         if len(self._buf) > self._max_buf + self._bps:
             self._trim(self._total - self._max_buf)
-        stream = self._stream
-        if caught_up and self._pump_idle and stream is not None and self.state == "connected":
+        stream = self._stream if self._pump_idle and self._pace_rate is None and self.state == "connected" else None
+        if caught_up and stream is not None:
             # Fast path (the steady state): the pump is idle with nothing pending, so send from here and
             # spare a task switch per frame. The bytes stay buffered until a final covers them, so a
             # failed send is replayed after the reconnect like any other uncovered audio.
@@ -278,6 +275,7 @@ class ResilientStream:
             loop = asyncio.get_running_loop()
             attempt = 0
             outage_began = loop.time()
+            replay_all = False
             while True:
                 if error is None and self._stream is not None:
                     began = loop.time()
@@ -300,7 +298,7 @@ class ResilientStream:
                     or loop.time() - outage_began >= self.policy.fallback_after
                 ):  # fmt: skip
                     self._switch(error)
-                    attempt, delay = 0, 0.0
+                    attempt, delay, replay_all = 0, 0.0, True
                 elif give_up:
                     self._fail(error)
                     return
@@ -318,7 +316,8 @@ class ResilientStream:
                 if stream is None:  # closing while disconnected
                     self._lose_uncovered("closing")
                     break
-                self._begin_connection(stream)
+                self._begin_connection(stream, replay_all=replay_all)
+                replay_all = False
                 self.stats.reconnects += 1
                 self.stats.last_recovery_seconds = loop.time() - outage_began
                 self._set_state("connected", self._connected_detail())
@@ -373,16 +372,17 @@ class ResilientStream:
             rate = getattr(self.recognizer, "max_ingest_rate", None)
         return None if rate is None or math.isinf(rate) else rate
 
-    def _begin_connection(self, stream: RecognizerStream) -> None:
-        """Point the pump at the first uncovered byte (within the catch-up budget); the connection's
-        time 0 is that byte."""
+    def _begin_connection(self, stream: RecognizerStream, *, replay_all: bool = False) -> None:
+        """Point the pump at the first uncovered byte (within the catch-up budget, except on a switch
+        to the fallback: its backlog is bounded by ``fallback_after`` and loses nothing); the
+        connection's time 0 is that byte."""
         self._stream = stream
         bps = self._bps
         lost_from = max(self._lost_to, round(self._covered * bps))
         self._gap(lost_from, self._buf_start, "buffer")
         start = self._buf_start
         rate = self._ingest_rate()
-        if rate is not None:
+        if rate is not None and not replay_all:
             budget = round(self.policy.catchup_seconds * max(0.0, rate - 1.0) * bps) // self._width * self._width
             if self._total - start > budget:
                 skip_to = self._total - budget
@@ -472,8 +472,11 @@ class ResilientStream:
                 await stream.send(chunk)
                 self._last_send = loop.time()
                 continue
-            # Caught up: from here on audio arrives at real time, under every vendor's limit.
-            self._pace_rate = None
+            rate = self._pace_rate
+            if rate is not None and (loop.time() - self._pace_t0) * rate - self._pace_sent >= 0:
+                # Caught up, with a full burst of headroom for jitter: live audio comes at real time,
+                # under every vendor's limit, so it goes straight out again (send's fast path).
+                self._pace_rate = None
             if self._closing.is_set():
                 return
             self._audio.clear()

@@ -136,3 +136,21 @@ async def test_when_the_fallback_fails_too_the_track_fails_with_its_error() -> N
     assert run.state_names[-1] == "failed" and run.stream.served == []
     assert run.stream.gaps[-1].reason == "failed" and run.stream.gaps[-1].end == round(ORIGIN + len(AUDIO) / BPS, 3)
     assert not isinstance(run.error, RecognizerConnectError)
+
+
+async def test_a_switch_replays_the_whole_outage_paced_even_beyond_the_catchup_budget() -> None:
+    """Fed at real time to a fallback that ingests 1.25x: the ~0.6 s the dead primary was waited for
+    exceed a 0.1 s catch-up budget, yet nothing is skipped (the wait bounds it) nor sent too fast."""
+    audio = AUDIO[: 2 * BPS]
+    # Budget 0.4 s x 0.25 = 0.1 s of replay; a 0.2 s burst on both sides, so the ~0.6 s backlog is paced.
+    policy = dataclasses.replace(POLICY, max_ingest_rate=None, catchup_seconds=0.4, pace_burst_seconds=0.2)
+    async with ScriptedDeepgramServer(ingest_rate=1.25, ingest_burst_seconds=0.2) as backup:
+        run = Run(_named(_dead_url(), "deepgram"), OPTIONS, policy=policy, origin=ORIGIN,
+                  fallback=_named(backup.url, "backup"))  # fmt: skip
+        await run.start()
+        await run.feed_realtime(audio)
+        await run.close(timeout=5)
+    assert run.error is None and run.finals == _expected(audio)
+    assert run.stream.gaps == [] and run.stream.stats.skipped_seconds == 0
+    assert run.stream.stats.replayed_seconds > 0.5
+    assert backup.throttled_seconds == 0 and run.stream.stats.paced_seconds > 0
