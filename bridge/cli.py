@@ -127,9 +127,13 @@ async def _demo_async(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"no such file: {path}", file=sys.stderr)
         return 2
-    print(f"Starting the bridge (recognizer: {settings.recognizer}"
-          f"{' ' + settings.embedded_model if settings.recognizer == 'embedded' else ''}, "
-          f"redis: {'REDIS_URL' if settings.redis_url else 'embedded'}) ...", flush=True)  # fmt: skip
+    recognizer: str = settings.recognizer
+    if recognizer == "embedded":
+        recognizer += f" {settings.embedded_model}"
+        if settings.embedded_final_model:
+            recognizer += f" + {settings.embedded_final_model} finals"
+    print(f"Starting the bridge (recognizer: {recognizer}, redis: {'REDIS_URL' if settings.redis_url else 'embedded'})"
+          " ...", flush=True)  # fmt: skip
     async with running_bridge(settings) as (_app, http):
         ws_base = http.replace("http://", "ws://")
         call_sid = "CA" + secrets.token_hex(16)

@@ -94,7 +94,8 @@ class TrackPipeline:
         self.failed = True
         self.metrics.recognizer_failures.inc()
         log.error("recognizer failed for %s track: %s", self.track, exc, extra=self._log)
-        self._on_state("failed", str(exc))
+        if self.stream.state != "failed":  # the resilience layer already said so when it gave up
+            self._on_state("failed", str(exc))
 
     def _on_state(self, state: events.RecognizerState, detail: str) -> None:
         stats = self.stream.stats

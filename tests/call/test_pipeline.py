@@ -168,5 +168,6 @@ async def test_a_rejected_recognizer_fails_the_track_and_says_so() -> None:
     await p.feed(0, b"\x10" * 160)  # dropped quietly: the call goes on without this track's words
     await p.close(1.0)
     assert out.states[-1][1] == "failed" and "bad key" in out.states[-1][2]
+    assert [s for _, s, _ in out.states].count("failed") == 1  # regression: a rejection was reported twice
     assert _metric(metrics, "bridge_recognizer_failures_total") == 1
     assert out.finals == []
