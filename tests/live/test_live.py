@@ -14,6 +14,7 @@ from bridge import events
 from bridge.store import Store, client_from_url
 from tests.support import eventually
 from tests.support.served import Serve
+from tests.support.sse import read_sse
 
 CALL = "CA0000000000000000000000000000live"
 
@@ -118,32 +119,6 @@ async def test_no_gap_no_duplicate_while_finals_stream_in(store: Store, served: 
         await producer
     for seqs in results:
         assert seqs == list(range(1, total + 1))
-
-
-def parse_sse(text: str) -> list[dict[str, str]]:
-    frames = []
-    for block in text.split("\n\n"):
-        fields: dict[str, str] = {}
-        for line in block.splitlines():
-            if line.startswith(":") or ":" not in line:
-                continue
-            name, _, value = line.partition(":")
-            fields[name] = value.removeprefix(" ")
-        if "data" in fields:
-            frames.append(fields)
-    return frames
-
-
-async def read_sse(response: httpx.Response, until: str) -> list[dict[str, str]]:
-    """Read SSE frames until one of type ``until`` arrives."""
-    buffer = ""
-    async with asyncio.timeout(5):
-        async for chunk in response.aiter_text():
-            buffer += chunk
-            frames = parse_sse(buffer.rsplit("\n\n", 1)[0] + "\n\n") if "\n\n" in buffer else []
-            if any(f.get("event") == until for f in frames):
-                return frames
-    return parse_sse(buffer)
 
 
 async def test_sse_snapshot_live_and_last_event_id_resume(store: Store, served: Serve) -> None:
