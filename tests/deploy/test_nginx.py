@@ -87,19 +87,14 @@ async def _post(base: str, path: str, form: dict[str, str], *, signed_url: str |
         return await client.post(base + path, content=urlencode(form), headers=headers)
 
 
-async def _until(check: object, what: str, timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await check():  # type: ignore[operator]
-            await asyncio.sleep(0.02)
-
-
 async def _call_exists(base: str, call_sid: str) -> None:
+    """Wait (bounded) until the call's record is readable there (subscribers refuse unknown calls)."""
     async with httpx.AsyncClient(base_url=base, timeout=5) as client:
-
-        async def known() -> bool:
-            return (await client.get(f"/calls/{call_sid}")).status_code == 200
-
-        await _until(known, "the call record")
+        for _ in range(1000):
+            if (await client.get(f"/calls/{call_sid}")).status_code == 200:
+                return
+            await asyncio.sleep(0.02)
+    raise AssertionError(f"call {call_sid} never appeared at {base}")
 
 
 async def _ws_subscriber(url: str, out: list[events.LiveEvent]) -> None:
