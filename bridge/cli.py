@@ -272,6 +272,7 @@ def _add_batch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     w.add_argument("--grace", type=float, default=30.0, help="seconds the job in hand gets after SIGTERM")
     w.add_argument("--wer-threshold", type=float, default=None, help="flag calls whose live WER is above (0.35)")
     w.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port")
+    w.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics port (0.0.0.0: all)")
     w.add_argument("--no-json", action="store_true", help="do not write .batch.json beside recordings")
     w.set_defaults(func=_worker)  # fmt: skip
 

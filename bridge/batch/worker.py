@@ -30,13 +30,13 @@ from pathlib import Path
 import httpx
 import msgspec
 import redis.exceptions
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from bridge.audio import WavError, read_wav
 from bridge.batch.engine import make_engine, transcribe_recording
 from bridge.batch.quality import DEFAULT_WER_THRESHOLD, compute_quality
 from bridge.retry import Backoff
-from bridge.store import JobQueue, RecordingJob, Store
+from bridge.store import Backlog, JobQueue, RecordingJob, Store
 from bridge.transcripts import BatchEngine, EngineError, json_path, write_json
 from bridge.twilio.recordings import DownloadError, download_recording
 
@@ -77,6 +77,23 @@ class WorkerMetrics:
         self.flagged = Counter(
             "bridge_batch_flagged_calls_total", "Calls whose live transcript diverged beyond the threshold", registry=r
         )
+        # The queue as a whole (every worker reports the same figures: aggregate with max()).
+        self.backlog_jobs = Gauge(
+            "bridge_batch_backlog_jobs",
+            "Recording jobs not done: queued (never read) or pending (in hand, or failed and waiting to retry)",
+            ["state"],
+            registry=r,
+        )
+        self.backlog_oldest = Gauge(
+            "bridge_batch_backlog_oldest_seconds", "Age of the oldest recording job not done yet", registry=r
+        )
+        self.dead_letters = Gauge("bridge_batch_dead_letters", "Recording jobs in the dead letters", registry=r)
+
+    def set_backlog(self, backlog: Backlog) -> None:
+        self.backlog_jobs.labels("queued").set(backlog.queued)
+        self.backlog_jobs.labels("pending").set(backlog.pending)
+        self.backlog_oldest.set(backlog.oldest_seconds)
+        self.dead_letters.set(backlog.dead)
 
 
 def consumer_name() -> str:
@@ -112,6 +129,7 @@ class Worker:
         download_timeout_s: float = 120.0,
         recording_hosts: tuple[str, ...] = ("twilio.com",),
         metrics: WorkerMetrics | None = None,
+        backlog_interval_s: float = 15.0,
     ) -> None:
         self.store = store
         self.queue: JobQueue = store.jobs
@@ -131,6 +149,8 @@ class Worker:
         self.download_timeout_s = download_timeout_s
         self.recording_hosts = recording_hosts
         self.metrics = metrics or WorkerMetrics()
+        #: Seconds between two measurements of the queue's backlog (about Prometheus's scrape interval).
+        self.backlog_interval_s = backlog_interval_s
         self.in_hand: str | None = None
 
     # -- the loop ----------------------------------------------------------------------------
@@ -138,6 +158,32 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Process jobs until ``stop`` is set; the job in hand then gets ``grace_s`` to finish."""
         logger.info("batch worker %s consuming %s", self.consumer, self.store.keys.recordings)
+        watcher = asyncio.create_task(self._watch_backlog(stop), name="backlog")
+        try:
+            await self._consume(stop)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        logger.info("batch worker %s stopped", self.consumer)
+
+    async def refresh_backlog(self) -> Backlog | None:
+        """Measure the queue and set the gauges; ``None`` (gauges kept) when Redis does not answer."""
+        try:
+            backlog = await self.queue.backlog()
+        except _REDIS_ERRORS as exc:
+            logger.warning("cannot measure the job backlog: %s", exc)
+            return None
+        self.metrics.set_backlog(backlog)
+        return backlog
+
+    async def _watch_backlog(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.refresh_backlog()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.backlog_interval_s)
+
+    async def _consume(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             job = asyncio.create_task(self.process_one())
             stopper = asyncio.create_task(stop.wait())
@@ -165,7 +211,6 @@ class Worker:
                 raise
             finally:
                 stopper.cancel()
-        logger.info("batch worker %s stopped", self.consumer)
 
     async def process_one(self) -> bool:
         """Take one job (due retry, then a dead worker's job, then a new one) and handle it.
@@ -339,7 +384,7 @@ async def _amain(args: argparse.Namespace) -> int:
     if args.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(args.metrics_port, addr="127.0.0.1", registry=metrics.registry)
+        start_http_server(args.metrics_port, addr=args.metrics_host, registry=metrics.registry)
     store = await Store.open(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

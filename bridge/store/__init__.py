@@ -29,7 +29,7 @@ from bridge.settings import Settings
 from bridge.store.calls import CallInfo, CallRecords
 from bridge.store.client import UNAVAILABLE, client_from_url
 from bridge.store.finals import FinalLog
-from bridge.store.jobs import JobQueue, RecordingJob
+from bridge.store.jobs import Backlog, JobQueue, RecordingJob
 from bridge.store.keys import Keys
 from bridge.store.redis_embedded import EmbeddedRedis
 from bridge.store.results import BatchResults
@@ -96,6 +96,7 @@ class Store(CallRecords, FinalLog, BatchResults):
 
 __all__ = [
     "UNAVAILABLE",
+    "Backlog",
     "CallInfo",
     "EmbeddedRedis",
     "FinalsWriter",

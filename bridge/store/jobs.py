@@ -12,6 +12,9 @@ Delivery is at-least-once through the consumer group ``Keys.recordings_group``:
   the jobs of a worker that died go idle, and those are taken over with XAUTOCLAIM;
 * a failed job stays pending and waits in ``Keys.recordings_retry`` for its retry; after too many
   failures it moves to ``Keys.recordings_dead`` with the reason.
+
+:meth:`JobQueue.backlog` measures what is not done yet from the stream and its group alone (XINFO
+GROUPS, XPENDING, XRANGE), so any worker can export it and it survives worker restarts.
 """
 
 from __future__ import annotations
@@ -88,6 +91,27 @@ class RecordingJob(msgspec.Struct, kw_only=True, frozen=True):
 
 
 Entry = tuple[str, dict[str, str]]
+
+#: Counting undelivered entries one by one (when Redis cannot tell the group's lag) stops here.
+_LAG_SCAN_LIMIT = 10_000
+
+
+class Backlog(msgspec.Struct, frozen=True, kw_only=True):
+    """The recording jobs not done yet (the worker exports it as gauges)."""
+
+    #: Entries no worker has read yet.
+    queued: int
+    #: Entries read and not acked: in a worker's hands, or failed and waiting for their retry.
+    pending: int
+    #: Seconds since the oldest of them was queued (0 when there is none).
+    oldest_seconds: float
+    #: Jobs in the dead letters (they wait for a human).
+    dead: int
+
+
+def entry_time(entry_id: str) -> float:
+    """Unix time an entry was added (its id's milliseconds part)."""
+    return int(entry_id.partition("-")[0]) / 1000
 
 
 def _entries(raw: Any) -> list[Entry]:
@@ -195,8 +219,42 @@ class JobQueue:
             self.ack_in(tx, entry_id)
             await tx.execute()
 
+    async def backlog(self, *, now: float | None = None) -> Backlog:
+        """How many jobs wait, and for how long the oldest has (see :class:`Backlog`)."""
+        k, c = self.keys, self.client
+        now = time.time() if now is None else now
+        dead = int(await c.xlen(k.recordings_dead))
+        try:
+            groups: Any = await c.xinfo_groups(k.recordings)
+        except redis.exceptions.ResponseError as exc:
+            if "no such key" not in str(exc):
+                raise
+            return Backlog(queued=0, pending=0, oldest_seconds=0.0, dead=dead)
+        group = next((g for g in groups if text(g["name"]) == k.recordings_group), None)
+        oldest: list[str] = []
+        if group is None:  # no worker has started yet: everything waits
+            queued = int(await c.xlen(k.recordings))
+            pending = 0
+            first = _entries(await c.xrange(k.recordings, count=1))
+        else:
+            pending = int(group["pending"])
+            after = "(" + text(group["last-delivered-id"])
+            first = _entries(await c.xrange(k.recordings, min=after, count=1))
+            lag = group.get("lag")
+            if lag is not None:
+                queued = int(lag)
+            else:  # entries were deleted inside the unread range: count them (bounded)
+                queued = len(_entries(await c.xrange(k.recordings, min=after, count=_LAG_SCAN_LIMIT)))
+            if pending:
+                summary: Any = await c.xpending(k.recordings, k.recordings_group)
+                if summary.get("min") is not None:
+                    oldest.append(text(summary["min"]))
+        oldest += [entry_id for entry_id, _ in first]
+        age = max(0.0, now - min(entry_time(i) for i in oldest)) if oldest and queued + pending else 0.0
+        return Backlog(queued=queued, pending=pending, oldest_seconds=age, dead=dead)
+
     async def dead_letters(self, count: int = 100) -> list[Entry]:
         return _entries(await self.client.xrange(self.keys.recordings_dead, count=count))
 
 
-__all__ = ["Entry", "JobQueue", "JobSource", "RecordingJob"]
+__all__ = ["Backlog", "Entry", "JobQueue", "JobSource", "RecordingJob", "entry_time"]

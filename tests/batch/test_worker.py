@@ -18,7 +18,7 @@ from bridge.store import Store
 from bridge.store.jobs import RecordingJob
 from bridge.store.keys import Keys
 from tests.batch.conftest import FakeEngine
-from tests.support import SHORT_CALL
+from tests.support import SHORT_CALL, eventually
 
 CALL = SHORT_CALL
 
@@ -220,3 +220,35 @@ async def test_stop_past_grace_releases_the_job(redis: aioredis.Redis, keys: Key
     other = FakeEngine()
     assert await _worker(redis, keys, other, "w2").process_one()  # released: taken at once
     assert other.calls == 1 and await _pending(redis, keys) == 0
+
+
+async def test_a_running_worker_exports_the_backlog_and_keeps_it_fresh(
+    redis: aioredis.Redis, keys: Keys, tmp_path: Path
+) -> None:
+    for sid in ("CA1", "CA2"):
+        wav = tmp_path / f"{sid}.wav"
+        shutil.copy(CALL, wav)
+        await _enqueue(redis, keys, wav, call_sid=sid)
+    engine = FakeEngine(hang=True)
+    w = _worker(redis, keys, engine, "w1", backlog_interval_s=0.05)
+    registry = w.metrics.registry
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    stop = asyncio.Event()
+    runner = asyncio.create_task(w.run(stop))
+    try:
+        await engine.started.wait()  # one job in hand, one never read
+        await eventually(lambda: sample("bridge_batch_backlog_jobs", state="pending") == 1)
+        assert sample("bridge_batch_backlog_jobs", state="queued") == 1
+        assert (sample("bridge_batch_backlog_oldest_seconds") or 0) > 0
+        assert sample("bridge_batch_dead_letters") == 0
+        engine.release.set()
+        await eventually(lambda: sample("bridge_batch_backlog_jobs", state="queued") == 0
+                         and sample("bridge_batch_backlog_jobs", state="pending") == 0)  # fmt: skip
+        assert sample("bridge_batch_backlog_oldest_seconds") == 0
+    finally:
+        stop.set()
+        await runner
+    assert engine.calls == 2

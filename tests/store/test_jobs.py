@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from bridge.store import Store
-from bridge.store.jobs import JobQueue, RecordingJob
+from bridge.store.jobs import Backlog, JobQueue, RecordingJob, entry_time
 
 
 def _job(sid: str = "CA1") -> RecordingJob:
@@ -61,3 +63,46 @@ async def test_an_idle_job_is_claimed_and_a_heartbeat_keeps_it(store: Store) -> 
     await q.release(entry, "dead-worker", idle_ms=60_000)  # looks idle for a minute now
     got = await q.next("w2", block_ms=10, claim_idle_ms=60_000)
     assert got is not None and got[0][0] == entry and got[1] is True
+
+
+async def test_the_backlog_counts_waiting_and_pending_jobs_and_ages_the_oldest(store: Store) -> None:
+    q = store.jobs
+    assert await q.backlog() == Backlog(queued=0, pending=0, oldest_seconds=0.0, dead=0)  # no stream yet
+    first, second, third = [await q.enqueue(_job(f"CA{i}")) for i in range(3)]
+    t0 = entry_time(first)
+    # No worker ever started (no group): all three wait since the first was queued.
+    assert await q.backlog(now=t0 + 100) == Backlog(queued=3, pending=0, oldest_seconds=100.0, dead=0)
+
+    got = await q.next("w1", block_ms=10, claim_idle_ms=60_000)
+    assert got is not None and got[0][0] == first
+    assert await q.backlog(now=t0 + 100) == Backlog(queued=2, pending=1, oldest_seconds=100.0, dead=0)
+
+    await q.ack(first)
+    backlog = await q.backlog(now=t0 + 100)
+    assert (backlog.queued, backlog.pending) == (2, 0)
+    assert backlog.oldest_seconds == pytest.approx(t0 + 100 - entry_time(second))
+
+    # A job that failed for good leaves the backlog for the dead letters.
+    got = await q.next("w1", block_ms=10, claim_idle_ms=60_000)
+    assert got is not None
+    await q.dead_letter(second, got[0][1], "bad", attempts=5, consumer="w1")
+    backlog = await q.backlog(now=t0 + 100)
+    assert (backlog.queued, backlog.pending, backlog.dead) == (1, 0, 1)
+    assert backlog.oldest_seconds == pytest.approx(t0 + 100 - entry_time(third))
+
+    got = await q.next("w1", block_ms=10, claim_idle_ms=60_000)
+    assert got is not None
+    await q.ack(third)
+    assert await q.backlog(now=t0 + 100) == Backlog(queued=0, pending=0, oldest_seconds=0.0, dead=1)
+
+
+async def test_the_backlog_is_counted_when_entries_were_deleted_unread(store: Store) -> None:
+    q = store.jobs
+    ids = [await q.enqueue(_job(f"CA{i}")) for i in range(4)]
+    got = await q.next("w1", block_ms=10, claim_idle_ms=60_000)
+    assert got is not None
+    await q.ack(ids[0])
+    await store.client.xdel(store.keys.recordings, ids[2])  # an operator removed a job nobody read yet
+    backlog = await q.backlog(now=entry_time(ids[0]) + 60)
+    assert (backlog.queued, backlog.pending) == (2, 0)
+    assert backlog.oldest_seconds == pytest.approx(entry_time(ids[0]) + 60 - entry_time(ids[1]))

@@ -1,7 +1,9 @@
-"""``bridge serve`` as a real subprocess on a free 127.0.0.1 port (several of them share one Redis).
+"""The bridge's own commands as real subprocesses on free 127.0.0.1 ports: ``bridge serve``, ``bridge worker``,
+``bridge recognizer``.
 
-The child imports the bridge this test run imports (``PYTHONPATH`` is inherited); its output goes to
-a log file beside its recordings, printed by :meth:`BridgeProcess.log` when a test needs it.
+A child imports the bridge this test run imports (``PYTHONPATH`` is inherited); its output goes to a
+log file in its directory, shown by :meth:`ServerProcess.log` when a test needs it. Every process is
+killed by :meth:`ServerProcess.stop` (call it in a ``finally``) if it still runs.
 """
 
 from __future__ import annotations
@@ -19,36 +21,34 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.nginx import free_port
 
 
-class BridgeProcess:
-    """One ``bridge serve`` process: ``await start()``, ``terminate()`` (SIGTERM: drain), ``stop()``."""
+class ServerProcess:
+    """``python -m bridge.cli ARGS…``; ready when ``GET ready_path`` on ``port`` answers 200."""
 
-    def __init__(self, directory: Path, env: dict[str, str], *, drain_seconds: float = 20.0) -> None:
+    def __init__(self, directory: Path, args: list[str], env: dict[str, str], *, port: int, ready_path: str) -> None:
         self.directory = directory
-        self.port = free_port()
-        self.env = {**os.environ, "BRIDGE_RECORDING_DIR": str(directory / "recordings"), **env}
-        self.env.pop("BRIDGE_HOST", None)
-        self.env.pop("BRIDGE_PORT", None)
-        self.drain_seconds = drain_seconds
+        self.args = args
+        self.port = port
+        self.ready_path = ready_path
+        self.env = {**os.environ, **env}
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self, timeout: float = 60.0) -> BridgeProcess:
+    async def start(self, timeout: float = 90.0) -> ServerProcess:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--drain-seconds", str(self.drain_seconds)],
-            env=self.env, stdout=(self.directory / "bridge.log").open("wb"), stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "bridge.cli", *self.args],
+            env=self.env, stdout=(self.directory / "process.log").open("wb"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
             async with asyncio.timeout(timeout), httpx.AsyncClient(base_url=self.url, timeout=2) as client:
                 while True:
                     if self.proc.poll() is not None:
-                        raise RuntimeError(f"bridge exited with {self.proc.returncode}:\n{self.log()}")
+                        raise RuntimeError(f"{self.args[0]} exited with {self.proc.returncode}:\n{self.log()}")
                     try:
-                        if (await client.get("/readyz")).status_code == 200:
+                        if (await client.get(self.ready_path)).status_code == 200:
                             return self
                     except httpx.TransportError:
                         pass
@@ -58,7 +58,7 @@ class BridgeProcess:
             raise
 
     def terminate(self) -> None:
-        """SIGTERM: the bridge drains its calls, then exits."""
+        """SIGTERM: a bridge drains its calls, a worker finishes or releases its job, then they exit."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
 
@@ -74,14 +74,40 @@ class BridgeProcess:
         proc.kill()
         proc.wait(10)
 
-    async def metrics(self) -> str:
-        """The instance's own ``/metrics`` (not through nginx, which refuses it)."""
+    async def metrics(self, path: str = "/metrics") -> str:
+        """The process's own metrics page (for a bridge: directly, not through nginx, which refuses it)."""
         async with httpx.AsyncClient(timeout=5) as client:
-            return (await client.get(f"{self.url}/metrics")).text
+            response = await client.get(f"{self.url}{path}")
+            response.raise_for_status()
+            return response.text
 
     def log(self) -> str:
-        path = self.directory / "bridge.log"
+        path = self.directory / "process.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+class BridgeProcess(ServerProcess):
+    """``bridge serve`` with its recordings in ``directory``."""
+
+    def __init__(self, directory: Path, env: dict[str, str], *, drain_seconds: float = 20.0) -> None:
+        port = free_port()
+        args = ["serve", "--host", "127.0.0.1", "--port", str(port), "--drain-seconds", str(drain_seconds)]
+        env = {"BRIDGE_RECORDING_DIR": str(directory / "recordings"), **env}
+        super().__init__(directory, args, env, port=port, ready_path="/readyz")
+
+
+def worker_process(directory: Path, env: dict[str, str], *extra: str) -> ServerProcess:
+    """``bridge worker`` serving its metrics on a free port (ready once they answer)."""
+    port = free_port()
+    return ServerProcess(directory, ["worker", "--metrics-port", str(port), *extra], env, port=port,
+                         ready_path="/metrics")  # fmt: skip
+
+
+def recognizer_process(directory: Path, env: dict[str, str], *extra: str) -> ServerProcess:
+    """``bridge recognizer`` (the embedded Whisper recognizer) on a free port."""
+    port = free_port()
+    return ServerProcess(directory, ["recognizer", "--host", "127.0.0.1", "--port", str(port), *extra], env,
+                         port=port, ready_path="/readyz")  # fmt: skip
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -93,4 +119,4 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-__all__ = ["BridgeProcess", "metric"]
+__all__ = ["BridgeProcess", "ServerProcess", "metric", "recognizer_process", "worker_process"]
