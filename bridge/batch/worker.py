@@ -5,7 +5,7 @@ The queue's delivery guarantees (consumer group, claims, retries, dead letters) 
 
 * results are one key per call, tagged with the recording's identity, so a job seen twice (a
   redelivery after a crash between store and ack) stores one result and is not transcribed again;
-* the result is stored and the job acked in one transaction;
+* the job is acked only after its result is stored (a redelivery in between finds the result and only acks);
 * a failed job is retried after a backoff (:mod:`bridge.retry`) and dead-lettered after
   ``max_attempts``; a malformed job is dead-lettered at once;
 * SIGTERM lets the job in hand finish within ``grace_s``, else releases it (idle set so that another

@@ -17,13 +17,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
-import redis.asyncio as aioredis
 import redis.exceptions
 
 from bridge import events
 from bridge.retry import Backoff
 from bridge.settings import Settings
-from bridge.store import UNAVAILABLE, Store
+from bridge.store import UNAVAILABLE, Client, Store, pubsub_of
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +47,10 @@ class _Stop:
 
 _RESYNC = _Resync()
 _STOP = _Stop()
-_READER_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE, redis.exceptions.RedisError, RuntimeError)
+#: ``RedisClusterException``: a cluster client that cannot reach any node to learn the slots.
+_READER_ERRORS: tuple[type[BaseException], ...] = (
+    *UNAVAILABLE, redis.exceptions.RedisError, redis.exceptions.RedisClusterException, RuntimeError
+)
 _SUBSCRIBE_ERRORS: tuple[type[BaseException], ...] = (HubUnavailable, *UNAVAILABLE)
 _Item = events.LiveEvent | _Resync | _Stop
 
@@ -200,7 +202,7 @@ class Hub:
         #: Times the pub/sub connection was re-established after a failure.
         self.reconnects = 0
         self._channels: dict[str, _Channel] = {}
-        self._client: aioredis.Redis | None = None
+        self._client: Client | None = None
         self._pubsub: Any = None
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -314,7 +316,7 @@ class Hub:
 
     async def _connect(self) -> None:
         assert self._client is not None
-        pubsub = self._client.pubsub()
+        pubsub = await pubsub_of(self._client)
         # The all-calls channel keeps the connection subscribed even with no local subscribers.
         await pubsub.subscribe(self.store.keys.calls_channel)
         self._pubsub = pubsub

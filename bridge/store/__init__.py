@@ -22,12 +22,13 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from bridge.settings import Settings
 from bridge.store.calls import CallInfo, CallRecords
-from bridge.store.client import UNAVAILABLE, client_from_url
+from bridge.store.client import UNAVAILABLE, Client, client_from_url, pubsub_of
 from bridge.store.finals import FinalLog
 from bridge.store.jobs import Backlog, JobQueue, RecordingJob
 from bridge.store.keys import Keys
@@ -37,32 +38,45 @@ from bridge.store.writeback import FinalsWriter
 
 
 class Store(CallRecords, FinalLog, BatchResults):
-    """The bridge's Redis store. All methods raise redis errors when Redis is unreachable."""
+    """The bridge's Redis store. All methods raise redis errors when Redis is unreachable.
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str, retention_seconds: int) -> None:
+    ``client`` is a single server's client or a Redis Cluster's (``url``: the one it was made from,
+    which :meth:`dedicated_client` needs for a cluster).
+    """
+
+    def __init__(self, client: Client, *, prefix: str, retention_seconds: int, url: str = "") -> None:
         super().__init__(client, prefix=prefix, retention_seconds=retention_seconds)
+        self._url = url
         self._embedded: EmbeddedRedis | None = None
         self._owns_client = False
 
     @classmethod
     async def open(cls, settings: Settings, *, embedded_dir: str | os.PathLike[str] | None = None) -> Store:
-        """Connect to ``settings.redis_url``, or start an embedded redis (owned by the store) if empty."""
+        """Connect to ``settings.redis_url`` (a cluster with ``settings.redis_cluster``), or start an
+        embedded redis (owned by the store) if it is empty."""
         embedded: EmbeddedRedis | None = None
         url = settings.redis_url
         if not url:
             embedded = EmbeddedRedis(Path(embedded_dir or settings.redis_dir))
             await asyncio.to_thread(embedded.start)
             url = embedded.url
-        store = cls(client_from_url(url), prefix=settings.redis_prefix, retention_seconds=settings.retention_seconds)
+        client = client_from_url(url, cluster=settings.redis_cluster)
+        store = cls(client, prefix=settings.redis_prefix, retention_seconds=settings.retention_seconds, url=url)
         store._embedded = embedded
         store._owns_client = True
         return store
+
+    @property
+    def cluster(self) -> bool:
+        return isinstance(self.client, RedisCluster)
 
     @property
     def url(self) -> str:
         """The URL of the Redis in use (the embedded one's when we started it)."""
         if self._embedded is not None:
             return self._embedded.url
+        if self._url or isinstance(self.client, RedisCluster):
+            return self._url
         kw = self.client.connection_pool.connection_kwargs
         if "path" in kw:
             return f"unix://{kw['path']}?db={kw.get('db', 0)}"
@@ -82,11 +96,18 @@ class Store(CallRecords, FinalLog, BatchResults):
         except (redis.exceptions.RedisError, OSError):
             return False
 
-    def dedicated_client(self, name: str) -> aioredis.Redis:
-        """A client of its own on the same server that surfaces failures at once (no silent retry),
-        for a long-lived connection such as the fan-out hub's pub/sub. The caller closes it."""
+    def dedicated_client(self, name: str) -> Client:
+        """A client of its own on the same server (or cluster) that surfaces failures at once (no
+        silent retry), for a long-lived connection such as the fan-out hub's pub/sub. The caller
+        closes it."""
+        no_retry = Retry(NoBackoff(), 0)
+        client_name = f"{self.keys.prefix}:{name}"
+        if isinstance(self.client, RedisCluster):
+            if not self._url:
+                raise RuntimeError("a cluster store needs the URL it was opened with for a dedicated client")
+            return client_from_url(self._url, cluster=True, retry=no_retry, client_name=client_name)
         pool = self.client.connection_pool
-        kwargs = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0), "client_name": f"{self.keys.prefix}:{name}"}
+        kwargs = {**pool.connection_kwargs, "retry": no_retry, "client_name": client_name}
         return aioredis.Redis(connection_pool=aioredis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
 
     async def enqueue_recording(self, job: RecordingJob) -> str:
@@ -98,6 +119,7 @@ __all__ = [
     "UNAVAILABLE",
     "Backlog",
     "CallInfo",
+    "Client",
     "EmbeddedRedis",
     "FinalsWriter",
     "JobQueue",
@@ -105,4 +127,5 @@ __all__ = [
     "RecordingJob",
     "Store",
     "client_from_url",
+    "pubsub_of",
 ]

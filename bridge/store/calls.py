@@ -1,5 +1,8 @@
 """Call records: one hash per call, and the index of active and recently ended calls.
 
+A call's keys and the index are in different cluster slots (see :mod:`bridge.store.keys`), so each
+change is two transactions: the call's record first, then the index that points to it.
+
 :meth:`CallRecords.call_started` and :meth:`CallRecords.call_ended` publish the ``call_started`` /
 ``call_ended`` live events themselves (on the call's channel and on the all-calls channel); callers
 do not publish them again. Everything of a call gets the retention TTL when the call ends.
@@ -7,6 +10,7 @@ do not publish them again. Everything of a call gets the retention TTL when the 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TypeVar
 
@@ -18,7 +22,7 @@ from bridge.store.client import StoreBase, as_mapping, text, text_dict
 TRACK_ORDER = {"inbound": 0, "outbound": 1}
 T = TypeVar("T")
 
-# Hash fields of P:call:{sid} with a meaning of their own; everything else lands in CallInfo.extra.
+# Hash fields of P:call:{<sid>} with a meaning of their own; everything else lands in CallInfo.extra.
 _F_STATUS = "status"
 _F_STARTED = "started_at"
 _F_ENDED = "ended_at"
@@ -156,11 +160,14 @@ class CallRecords(StoreBase):
                 pipe.zadd(k.streams(call_sid), {stream_sid: started_at}, nx=True)
             for name in k.call_keys(call_sid):
                 pipe.persist(name)
-            pipe.zrem(k.recent_calls, call_sid)
-            pipe.zadd(k.active_calls, {call_sid: started_at}, nx=True)
             pipe.hget(key, _F_STARTED)
             pipe.hget(key, _F_FINALS)
             res = await pipe.execute()
+        # The index lives in another slot: its own transaction, after the record it points to.
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.zrem(k.recent_calls, call_sid)
+            pipe.zadd(k.active_calls, {call_sid: started_at}, nx=True)
+            await pipe.execute()
         first_start = _float(res[-2]) or started_at
         event = events.CallStarted(
             call_sid=call_sid,
@@ -204,13 +211,15 @@ class CallRecords(StoreBase):
                 k.call(call_sid),
                 mapping={_F_STATUS: "ended", _F_ENDED: repr(float(ended_at)), _F_REASON: reason},
             )
-            pipe.zrem(k.active_calls, call_sid)
-            pipe.zadd(k.recent_calls, {call_sid: ended_at})
-            pipe.zremrangebyscore(k.recent_calls, "-inf", f"({time.time() - ttl}")
             for name in k.call_keys(call_sid):
                 pipe.expire(name, ttl)
             pipe.hmget(k.call(call_sid), [_F_STARTED, _F_FINALS])
             res = await pipe.execute()
+        async with self.client.pipeline(transaction=True) as pipe:  # the index: its own slot
+            pipe.zrem(k.active_calls, call_sid)
+            pipe.zadd(k.recent_calls, {call_sid: ended_at})
+            pipe.zremrangebyscore(k.recent_calls, "-inf", f"({time.time() - ttl}")
+            await pipe.execute()
         started, finals = res[-1]
         started_at = _float(started)
         event = events.CallEnded(
@@ -224,10 +233,9 @@ class CallRecords(StoreBase):
 
     async def _publish_call_event(self, event: events.CallStarted | events.CallEnded) -> None:
         data = events.encode(event)
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.publish(self.keys.channel(event.call_sid), data)
-            pipe.publish(self.keys.calls_channel, data)
-            await pipe.execute()
+        # Not pipelined: redis-py's cluster pipeline refuses PUBLISH.
+        await asyncio.gather(self.client.publish(self.keys.channel(event.call_sid), data),
+                             self.client.publish(self.keys.calls_channel, data))  # fmt: skip
 
     async def get_call(self, call_sid: str) -> CallInfo | None:
         async with self.client.pipeline(transaction=False) as pipe:

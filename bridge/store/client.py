@@ -12,6 +12,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
 
 from bridge.store.keys import Keys
 
@@ -20,27 +22,46 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,
+    # A cluster moving slots or failing over a master: the same command succeeds a moment later.
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
     ConnectionError,
     TimeoutError,
     OSError,
 )
 
 
-def client_from_url(url: str) -> aioredis.Redis:
-    """A redis.asyncio client that fails fast when Redis is unreachable (callers decide on retries)."""
-    return aioredis.Redis.from_url(
-        url,
-        socket_connect_timeout=2.0,
-        socket_timeout=5.0,
-        health_check_interval=15,
-        retry_on_timeout=False,
-    )
+#: A single Redis server, or a Redis Cluster (every command of the store works on both).
+Client = aioredis.Redis | RedisCluster
+
+_TIMEOUTS: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
+
+
+def client_from_url(url: str, *, cluster: bool = False, **overrides: Any) -> Client:
+    """A redis.asyncio client that fails fast when Redis is unreachable (callers decide on retries).
+
+    With ``cluster``, ``url`` names any node of a Redis Cluster: redis-py's cluster client discovers
+    the others and routes each command to the node that owns its slot.
+    """
+    if cluster:
+        return RedisCluster.from_url(url, **{**_TIMEOUTS, **overrides})
+    return aioredis.Redis.from_url(url, **{**_TIMEOUTS, "health_check_interval": 15, "retry_on_timeout": False,
+                                           **overrides})  # fmt: skip
+
+
+async def pubsub_of(client: Client, **kwargs: Any) -> PubSub:
+    """A pub/sub of ``client`` ready to subscribe: a cluster client learns who owns which slot first
+    (its pub/sub picks the node of the first channel's slot; every node hears every PUBLISH)."""
+    if isinstance(client, RedisCluster):
+        await client.initialize()
+    return client.pubsub(**kwargs)
 
 
 class StoreBase:
     """What every part of the store works with."""
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str, retention_seconds: int) -> None:
+    def __init__(self, client: Client, *, prefix: str, retention_seconds: int) -> None:
         self.client = client
         self.keys = Keys(prefix)
         self.retention_seconds = retention_seconds
@@ -60,4 +81,4 @@ def as_mapping(fields: dict[str, str]) -> Mapping[Any, Any]:
     return fields
 
 
-__all__ = ["UNAVAILABLE", "StoreBase", "as_mapping", "client_from_url", "text", "text_dict"]
+__all__ = ["UNAVAILABLE", "Client", "StoreBase", "as_mapping", "client_from_url", "pubsub_of", "text", "text_dict"]

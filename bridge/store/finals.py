@@ -18,12 +18,12 @@ from redis.commands.core import AsyncScript
 
 from bridge import events
 from bridge.store.calls import TRACK_ORDER
-from bridge.store.client import StoreBase
+from bridge.store.client import StoreBase, pubsub_of
 
 logger = logging.getLogger(__name__)
 
-# KEYS: final_ids, finals, call, channel. ARGV: final id, final JSON without seq.
-# Returns the new seq, or nil when this id is already stored.
+# KEYS: final_ids, finals, call (one call: one cluster slot). ARGV: final id, final JSON without seq,
+# channel (not a key: pub/sub reaches every node). Returns the new seq, or nil when the id is stored.
 _ADD_FINAL = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   return false
@@ -38,7 +38,7 @@ if ttl > 0 then
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[2], ttl)
 end
-redis.call('PUBLISH', KEYS[4], doc)
+redis.call('PUBLISH', ARGV[3], doc)
 return seq
 """
 
@@ -60,9 +60,8 @@ class FinalLog(StoreBase):
         k = self.keys
         doc = events.encode(msgspec.structs.replace(final, seq=0))
         result = await self._add_final_script(
-            keys=[k.final_ids(final.call_sid), k.finals(final.call_sid), k.call(final.call_sid),
-                  k.channel(final.call_sid)],
-            args=[final.id, doc],
+            keys=[k.final_ids(final.call_sid), k.finals(final.call_sid), k.call(final.call_sid)],
+            args=[final.id, doc, k.channel(final.call_sid)],
         )  # fmt: skip
         return None if result is None else int(result)
 
@@ -85,7 +84,7 @@ class FinalLog(StoreBase):
 
         Subscribed when the context is entered; the iterator yields live events until the context exits.
         """
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        pubsub = await pubsub_of(self.client, ignore_subscribe_messages=True)
         await pubsub.subscribe(self.keys.channel(call_sid))
 
         async def iterate() -> AsyncIterator[events.LiveEvent]:

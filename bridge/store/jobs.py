@@ -6,12 +6,14 @@ read it without this package (lists are comma-separated, numbers are decimal str
 :class:`JobQueue` owns every stream command of that queue, so the worker only orchestrates.
 Delivery is at-least-once through the consumer group ``Keys.recordings_group``:
 
-* a job is read with XREADGROUP and acked only when its result is stored (the ack joins the same
-  transaction: :meth:`JobQueue.ack_in`);
+* a job is read with XREADGROUP and acked only once its result is stored;
 * while a job is in hand its entry is re-claimed periodically (:meth:`JobQueue.heartbeat`), so only
   the jobs of a worker that died go idle, and those are taken over with XAUTOCLAIM;
 * a failed job stays pending and waits in ``Keys.recordings_retry`` for its retry; after too many
   failures it moves to ``Keys.recordings_dead`` with the reason.
+
+Every key of the queue shares the hash tag ``{jobs}``, so an ack (XACK and forgetting the job's
+failures) and a move to the dead letters are each one transaction, also on a Redis Cluster.
 
 :meth:`JobQueue.backlog` measures what is not done yet from the stream and its group alone (XINFO
 GROUPS, XPENDING, XRANGE), so any worker can export it and it survives worker restarts.
@@ -23,10 +25,9 @@ import time
 from typing import Any, Literal
 
 import msgspec
-import redis.asyncio as aioredis
 import redis.exceptions
 
-from bridge.store.client import text
+from bridge.store.client import Client, text
 from bridge.store.keys import Keys
 
 JobSource = Literal["stream", "twilio"]
@@ -122,7 +123,7 @@ def _entries(raw: Any) -> list[Entry]:
 class JobQueue:
     """The recording jobs stream, its consumer group, retries and dead letters."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, *, maxlen: int = 100_000) -> None:
+    def __init__(self, client: Client, keys: Keys, *, maxlen: int = 100_000) -> None:
         self.client = client
         self.keys = keys
         self.maxlen = maxlen

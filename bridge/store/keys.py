@@ -1,12 +1,19 @@
 """Every Redis key and channel name the bridge uses. Nothing else in the project spells a key.
 
 All names start with the configurable prefix ``P`` (``BRIDGE_REDIS_PREFIX``, default ``bridge``), so
-several deployments (or test runs) can share one Redis. ``{sid}`` is a Twilio CallSid.
+several deployments (or test runs) can share one Redis. ``<sid>`` is a Twilio CallSid.
+
+Names are laid out for Redis Cluster (https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/#hash-tags):
+the braces are literal hash tags. Every key of a call carries ``{<sid>}``, so a call's keys share
+one slot and its transactions and scripts stay on one node; the call indexes share the tag
+``{calls}`` and the jobs queue ``{jobs}``, so each of them can change in one transaction too. No
+command and no transaction of the store mixes two tags (``tests/store/test_cluster.py`` runs them
+on a real cluster). Channels are not keys: pub/sub reaches every node of a cluster.
 
 =====================================  ==========  ==================================================
 key                                    type        content
 =====================================  ==========  ==================================================
-``P:call:{sid}``                       hash        call metadata (status, times, numbers, tracks as
+``P:call:{<sid>}``                     hash        call metadata (status, times, numbers, tracks as
                                                    ``track.<track>``, recognizer state per track as
                                                    ``recognizer.<track>``, which recognizer served
                                                    which span as ``served.<track>`` and the spans not
@@ -14,27 +21,27 @@ key                                    type        content
                                                    of events.ServedSpan / events.LiveGap),
                                                    ``custom.<name>`` stream parameters, ``finals``
                                                    count)
-``P:call:{sid}:streams``               zset        every StreamSid the call had, scored by start time
-``P:call:{sid}:finals``                list        final JSON documents; index ``i`` holds ``seq=i+1``
-``P:call:{sid}:final_ids``             hash        final id -> seq (makes writing a final idempotent)
-``P:calls:active``                     zset        CallSids of calls in progress, scored by start time
-``P:calls:recent``                     zset        CallSids of ended calls, scored by end time
-                                                   (trimmed to the retention window)
-``P:live:{sid}``                       channel     pub/sub: the call's live events (events.LiveEvent)
-``P:live:calls``                       channel     pub/sub: call_started / call_ended of every call
-``P:jobs:recordings``                  stream      recording jobs (flat string fields, jobs.RecordingJob)
-``P:jobs:recordings:dead``             stream      recording jobs that failed too often
-``P:jobs:recordings:attempts``         hash        recording job entry id -> failed attempts so far
-``P:jobs:recordings:retry``            zset        job entry ids waiting for a retry, scored by due time
-``P:call:{sid}:batch``                 string      the call's compliance transcript
+``P:call:{<sid>}:streams``             zset        every StreamSid the call had, scored by start time
+``P:call:{<sid>}:finals``              list        final JSON documents; index ``i`` holds ``seq=i+1``
+``P:call:{<sid>}:final_ids``           hash        final id -> seq (makes writing a final idempotent)
+``P:call:{<sid>}:batch``               string      the call's compliance transcript
                                                    (transcripts.BatchTranscript JSON)
-``P:call:{sid}:quality``               string      live-vs-batch WER per track
+``P:call:{<sid>}:quality``             string      live-vs-batch WER per track
                                                    (transcripts.CallQuality JSON)
-``P:calls:flagged``                    zset        CallSids whose live transcript diverges, by WER
+``P:{calls}:active``                   zset        CallSids of calls in progress, scored by start time
+``P:{calls}:recent``                   zset        CallSids of ended calls, scored by end time
+                                                   (trimmed to the retention window)
+``P:{calls}:flagged``                  zset        CallSids whose live transcript diverges, by WER
+``P:{jobs}:recordings``                stream      recording jobs (flat string fields, jobs.RecordingJob)
+``P:{jobs}:recordings:dead``           stream      recording jobs that failed too often
+``P:{jobs}:recordings:attempts``       hash        recording job entry id -> failed attempts so far
+``P:{jobs}:recordings:retry``          zset        job entry ids waiting for a retry, scored by due time
+``P:live:<sid>``                       channel     pub/sub: the call's live events (events.LiveEvent)
+``P:live:calls``                       channel     pub/sub: call_started / call_ended of every call
 =====================================  ==========  ==================================================
 
 Consumer group of the recording stream: ``recording-workers`` (:attr:`Keys.recordings_group`).
-Every ``P:call:{sid}*`` key gets the retention TTL when the call ends (transcripts are personal data).
+Every ``P:call:{<sid>}*`` key gets the retention TTL when the call ends (transcripts are personal data).
 """
 
 from __future__ import annotations
@@ -46,22 +53,35 @@ class Keys:
     recordings_group = "recording-workers"
 
     def __init__(self, prefix: str = "bridge") -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError(f"key prefix {prefix!r} must not contain braces (they are Redis Cluster hash tags)")
         self.prefix = prefix.rstrip(":")
 
+    # -- one call: every key hash-tagged with its CallSid ------------------------------------------
+
     def call(self, call_sid: str) -> str:
-        return f"{self.prefix}:call:{call_sid}"
+        """hash: the call record. Every other key of the call starts with this name (same slot)."""
+        return f"{self.prefix}:call:{{{call_sid}}}"
 
     def streams(self, call_sid: str) -> str:
-        return f"{self.prefix}:call:{call_sid}:streams"
+        return f"{self.call(call_sid)}:streams"
 
     def finals(self, call_sid: str) -> str:
-        return f"{self.prefix}:call:{call_sid}:finals"
+        return f"{self.call(call_sid)}:finals"
 
     def final_ids(self, call_sid: str) -> str:
-        return f"{self.prefix}:call:{call_sid}:final_ids"
+        return f"{self.call(call_sid)}:final_ids"
+
+    def batch_transcript(self, call_sid: str) -> str:
+        """string: the call's compliance transcript (transcripts.BatchTranscript JSON)."""
+        return f"{self.call(call_sid)}:batch"
+
+    def quality(self, call_sid: str) -> str:
+        """string: live-vs-batch WER of the call, per track (transcripts.CallQuality JSON)."""
+        return f"{self.call(call_sid)}:quality"
 
     def call_keys(self, call_sid: str) -> list[str]:
-        """Every key that holds data of one call (they share its retention)."""
+        """Every key that holds data of one call (they share its retention, and its slot)."""
         return [
             self.call(call_sid),
             self.streams(call_sid),
@@ -71,13 +91,46 @@ class Keys:
             self.quality(call_sid),
         ]
 
+    # -- the call indexes: one slot ({calls}) ------------------------------------------------------
+
+    @property
+    def _calls(self) -> str:
+        return f"{self.prefix}:{{calls}}"
+
     @property
     def active_calls(self) -> str:
-        return f"{self.prefix}:calls:active"
+        return f"{self._calls}:active"
 
     @property
     def recent_calls(self) -> str:
-        return f"{self.prefix}:calls:recent"
+        return f"{self._calls}:recent"
+
+    @property
+    def flagged_calls(self) -> str:
+        """zset: CallSids whose live transcript diverges from the batch one, scored by WER."""
+        return f"{self._calls}:flagged"
+
+    # -- the recording jobs queue: one slot ({jobs}) -----------------------------------------------
+
+    @property
+    def recordings(self) -> str:
+        return f"{self.prefix}:{{jobs}}:recordings"
+
+    @property
+    def recordings_dead(self) -> str:
+        return f"{self.recordings}:dead"
+
+    @property
+    def recordings_attempts(self) -> str:
+        """hash: recording job entry id -> failed attempts so far."""
+        return f"{self.recordings}:attempts"
+
+    @property
+    def recordings_retry(self) -> str:
+        """zset: recording job entry ids waiting for a retry, scored by due time (unix seconds)."""
+        return f"{self.recordings}:retry"
+
+    # -- channels (not keys) -----------------------------------------------------------------------
 
     def channel(self, call_sid: str) -> str:
         return f"{self.prefix}:live:{call_sid}"
@@ -85,39 +138,6 @@ class Keys:
     @property
     def calls_channel(self) -> str:
         return f"{self.prefix}:live:calls"
-
-    @property
-    def recordings(self) -> str:
-        return f"{self.prefix}:jobs:recordings"
-
-    @property
-    def recordings_dead(self) -> str:
-        return f"{self.prefix}:jobs:recordings:dead"
-
-    # -- batch compliance pass (bridge/batch/, bridge/store/results.py) --------------------------
-
-    def batch_transcript(self, call_sid: str) -> str:
-        """string: the call's compliance transcript (transcripts.BatchTranscript JSON)."""
-        return f"{self.prefix}:call:{call_sid}:batch"
-
-    def quality(self, call_sid: str) -> str:
-        """string: live-vs-batch WER of the call, per track (transcripts.CallQuality JSON)."""
-        return f"{self.prefix}:call:{call_sid}:quality"
-
-    @property
-    def flagged_calls(self) -> str:
-        """zset: CallSids whose live transcript diverges from the batch one, scored by WER."""
-        return f"{self.prefix}:calls:flagged"
-
-    @property
-    def recordings_attempts(self) -> str:
-        """hash: recording job entry id -> failed attempts so far."""
-        return f"{self.prefix}:jobs:recordings:attempts"
-
-    @property
-    def recordings_retry(self) -> str:
-        """zset: recording job entry ids waiting for a retry, scored by due time (unix seconds)."""
-        return f"{self.prefix}:jobs:recordings:retry"
 
     def pattern(self) -> str:
         """SCAN pattern matching every key under this prefix (tests, admin cleanup)."""

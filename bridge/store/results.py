@@ -2,6 +2,11 @@
 
 One key per call and document, overwritten as a whole, so a job that runs twice stores one result.
 Both share the call's retention TTL (transcripts are personal data).
+
+The result, the flagged index and the job's ack live in three cluster slots (see
+:mod:`bridge.store.keys`), so they are written in that order, not in one transaction: the index
+first (it is only a pointer), then the result, then the ack. A worker that dies in between leaves
+the job pending; whoever takes it over finds the result tagged with the job's key and only acks.
 """
 
 from __future__ import annotations
@@ -36,20 +41,20 @@ class BatchResults(StoreBase):
     async def save_batch_result(
         self, transcript: BatchTranscript, quality: CallQuality, *, ack_entry: str | None = None
     ) -> None:
-        """Store the batch transcript and its quality, and (same transaction) ack the job that made them."""
+        """Store the batch transcript and its quality, then ack the job that made them (see above)."""
         sid = transcript.call_sid
         k = self.keys
         ttl = await self._ttl(sid)
+        if quality.flagged and quality.wer is not None:
+            await self.client.zadd(k.flagged_calls, {sid: quality.wer})
+        else:
+            await self.client.zrem(k.flagged_calls, sid)
         async with self.client.pipeline(transaction=True) as tx:
             tx.set(k.batch_transcript(sid), transcripts.encode(transcript), ex=ttl)
             tx.set(k.quality(sid), transcripts.encode(quality), ex=ttl)
-            if quality.flagged and quality.wer is not None:
-                tx.zadd(k.flagged_calls, {sid: quality.wer})
-            else:
-                tx.zrem(k.flagged_calls, sid)
-            if ack_entry is not None:
-                self.jobs.ack_in(tx, ack_entry)
             await tx.execute()
+        if ack_entry is not None:
+            await self.jobs.ack(ack_entry)
 
     async def batch_transcript(self, call_sid: str) -> BatchTranscript | None:
         """The call's compliance transcript, or ``None`` when the batch pass has not stored one."""

@@ -1,4 +1,5 @@
-"""Worker fixtures: a Redis client under a unique prefix, engines (a controllable fake, real tiny.en)."""
+"""Worker fixtures: a Redis (or Redis Cluster) client under a unique prefix, engines (a controllable fake,
+real tiny.en)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,10 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
-import redis.asyncio as aioredis
 
 from bridge.batch.whisper import WhisperBatchEngine
 from bridge.events import Word
-from bridge.store import client_from_url
+from bridge.store import Client, client_from_url
 from bridge.store.keys import Keys
 from bridge.transcripts import Recording, Utterance, tracks_for
 
@@ -40,9 +40,11 @@ class FakeEngine:
         return out
 
 
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = client_from_url(redis_url)
+@pytest.fixture(params=["redis", "cluster"])
+async def redis(request: pytest.FixtureRequest) -> AsyncIterator[Client]:
+    """A client of the session's Redis, or of the session's Redis Cluster: every worker test runs on both."""
+    cluster = request.param == "cluster"
+    client = client_from_url(request.getfixturevalue("redis_cluster_url" if cluster else "redis_url"), cluster=cluster)
     try:
         yield client
     finally:
@@ -50,7 +52,7 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 
 @pytest.fixture
-async def keys(redis: aioredis.Redis, redis_prefix: str) -> AsyncIterator[Keys]:
+async def keys(redis: Client, redis_prefix: str) -> AsyncIterator[Keys]:
     k = Keys(redis_prefix)
     try:
         yield k
