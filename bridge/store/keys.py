@@ -7,8 +7,8 @@ Names are laid out for Redis Cluster (https://redis.io/docs/latest/operate/oss_a
 the braces are literal hash tags. Every key of a call carries ``{<sid>}``, so a call's keys share
 one slot and its transactions and scripts stay on one node; the call indexes share the tag
 ``{calls}`` and the jobs queue ``{jobs}``, so each of them can change in one transaction too. No
-command and no transaction of the store mixes two tags (``tests/store/test_cluster.py`` runs them
-on a real cluster). Channels are not keys: pub/sub reaches every node of a cluster.
+command and no transaction of the store mixes two tags (the store's tests run on a real cluster too:
+``tests/store/conftest.py``). Channels are not keys: pub/sub reaches every node of a cluster.
 
 =====================================  ==========  ==================================================
 key                                    type        content
