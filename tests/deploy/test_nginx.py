@@ -28,7 +28,7 @@ from bridge.testing import ScriptedDeepgramServer, TwilioStream, scripted_finals
 from bridge.twilio.auth import sign
 from tests.support.bridges import BridgeProcess, metric
 from tests.support.nginx import EXAMPLE, LOCATIONS, NGINX, Nginx, check_config, http_context, prepare_prefix
-from tests.support.sse import read_sse
+from tests.support.sse import parse_sse
 
 pytestmark = pytest.mark.skipif(not Path(NGINX).exists(), reason="nginx is not installed (deploy/system-deps.sh)")
 
@@ -97,19 +97,30 @@ async def _call_exists(base: str, call_sid: str) -> None:
     raise AssertionError(f"call {call_sid} never appeared at {base}")
 
 
-async def _ws_subscriber(url: str, out: list[events.LiveEvent]) -> None:
+async def _ws_subscriber(url: str, out: list[events.LiveEvent], first_final: asyncio.Event | None = None) -> None:
     async with websockets.connect(url) as ws:
         async for raw in ws:
             event = events.decode(raw)
             out.append(event)
+            if isinstance(event, events.Final) and first_final is not None:
+                first_final.set()
             if isinstance(event, events.CallEnded):
                 return
 
 
-async def _sse_subscriber(url: str) -> list[dict[str, str]]:
+async def _sse_subscriber(url: str, first_final: asyncio.Event) -> list[dict[str, str]]:
+    """Frames until ``call_ended``; ``first_final`` is set as soon as a final has come through."""
+    buffer = ""
     async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=60)) as client, client.stream("GET", url) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        return await read_sse(r, until="call_ended", timeout=60)
+        async for chunk in r.aiter_text():
+            buffer += chunk
+            frames = parse_sse(buffer.rpartition("\n\n")[0])
+            if any(f.get("event") == "final" for f in frames):
+                first_final.set()
+            if any(f.get("event") == "call_ended" for f in frames):
+                return frames
+    raise AssertionError("the event stream ended before call_ended")
 
 
 async def test_signed_webhooks_pass_through_nginx_and_the_twiml_points_back_at_it(stack: Stack) -> None:
@@ -146,8 +157,9 @@ async def test_subscribers_on_b_see_every_final_of_a_call_streamed_into_a(stack:
     async with TwilioStream(f"{stack.to_a.ws}/twilio/media", call_sid, auth_token=TOKEN,
                             tracks=("inbound", "outbound")) as stream:  # fmt: skip
         await _call_exists(stack.to_b.url, call_sid)
-        ws = asyncio.create_task(_ws_subscriber(f"{stack.to_b.ws}/calls/{call_sid}/live", ws_events))
-        sse = asyncio.create_task(_sse_subscriber(f"{stack.to_b.url}/calls/{call_sid}/events"))
+        ws_final, sse_final = asyncio.Event(), asyncio.Event()
+        ws = asyncio.create_task(_ws_subscriber(f"{stack.to_b.ws}/calls/{call_sid}/live", ws_events, ws_final))
+        sse = asyncio.create_task(_sse_subscriber(f"{stack.to_b.url}/calls/{call_sid}/events", sse_final))
         await asyncio.sleep(0.3)  # both subscribed before the first word: what follows is live fan-out
         length = len(tracks["inbound"])
         for i in range(0, length, 160):
@@ -155,6 +167,9 @@ async def test_subscribers_on_b_see_every_final_of_a_call_streamed_into_a(stack:
                 await stream.media(track, i // 8, audio[i : i + 160])  # type: ignore[arg-type]
             if i % 1600 == 0:
                 await asyncio.sleep(0.01)
+        # Live through nginx, not held back until the call is over: finals arrive while it goes on.
+        async with asyncio.timeout(30):
+            await asyncio.gather(ws_final.wait(), sse_final.wait())
         await stream.stop()
         async with asyncio.timeout(60):
             await ws
