@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 import websockets
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from bridge.audio import FRAME_BYTES
@@ -211,6 +212,25 @@ def score_batch(sets: dict[str, list[FixtureCall]], scores: dict[str, SetScore],
                     ex["batch"] = t.text(ex["track"])
 
 
+async def recognizer_counters(url: str) -> dict[str, float]:
+    """Decodes run and their seconds, finals packed, cheap, decoded ahead: from the recognizer's /metrics."""
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            text = (await client.get(url.replace("ws://", "http://", 1) + "/metrics")).text
+    except httpx.HTTPError:
+        return {}
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{v}" for v in sample.labels.values())
+            name = sample.name.removeprefix("recognizer_") + (f"[{labels}]" if labels else "")
+            if sample.name.endswith(("_count", "_sum")) or (family.type == "gauge" and "finals" in sample.name):
+                out[name] = sample.value
+            elif sample.name.startswith(("recognizer_skipped", "recognizer_coalesced")):
+                out[name] = sample.value
+    return out
+
+
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -230,13 +250,16 @@ async def run_concurrent(url: str, calls: list[FixtureCall], n: int, speed: floa
             jobs.append(stream_track(url, audio, run, speed, query))
             audio_seconds += call.duration
     cpu0 = _cpu_seconds(server_pid) if server_pid else 0.0
+    before = await recognizer_counters(url)
     wall0 = time.monotonic()
     await asyncio.gather(*jobs)
     wall = time.monotonic() - wall0
+    after = await recognizer_counters(url)
     lat = Latency()
     for run in runs:
         lat.add(analyse(run, speed))
     summary: dict[str, Any] = {"calls": n, "streams": len(runs), "wall_seconds": round(wall, 2)}
+    summary["recognizer"] = {k: round(after[k] - before.get(k, 0.0), 3) for k in after}
     for name, values in (("ttfp", lat.ttfp), ("partial_latency", lat.partial), ("final_lag", lat.final)):
         summary[name] = {"p50": pct(values, 50), "p95": pct(values, 95), "n": len(values)}
     if server_pid:
