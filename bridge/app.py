@@ -105,7 +105,8 @@ def create_app(
             if fb is not None:
                 log.info("fallback recognizer: %s after %.1f s", fb.name, settings.fallback_after_seconds)
             policy = retry_policy or RetryPolicy(catchup_seconds=settings.catchup_seconds,
-                                                 fallback_after=settings.fallback_after_seconds)  # fmt: skip
+                                                 fallback_after=settings.fallback_after_seconds,
+                                                 send_chunk_seconds=settings.send_chunk_ms / 1000)  # fmt: skip
             calls = CallManager(
                 settings=settings,
                 store=store,

@@ -125,6 +125,9 @@ class Settings:
     #: After a reconnect the live transcript is current again within this many seconds; uncovered
     #: audio older than the budget allows is left to the batch pass.
     catchup_seconds: float = 20.0
+    #: Live audio goes to the recognizer in messages of this many milliseconds (Twilio sends 20 ms
+    #: frames): fewer, larger messages cost the bridge and the recognizer less CPU per call.
+    send_chunk_ms: int = 100
     #: Called number (``To``) -> options of its calls, applied by the voice webhook.
     number_profiles: dict[str, CallOptions] = dataclasses.field(default_factory=dict)
 
@@ -175,6 +178,9 @@ class Settings:
         catchup = _float(e, "BRIDGE_CATCHUP_SECONDS", cls.catchup_seconds)
         if fallback_after <= 0 or catchup < 0:
             raise SettingsError("BRIDGE_FALLBACK_AFTER_SECONDS must be > 0 and BRIDGE_CATCHUP_SECONDS >= 0")
+        send_chunk_ms = _int(e, "BRIDGE_SEND_CHUNK_MS", cls.send_chunk_ms)
+        if not 0 <= send_chunk_ms <= 250:
+            raise SettingsError("BRIDGE_SEND_CHUNK_MS must be between 0 and 250")
         profiles: dict[str, CallOptions] = {}
         if profiles_path := e.get("BRIDGE_NUMBER_PROFILES", "").strip():
             try:
@@ -210,6 +216,7 @@ class Settings:
             fallback_recognizer_api_key=e.get("BRIDGE_FALLBACK_RECOGNIZER_API_KEY", "") or _vendor_key(e, fallback),
             fallback_after_seconds=fallback_after,
             catchup_seconds=catchup,
+            send_chunk_ms=send_chunk_ms,
             number_profiles=profiles,
             recognizer_model=e.get("BRIDGE_RECOGNIZER_MODEL", ""),
             language=e.get("BRIDGE_LANGUAGE", cls.language),

@@ -21,6 +21,8 @@ import httpx
 import msgspec
 
 _STARTED = time.monotonic()
+#: Taken when a benchmark starts (this module's import), before it loads the box itself.
+_LOAD_AT_START = os.getloadavg()
 
 
 def call_fixture(name: str, fixtures: str | Path = "fixtures") -> Path:
@@ -82,7 +84,8 @@ class Machine(msgspec.Struct):
     cpu_model: str
     mem_total_gib: float
     python: str
-    note: str = "2 vCPUs shared with other engineers' work: figures are noisy and pessimistic"
+    #: 1, 5 and 15 minute load averages when the run began: a figure from a busy box is not a figure.
+    load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 def machine() -> Machine:
@@ -97,12 +100,15 @@ def machine() -> Machine:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
                 mem = int(line.split()[1]) / 2**20
+    load = _LOAD_AT_START
     return Machine(nproc=os.cpu_count() or 0, cpu_model=model, mem_total_gib=round(mem, 1),
+                   load_average=(round(load[0], 2), round(load[1], 2), round(load[2], 2)),
                    python=platform.python_version())
 
 
 def machine_line(m: Machine) -> str:
-    return f"{m.nproc} x {m.cpu_model}, {m.mem_total_gib} GiB RAM, Python {m.python} ({m.note})"
+    load = ", ".join(f"{x:.2f}" for x in m.load_average)
+    return f"{m.nproc} x {m.cpu_model}, {m.mem_total_gib} GiB RAM, Python {m.python}; load average at start {load}"
 
 
 def progress(message: str) -> None:

@@ -255,7 +255,7 @@ async def _run(args: argparse.Namespace, out: Path) -> tuple[FanoutResult, dict[
     missed_total = sum(s.missed for s in subs)
     result = FanoutResult(
         kind="fanout", command=args.command, machine=common.machine(),
-        recognizer="null recognizer (ScriptedDeepgramServer in its own process)", definition=DEFINITION,
+        recognizer="null recognizer (lean RFC 6455 server in its own process)", definition=DEFINITION,
         subscribers_ws=n_ws, subscribers_sse=n_sse, subscriber_queue=args.queue, seconds=args.seconds,
         finals_sent=len(live), latency_all=summary, latency_ws=common.summarize(per_kind["ws"]),
         latency_sse=common.summarize(per_kind["sse"]),

@@ -46,7 +46,7 @@ from bridge.recognizers.base import (
     Transcript,
     UtteranceEnded,
 )
-from bridge.retry import Backoff
+from bridge.recognizers.policy import ResilienceStats, RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -54,57 +54,6 @@ logger = logging.getLogger(__name__)
 _EPS = 1e-3
 #: Characters of recent final text handed to a new connection as context (ElevenLabs ``previous_text``).
 _CONTEXT_CHARS = 500
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class RetryPolicy:
-    """Timings of keepalive, reconnect, replay and fallback. Tests shrink them; production keeps the
-    defaults (``BRIDGE_CATCHUP_SECONDS`` and ``BRIDGE_FALLBACK_AFTER_SECONDS`` set two of them)."""
-
-    keepalive_interval: float = 4.0
-    backoff_base: float = 1.0
-    backoff_cap: float = 30.0
-    #: This many failures within ``failure_window`` seconds end the stream as ``failed``.
-    max_failures: int = 10
-    failure_window: float = 120.0
-    #: A connection that lived this long resets the backoff to ``backoff_base``.
-    stable_after: float = 10.0
-    #: Seconds of audio not yet covered by a final that are kept for replay (a memory bound).
-    buffer_seconds: float = 60.0
-    #: After a reconnect the live transcript is current again within this many seconds: replay at
-    #: ingest rate ``r`` gains ``r - 1`` s on live audio per second, so at most
-    #: ``catchup_seconds * (r - 1)`` s are replayed (5 s at Deepgram's 1.25x); older uncovered audio
-    #: goes to the batch pass only. Recognizers without a known limit get the whole buffer.
-    catchup_seconds: float = 20.0
-    #: Overrides every recognizer's ``max_ingest_rate`` (``math.inf``: unpaced and uncapped; for
-    #: tests that feed audio faster than real time and do not test pacing).
-    max_ingest_rate: float | None = None
-    #: Audio a paced connection may send at once beyond its rate.
-    pace_burst_seconds: float = 1.0
-    #: Largest single send when replaying (seconds of audio).
-    replay_chunk_seconds: float = 0.5
-    #: Bound on opening one connection.
-    connect_timeout: float = 10.0
-    #: With a fallback recognizer: switch when the primary is not back within this many seconds.
-    fallback_after: float = 5.0
-
-    def backoff(self, attempt: int) -> float:
-        """Seconds before reconnect attempt ``attempt`` (the bridge's one rule, :mod:`bridge.retry`)."""
-        return Backoff(self.backoff_base, self.backoff_cap).delay(attempt)
-
-
-@dataclasses.dataclass
-class ResilienceStats:
-    """Counters exported as metrics."""
-
-    reconnects: int = 0
-    replayed_seconds: float = 0.0
-    dropped_seconds: float = 0.0  # not kept: buffer overflow, failure, close while disconnected
-    skipped_seconds: float = 0.0  # left to the batch pass by the catch-up budget
-    paced_seconds: float = 0.0  # waited to stay under the recognizer's ingest rate
-    last_recovery_seconds: float = 0.0
-    duplicate_finals: int = 0
-    switches: int = 0  # from the primary recognizer to the fallback
 
 
 _END = object()
@@ -123,13 +72,13 @@ class ResilientStream:
         *,
         origin: float = 0.0,
         on_state: Callable[[RecognizerState, str], None] | None = None,
-        policy: RetryPolicy = RetryPolicy(),
+        policy: RetryPolicy | None = None,
         fallback: Recognizer | None = None,
     ) -> None:
         self.recognizer = recognizer
         self.options = options
         self.origin = origin
-        self.policy = policy
+        self.policy = policy = policy or RetryPolicy()
         self.stats = ResilienceStats()
         self.state: RecognizerState = "connecting"
         #: Which recognizer transcribed which part of the track, and what was not transcribed live.
@@ -151,6 +100,9 @@ class ResilientStream:
         self._lost_to = 0  # bytes already accounted as not transcribed live
         self._max_buf = max(1, round(policy.buffer_seconds * self._bps))
         self._max_chunk = max(160, round(min(policy.replay_chunk_seconds, policy.pace_burst_seconds) * self._bps))
+        self._hold = round(policy.send_chunk_seconds * self._bps) // self._width * self._width
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._due = False  # held audio waited its chunk's time: send whatever is pending
         self._conn_base = 0.0  # seconds: where the current connection's time 0 sits
         # Pacing of the current connection: bytes/s (None: unpaced), its start, bytes it was sent.
         self._pace_rate: float | None = None
@@ -195,24 +147,56 @@ class ResilientStream:
             self._gap(self._total, self._total + len(audio), "failed" if self._error is not None else "closing")
             self._total = self._lost_to = self._total + len(audio)
             return
-        caught_up = self._sent == self._total
         self._buf += audio
         self._total += len(audio)
         if len(self._buf) > self._max_buf + self._bps:
             self._trim(self._total - self._max_buf)
-        stream = self._stream if self._pump_idle and self._pace_rate is None and self.state == "connected" else None
-        if caught_up and stream is not None:
-            # Fast path (the steady state): the pump is idle with nothing pending, so send from here and
-            # spare a task switch per frame. The bytes stay buffered until a final covers them, so a
-            # failed send is replayed after the reconnect like any other uncovered audio.
-            self._sent = self._total
-            self._last_send = asyncio.get_running_loop().time()
-            try:
-                await stream.send(audio)
-            except Exception:
-                self._audio.set()  # the reader sees the broken connection; the supervisor reconnects
+        if self._pump_idle and self._pace_rate is None and self.state == "connected":
+            # Fast path (the steady state): the pump is parked, so everything pending was held here to
+            # coalesce; send from here once a chunk's worth is in (or when the flush timer fires) and
+            # spare the pump a task switch per frame.
+            if not self._holding(self._total - self._sent):
+                await self._send_pending()
             return
         self._audio.set()
+
+    def _holding(self, pending: int) -> bool:
+        """Keep ``pending`` live bytes back for now (less than a chunk, not yet waited a chunk's time);
+        arms the timer that ends the wait. Never while replaying, pacing or closing."""
+        if pending >= self._hold or self._due or self._pace_rate is not None or self._closing.is_set():
+            return False
+        if self._flush_timer is None:
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(self.policy.send_chunk_seconds, self._flush_due)
+        return True
+
+    def _flush_due(self) -> None:
+        """Held audio waited a whole chunk: the pump sends it (frames stopped coming, or came slowly)."""
+        self._flush_timer = None
+        self._due = True
+        self._audio.set()
+
+    async def _send_pending(self) -> None:
+        """Send the held audio from the caller's task (the pump is parked). The bytes stay buffered
+        until a final covers them, so a failed send is replayed after the reconnect like any other."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        stream = self._stream
+        if stream is None:
+            return
+        self._sent = max(self._sent, self._buf_start)
+        offset = self._sent - self._buf_start
+        chunk = bytes(self._buf[offset:])
+        if not chunk:
+            return
+        self._sent = self._total
+        self._due = False
+        self._last_send = asyncio.get_running_loop().time()
+        try:
+            await stream.send(chunk)
+        except Exception:
+            self._audio.set()  # the reader sees the broken connection; the supervisor reconnects
 
     async def keepalive(self) -> None:
         """Keepalive is automatic; this forwards one on demand when connected."""
@@ -222,6 +206,8 @@ class ResilientStream:
 
     async def finalize(self) -> None:
         if self._stream is not None and self.state == "connected":
+            if self._pump_idle and self._pace_rate is None:
+                await self._send_pending()  # the held audio belongs before the finalize
             with contextlib.suppress(RecognizerError):
                 await self._stream.finalize()
 
@@ -456,8 +442,11 @@ class ResilientStream:
         while True:
             if self._sent < self._buf_start:
                 self._sent = self._buf_start
-            if self._sent < self._total:
-                n = min(self._max_chunk, self._total - self._sent)
+            pending = self._total - self._sent
+            if pending and self._holding(pending):
+                pending = 0  # wait for a chunk's worth, like send's fast path
+            if pending:
+                n = min(self._max_chunk, pending)
                 rate = self._pace_rate
                 if rate is not None:
                     wait = (self._pace_sent + n - burst) / rate - (loop.time() - self._pace_t0)
@@ -468,6 +457,7 @@ class ResilientStream:
                 offset = self._sent - self._buf_start
                 chunk = bytes(self._buf[offset : offset + n])
                 self._sent += len(chunk)
+                self._due = False
                 self._pace_sent += len(chunk)
                 await stream.send(chunk)
                 self._last_send = loop.time()
@@ -591,6 +581,9 @@ class ResilientStream:
         self._finish()
 
     def _finish(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         self._queue.put_nowait(_END)
 
 

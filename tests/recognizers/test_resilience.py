@@ -339,3 +339,39 @@ async def test_regression_a_connection_lost_while_closing_is_not_taken_for_a_cle
     [gap] = run.stream.gaps
     assert (gap.start, gap.end, gap.reason) == (ORIGIN + 2.0, ORIGIN + 2.5, "closing")
     assert any(s == "reconnecting" for s in run.state_names)
+
+
+@pytest.mark.parametrize(("chunk_seconds", "message_bytes"), [(0.1, 800), (0.06, 480), (0.0, 160)])
+async def test_live_frames_are_coalesced_into_chunk_sized_messages(
+    server: ScriptedDeepgramServer, chunk_seconds: float, message_bytes: int
+) -> None:
+    run = Run(server.url, policy=dataclasses.replace(FAST, send_chunk_seconds=chunk_seconds))
+    await run.start()
+    await run.feed_realtime(AUDIO[: 2 * BPS])
+    await run.close()
+    assert run.error is None
+    sizes = server.connections[0].frames
+    assert sum(sizes) == 2 * BPS  # nothing held back at the end, nothing sent twice
+    assert set(sizes[:-1]) == {message_bytes}
+
+
+async def test_a_held_tail_is_sent_when_the_frames_stop(server: ScriptedDeepgramServer) -> None:
+    """Three frames are less than a chunk: the flush timer sends them though no fourth comes."""
+    run = Run(server.url, policy=dataclasses.replace(FAST, send_chunk_seconds=0.1))
+    await run.start()
+    await run.feed(AUDIO[:480])
+    await asyncio.sleep(0.3)
+    assert server.connections[0].frames == [480]
+    await run.close()
+
+
+async def test_finalize_sends_the_held_audio_first(server: ScriptedDeepgramServer) -> None:
+    run = Run(server.url, policy=dataclasses.replace(FAST, send_chunk_seconds=0.25))
+    await run.start()
+    await run.feed(AUDIO[:480])
+    await run.stream.finalize()
+    await asyncio.sleep(0.1)
+    conn = server.connections[0]
+    assert conn.frames == [480] and conn.controls == ["Finalize"]
+    assert run.finals == [(ORIGIN, round(ORIGIN + 0.06, 3), scripted_finals(AUDIO[:480])[0][2])]
+    await run.close()
