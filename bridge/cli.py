@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from bridge import logs
-from bridge.settings import Settings
+from bridge.settings import Settings, SettingsError
 
 log = logging.getLogger("bridge")
 
@@ -33,14 +33,18 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from bridge.server import serve
+    from bridge.server import StartupError, serve
 
     settings = Settings.from_env()
     settings = dataclasses.replace(
         settings, host=args.host or settings.host, port=args.port if args.port is not None else settings.port
     )
     logs.setup(settings.log_level, as_json=settings.log_json)
-    serve(settings, drain_seconds=args.drain_seconds)
+    try:
+        serve(settings, drain_seconds=args.drain_seconds)
+    except StartupError as exc:
+        print(f"bridge: cannot start: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -395,7 +399,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(args_list)
     args.argv = " ".join(["bridge", *args_list])
     with contextlib.suppress(KeyboardInterrupt):
-        return int(args.func(args))
+        try:
+            return int(args.func(args))
+        except SettingsError as exc:  # one clear line, not a traceback
+            print(f"bridge: configuration error: {exc}", file=sys.stderr)
+            return 2
     return 130
 
 

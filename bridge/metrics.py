@@ -64,6 +64,11 @@ class Metrics:
             "bridge_subscribers_dropped_total", "Live subscribers dropped for being slow", registry=r
         )
         self.recordings = Counter("bridge_recordings_enqueued_total", "Recording jobs enqueued", registry=r)
+        self.recording_failures = Counter(
+            "bridge_recording_failures_total", "Call recordings stopped by a write error (the calls went on)",
+            registry=r,
+        )
+        self.media_streams = Gauge("bridge_media_streams", "Twilio media sockets open", registry=r)
         self.store_outages = Counter(
             "bridge_store_outages_total", "Times Redis became unreachable for the write-behind (writes buffered)",
             registry=r,

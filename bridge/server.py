@@ -2,6 +2,10 @@
 
 On SIGTERM/SIGINT ``bridge serve`` first drains (readiness turns 503 at once, every open call is
 finalized, flushed and queued), then shuts down as usual and exits 0.
+
+Before uvicorn starts, :func:`preflight` checks what would make the bridge fail later (the settings,
+a recording directory it cannot write to) and raises :class:`StartupError` with one line to print.
+``X-Forwarded-*`` headers are believed only from ``BRIDGE_FORWARDED_ALLOW_IPS``.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import uvicorn
 from starlette.applications import Starlette
 
 from bridge.app import create_app
+from bridge.files import check_writable
 from bridge.recognizers.base import Recognizer
 from bridge.recognizers.resilience import RetryPolicy
-from bridge.settings import Settings
+from bridge.settings import Settings, SettingsError
 
 log = logging.getLogger("bridge")
 
@@ -67,14 +72,36 @@ class DrainingServer(uvicorn.Server):
         self._loop.call_soon_threadsafe(begin)
 
 
+class StartupError(RuntimeError):
+    """The bridge cannot start; ``str(exc)`` is the one line to tell the operator."""
+
+
+def preflight(settings: Settings) -> None:
+    """Raise :class:`StartupError` when the bridge could start but not work."""
+    try:
+        settings.validate()
+    except SettingsError as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        check_writable(settings.recording_dir)
+    except OSError as exc:
+        raise StartupError(
+            f"BRIDGE_RECORDING_DIR={str(settings.recording_dir)!r} is not writable: {exc.strerror or exc}"
+        ) from None
+
+
 def serve(settings: Settings, *, drain_seconds: float) -> None:
     """``bridge serve``: run until SIGTERM/SIGINT, then drain and exit."""
+    preflight(settings)
     app = create_app(settings)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, ws_max_size=settings.max_frame_bytes * 2,
-        timeout_graceful_shutdown=5, proxy_headers=True, forwarded_allow_ips="*",
+        timeout_graceful_shutdown=5, proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips,
     )  # fmt: skip
-    DrainingServer(config, app, drain_seconds=drain_seconds).run()
+    server = DrainingServer(config, app, drain_seconds=drain_seconds)
+    server.run()
+    if not server.started:
+        raise StartupError(f"the bridge did not start on {settings.host}:{settings.port} (see the log above)")
 
 
 @contextlib.asynccontextmanager
@@ -88,7 +115,8 @@ async def running_bridge(
     """Run the bridge in this event loop on ``settings.port`` (0: a free one); yields (app, http base URL).
     ``recognizer``/``fallback`` replace the configured clients (tools that tune their timeouts)."""
     app = create_app(settings, recognizer=recognizer, fallback=fallback, retry_policy=retry_policy)
-    config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on")
+    config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on",
+                            forwarded_allow_ips=settings.forwarded_allow_ips)  # fmt: skip
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:
@@ -105,4 +133,4 @@ async def running_bridge(
             await asyncio.wait_for(task, 30)
 
 
-__all__ = ["DrainingServer", "running_bridge", "serve"]
+__all__ = ["DrainingServer", "StartupError", "preflight", "running_bridge", "serve"]

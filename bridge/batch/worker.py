@@ -101,7 +101,13 @@ def consumer_name() -> str:
 
 
 def job_key(job: RecordingJob) -> str:
-    """Identity of the recording a job is about (a result stored for it makes the job a duplicate)."""
+    """Identity of the recording a job is about (a result stored for it makes the job a duplicate).
+
+    A bridge recording grows when its call comes back under the same CallSid (the file is appended
+    to), so its identity includes the length the job was queued with.
+    """
+    if job.source == "stream":
+        return f"stream:{job.path}@{job.duration!r}"
     return f"{job.source}:{job.recording_url or job.path}"
 
 
@@ -404,6 +410,7 @@ async def _amain(args: argparse.Namespace) -> int:
                 recording_dir=settings.recording_dir,
                 twilio_account_sid=settings.twilio_account_sid,
                 twilio_auth_token=settings.twilio_auth_token,
+                recording_hosts=settings.recording_hosts,
                 http=http,
                 metrics=metrics,
             )  # fmt: skip

@@ -1,12 +1,23 @@
-"""Every call this bridge instance carries: the ``StreamOpener`` of the Twilio edge (``app.state.calls``)."""
+"""Every call this bridge instance carries: the ``StreamOpener`` of the Twilio edge (``app.state.calls``).
+
+A session is registered under its CallSid only while it carries the call: a stream whose opening
+fails leaves nothing behind, and a session leaves when it has ended. A stream for a CallSid whose
+call has ended (or is ending) waits for that end to be complete, then opens a session that resumes
+the call (:class:`~bridge.call.session.Resume`): from this instance's memory of the calls it ended,
+else from the call's record in Redis (bounded wait; a call that is still marked active there, e.g.
+after another instance died, resumes at the wall-clock time since its start).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Coroutine
 
-from bridge.call.session import CallSession, FinalsWriterLike
+import redis.exceptions
+
+from bridge.call.session import CallSession, FinalsWriterLike, Resume
 from bridge.metrics import Metrics
 from bridge.options import CallOptions, OptionsError, from_parameters
 from bridge.recognizers.base import Recognizer
@@ -20,6 +31,9 @@ log = logging.getLogger(__name__)
 
 #: How long a call whose stream dropped (no Twilio ``stop``) waits for a new stream before it ends.
 STREAM_GRACE_SECONDS = 10.0
+#: Ended calls remembered for resuming, and how long a stream open waits for Redis to say where one was.
+_RECENT_CALLS = 10_000
+_RESUME_LOOKUP_SECONDS = 1.0
 
 
 class CallManager:
@@ -51,6 +65,8 @@ class CallManager:
         self.sessions: dict[str, CallSession] = {}
         self.draining = False
         self._tasks: set[asyncio.Task[object]] = set()
+        self._recent: collections.OrderedDict[str, Resume] = collections.OrderedDict()
+        self._opening: dict[str, asyncio.Future[CallSession]] = {}
 
     async def open_stream(self, start: Start) -> StreamHandler:
         if self.draining:
@@ -62,13 +78,13 @@ class CallManager:
         except OptionsError as exc:
             log.warning("refusing media stream: invalid stream parameter %s", exc, extra={"call_sid": call_sid})
             raise StreamRejected(WS_INVALID_PAYLOAD, f"invalid stream parameter {exc}") from None
-        session = self.sessions.get(call_sid)
-        if session is None or session.ended:
-            session = CallSession(self, call_sid)
-            self.sessions[call_sid] = session
-            self.metrics.calls_total.inc()
-            self.metrics.active_calls.set(len(self.sessions))
-        return await session.attach(start, options)
+        session = await self._session(call_sid)
+        try:
+            return await session.attach(start, options)
+        except BaseException:
+            if not session.streams and not session.ending:
+                self.forget(session)
+            raise
 
     def recognizers_for(self, options: CallOptions) -> tuple[Recognizer, Recognizer | None]:
         """A call's recognizer and its fallback: its ``recognizer`` option picks one of the configured
@@ -81,9 +97,62 @@ class CallManager:
         configured = ", ".join(r.name for r in (self.recognizer, self.fallback) if r is not None)
         raise OptionsError(f"recognizer: {want!r} is not configured on this bridge (configured: {configured})")
 
+    async def _session(self, call_sid: str) -> CallSession:
+        """The live session of ``call_sid``, or a new one (resuming an ended call of that CallSid)."""
+        while True:
+            session = self.sessions.get(call_sid)
+            if session is not None and not session.ending:
+                return session
+            if session is not None:
+                await session.end("superseded")  # already ending: wait until its end is complete
+                continue
+            opening = self._opening.get(call_sid)
+            if opening is not None:  # another stream of this call is creating the session
+                return await asyncio.shield(opening)
+            future: asyncio.Future[CallSession] = asyncio.get_running_loop().create_future()
+            self._opening[call_sid] = future
+            try:
+                resume = await self._resume_point(call_sid)
+                session = CallSession(self, call_sid, resume)
+                self.sessions[call_sid] = session
+                self.metrics.calls_total.inc()
+                self.metrics.active_calls.set(len(self.sessions))
+                future.set_result(session)
+                return session
+            except BaseException as exc:
+                future.set_exception(exc)
+                future.exception()  # retrieved: the waiters re-raise it
+                raise
+            finally:
+                del self._opening[call_sid]
+
+    async def _resume_point(self, call_sid: str) -> Resume | None:
+        recent = self._recent.get(call_sid)
+        if recent is not None:
+            return recent
+        if getattr(self.writer, "redis_down", False):
+            return None
+        try:
+            async with asyncio.timeout(_RESUME_LOOKUP_SECONDS):
+                point = await self.store.resume_point(call_sid)
+        except (TimeoutError, redis.exceptions.RedisError, OSError) as exc:
+            log.warning("cannot tell whether this call ran before (%s); its clock starts at 0", exc,
+                        extra={"call_sid": call_sid})  # fmt: skip
+            return None
+        if point is None:
+            return None
+        started_at, audio_end = point
+        log.info("call comes back under its CallSid: continuing at %.1f s", audio_end, extra={"call_sid": call_sid})
+        return Resume(started_at=started_at, audio_end=audio_end)
+
     def forget(self, session: CallSession) -> None:
         if self.sessions.get(session.call_sid) is session:
             del self.sessions[session.call_sid]
+        if session.streams:
+            self._recent[session.call_sid] = Resume(started_at=session.started_at, audio_end=session.audio_end)
+            self._recent.move_to_end(session.call_sid)
+            while len(self._recent) > _RECENT_CALLS:
+                self._recent.popitem(last=False)
         self.metrics.active_calls.set(len(self.sessions))
 
     def background(self, coro: Coroutine[object, object, object]) -> None:

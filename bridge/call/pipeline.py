@@ -2,7 +2,9 @@
 
 A :class:`TrackPipeline` keeps the recognizer's audio position equal to Twilio's timestamps (a lost
 or late frame becomes mu-law silence, an overlap is trimmed), so recognizer times are call times;
-it turns recognizer results into live events and times them for the latency histograms.
+it turns recognizer results into live events and times them for the latency histograms. The silence
+it sends for gaps is bounded by the wall-clock time the stream has lasted: a stream announcing
+timestamp leaps cannot make a vendor bill (or the embedded recognizer decode) audio nobody spoke.
 Reconnect, replay and de-duplication are not done here: :mod:`bridge.recognizers.resilience`.
 
 Its collaborators are passed in (the recognizer, where events go, the metrics), so it is tested
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 _FILL_CHUNK = SAMPLE_RATE
 #: Larger timestamp leaps are treated as bogus rather than filled with silence.
 MAX_GAP_BYTES = 600 * SAMPLE_RATE
+#: Silence sent for gaps may exceed the stream's wall-clock time by this much (network jitter).
+SILENCE_SLACK_SECONDS = 5.0
 
 
 class CallEvents(Protocol):
@@ -77,6 +81,10 @@ class TrackPipeline:
             fallback=fallback,
         )  # fmt: skip
         self.sent = 0  # bytes of this track sent to the recognizer since the stream's start
+        #: Bytes of silence sent for gaps, and leaps that were not filled (bogus or over the budget).
+        self.silence_sent = 0
+        self.leaps_ignored = 0
+        self._created = time.monotonic()
         self.clock = SendClock()
         self.failed = False
         self._consumer: asyncio.Task[None] | None = None
@@ -112,13 +120,17 @@ class TrackPipeline:
     async def feed(self, offset_bytes: int, payload: bytes) -> None:
         """Send ``payload`` found at byte ``offset_bytes`` of this stream's track (a failed stream
         only counts it, so the call record's gaps reach the end of the track)."""
-        if offset_bytes - self.sent > MAX_GAP_BYTES:
-            # A timestamp leap no real stream makes: don't synthesize that much silence.
-            log.warning("ignoring a %.0f s timestamp leap on %s", (offset_bytes - self.sent) / SAMPLE_RATE,
-                        self.track, extra=self._log)  # fmt: skip
+        gap = offset_bytes - self.sent
+        if gap > 0 and not self._silence_allowed(gap):
+            # A leap no real stream makes (or more silence than the wall clock allows): don't synthesize it.
+            if not self.leaps_ignored:
+                log.warning("not filling a %.1f s timestamp leap on %s with silence", gap / SAMPLE_RATE,
+                            self.track, extra=self._log)  # fmt: skip
+            self.leaps_ignored += 1
             offset_bytes = self.sent
         if offset_bytes > self.sent:
             gap = offset_bytes - self.sent
+            self.silence_sent += gap
             while gap > 0:  # a lost or late frame: keep the recognizer's clock on Twilio's
                 n = min(gap, _FILL_CHUNK)
                 await self._send(bytes([MULAW_SILENCE]) * n)
@@ -127,6 +139,12 @@ class TrackPipeline:
             payload = payload[self.sent - offset_bytes :]
         if payload:
             await self._send(payload)
+
+    def _silence_allowed(self, gap: int) -> bool:
+        if gap > MAX_GAP_BYTES:
+            return False
+        budget = (time.monotonic() - self._created + SILENCE_SLACK_SECONDS) * SAMPLE_RATE
+        return self.silence_sent + gap <= budget
 
     async def _send(self, audio: bytes) -> None:
         await self.stream.send(audio)

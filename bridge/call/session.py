@@ -2,15 +2,22 @@
 
 The Twilio edge (:mod:`bridge.twilio.media`) hands each Media Stream to the
 :class:`~bridge.call.manager.CallManager`, which finds or creates the :class:`CallSession` for its
-CallSid. A call can be carried by several streams over time (Twilio reconnects with a new StreamSid):
-they all feed the same session, each stream's audio placed on the call's clock at the moment the
-stream started, so the transcript continues. Each track of a stream is a
-:class:`~bridge.call.pipeline.TrackPipeline`.
+CallSid. A call can be carried by several streams over time (Twilio reconnects with a new StreamSid,
+or TwiML starts another ``<Stream>``), even two at once: they all feed the same session, each
+stream's audio placed on the call's clock at the moment the stream started, so the transcript
+continues. The call ends when its last open stream stops. A CallSid that comes back after its call
+ended gets a new session that continues the old one (:class:`Resume`): its clock picks up where the
+call's audio stopped (so final ids never collide) and its recording is appended to, never truncated.
+Each track of a stream is a :class:`~bridge.call.pipeline.TrackPipeline`.
+
+A recording that cannot be written (disk full, file size limit, permissions) never stops the
+transcript: the call goes on and ends normally, and its record says ``recording: failed``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -65,6 +72,16 @@ class SessionHost(Protocol):
     def background(self, coro: Coroutine[object, object, object]) -> None: ...
 
 
+@dataclasses.dataclass(frozen=True)
+class Resume:
+    """Where a call that comes back under its CallSid continues."""
+
+    #: Unix time of the call's first start.
+    started_at: float
+    #: Call-clock second its audio had reached: the new session's clock starts there.
+    audio_end: float
+
+
 class StreamHandle:
     """What the Twilio edge talks to for one Media Stream (implements ``StreamHandler``)."""
 
@@ -90,7 +107,12 @@ class StreamHandle:
         self.session.manager.metrics.frames.labels(track).inc()
         rec = self.session.recording
         if rec is not None:
-            rec.write(track, self.origin_bytes + offset, payload)
+            try:
+                rec.write(track, self.origin_bytes + offset, payload)
+            except Exception as exc:  # the recording's own errors are handled inside; this is a bug
+                log.exception("recording write failed", extra={"call_sid": self.session.call_sid})
+                self.session.recording = None
+                self.session.recording_failed(f"{type(exc).__name__}: {exc}")
         end = self.origin + (offset + len(payload)) / SAMPLE_RATE
         if end > self.audio_end:
             self.audio_end = end
@@ -116,14 +138,19 @@ class StreamHandle:
 class CallSession:
     """One call: the streams that carried it, its recording, its transcript's end."""
 
-    def __init__(self, manager: SessionHost, call_sid: str) -> None:
+    def __init__(self, manager: SessionHost, call_sid: str, resume: Resume | None = None) -> None:
         self.manager = manager
         self.call_sid = call_sid
-        self.started_at = time.time()
+        self.resume = resume
+        self.started_at = resume.started_at if resume is not None else time.time()
         self._started_mono = time.monotonic()
+        #: Call-clock second this session started at (0, or where a resumed call's audio stopped).
+        self._clock_base = resume.audio_end if resume is not None else 0.0
         self.streams: list[StreamHandle] = []
         self.recording: CallRecording | None = None
         self.recording_path: Path | None = None
+        #: Why the recording failed ("" while it is fine).
+        self.recording_error = ""
         self.tracks: list[Track] = []
         #: The call's options (its latest stream's ``<Parameter>``s, validated by the manager).
         self.options = CallOptions()
@@ -134,7 +161,51 @@ class CallSession:
     @property
     def clock(self) -> float:
         """Seconds since the call started (the clock every event time is on)."""
+        return self._clock_base + time.monotonic() - self._started_mono
+
+    def elapsed(self) -> float:
+        """Wall-clock seconds this session has lasted (what bounds the silence filled for gaps)."""
         return time.monotonic() - self._started_mono
+
+    @property
+    def ending(self) -> bool:
+        return self._ending is not None
+
+    @property
+    def audio_end(self) -> float:
+        """Call-clock second up to which the call's streams delivered audio."""
+        return max([self._clock_base, *(h.audio_end for h in self.streams)])
+
+    @property
+    def open_streams(self) -> list[StreamHandle]:
+        return [h for h in self.streams if not h.closed]
+
+    def recording_failed(self, error: str) -> None:
+        """The recording stopped for good (``error`` says why); the call and its transcript go on."""
+        if self.recording_error:
+            return
+        self.recording_error = error
+        m = self.manager
+        m.metrics.recording_failures.inc()
+        log.error("recording failed (%s); the call goes on without it", error, extra={"call_sid": self.call_sid})
+        store, sid = m.store, self.call_sid
+        fields = {"recording": "failed", "recording_error": error[:300]}
+        m.writer.call(sid, "recording_failed", lambda: store.update_call(sid, fields))
+
+    def _open_recording(self, tracks: list[Track]) -> None:
+        self.tracks = tracks
+        try:
+            rec = CallRecording.open(
+                self.manager.settings.recording_dir, self.call_sid, tracks,
+                elapsed=self.elapsed, on_failure=self.recording_failed,
+            )  # fmt: skip
+        except (OSError, ValueError) as exc:  # a path refused, or too many variants: no recording
+            self.recording_failed(f"{type(exc).__name__}: {exc}")
+            return
+        self.recording, self.recording_path = rec, rec.path
+        if rec.resumed_frames:
+            log.info("continuing recording %s after %.1f s of earlier audio", rec.path.name,
+                     rec.resumed_frames / SAMPLE_RATE, extra={"call_sid": self.call_sid})  # fmt: skip
 
     def pipeline(self, track: Track, origin: float) -> TrackPipeline:
         """A pipeline for one track of a stream starting at ``origin`` on the call clock."""
@@ -166,14 +237,7 @@ class CallSession:
         tracks: list[Track] = [t for t in ("inbound", "outbound") if t in info.tracks] or ["inbound"]
         first = not self.streams
         # A new stream starts "now" on the call clock, and never before audio already heard.
-        origin = 0.0 if first else round(max(self.clock, max(h.audio_end for h in self.streams)), 3)
-        if self.recording is None:
-            self.tracks = tracks
-            directory = self.manager.settings.recording_dir
-            self.recording_path = (directory / f"{self.call_sid}.wav").resolve()
-            self.recording = CallRecording(self.recording_path, tracks)
-        handle = StreamHandle(self, info.stream_sid, tracks, origin)
-        self.streams.append(handle)
+        origin = round(self._clock_base if first else max(self.clock, self.audio_end), 3)
         params = dict(info.custom_parameters or {})
         store = self.manager.store
         custom = {k: v for k, v in params.items() if k != "token"}
@@ -191,6 +255,13 @@ class CallSession:
                 custom=custom,
             ),
         )
+        if self.recording is None and not self.recording_error:
+            self._open_recording(tracks)
+            if self.recording is not None:
+                # The file continues at ``origin``: right after what an earlier session left in it.
+                self.recording.anchor(round(origin * SAMPLE_RATE))
+        handle = StreamHandle(self, info.stream_sid, tracks, origin)
+        self.streams.append(handle)
         await handle.start()
         return handle
 
@@ -218,17 +289,26 @@ class CallSession:
         self.manager.writer.submit(final)
 
     async def stream_stopped(self, handle: StreamHandle, *, clean: bool, reason: str) -> None:
+        # Keep this stream's last words in any case; the call ends with its last open stream.
+        await handle.close(self.manager.close_timeout)
+        if self.ending:
+            return
+        others = self.open_streams
+        if others:
+            log.info("stream %s stopped (%s); %d other stream(s) of the call still running", handle.stream_sid,
+                     reason, len(others), extra={"call_sid": self.call_sid})  # fmt: skip
+            return
         if clean:
             await self.end(reason or "stop")
             return
-        # The socket dropped without Twilio's stop: keep the last words, then wait for a new stream.
+        # The socket dropped without Twilio's stop: wait for a new stream.
         log.warning("media stream dropped (%s); waiting for a reconnect", reason, extra={"call_sid": self.call_sid})
-        await handle.close(self.manager.close_timeout)
-        loop = asyncio.get_running_loop()
-        self._grace = loop.call_later(
-            self.manager.stream_grace,
-            lambda: self.manager.background(self.end("stream lost")),
-        )
+        if self._grace is None:
+            loop = asyncio.get_running_loop()
+            self._grace = loop.call_later(
+                self.manager.stream_grace,
+                lambda: self.manager.background(self.end("stream lost")),
+            )
 
     async def end(self, reason: str) -> None:
         """End the call once: last finals, recording closed and queued, call marked ended."""
@@ -237,43 +317,62 @@ class CallSession:
         await asyncio.shield(self._ending)
 
     async def _end(self, reason: str) -> None:
+        """Never raises: whatever fails, the call is marked ended and nothing stays registered."""
         if self._grace is not None:
             self._grace.cancel()
-        timeout = self.manager.close_timeout
-        await asyncio.gather(*(h.close(timeout) for h in self.streams))
-        for pipeline in self.streams[-1].pipelines.values() if self.streams else ():
-            self._record_coverage(pipeline.track, pipeline.stream.state)  # the last word on spans and gaps
-        self.ended = True
+            self._grace = None
+        m = self.manager
         duration = self.clock
-        job: RecordingJob | None = None
-        if self.recording is not None and self.recording_path is not None:
-            duration = self.recording.close()
-            job = RecordingJob(
-                call_sid=self.call_sid,
-                path=str(self.recording_path),
-                format="wav",
-                encoding="mulaw",
-                sample_rate=SAMPLE_RATE,
-                channels=self.recording.channels,
-                tracks=list(self.tracks),
-                duration=round(duration, 3),
-                created_at=time.time(),
-                source="stream",
+        try:
+            results = await asyncio.gather(*(h.close(m.close_timeout) for h in self.streams), return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException):
+                    log.error("closing a stream failed: %r", r, extra={"call_sid": self.call_sid})
+            for pipeline in self.streams[-1].pipelines.values() if self.streams else ():
+                self._record_coverage(pipeline.track, pipeline.stream.state)  # the last word on spans and gaps
+            self.ended = True
+            job = self._close_recording()
+            if job is not None:
+                duration = job.duration
+                m.writer.call(self.call_sid, "recording_job", lambda: m.store.enqueue_recording(job))
+                m.metrics.recordings.inc()
+        except Exception:
+            log.exception("ending the call failed; marking it ended anyway", extra={"call_sid": self.call_sid})
+        finally:
+            self.ended = True
+            ended_at = time.time()
+            audio_end = round(self.audio_end, 3)
+            store, sid = m.store, self.call_sid
+            m.writer.call(
+                sid, "call_ended", lambda: store.call_ended(sid, ended_at=ended_at, reason=reason, audio_end=audio_end)
             )
-        ended_at = time.time()
-        store = self.manager.store
-        writer = self.manager.writer
-        if job is not None:
-            recording_job = job
-            writer.call(self.call_sid, "recording_job", lambda: store.enqueue_recording(recording_job))
-            self.manager.metrics.recordings.inc()
-        writer.call(self.call_sid, "call_ended", lambda: store.call_ended(self.call_sid, ended_at=ended_at,
-                                                                          reason=reason))
-        self.manager.forget(self)
-        if not await writer.flush(timeout):
+            m.forget(self)
+        if not await m.writer.flush(m.close_timeout):
             log.warning("Redis is behind: this call's last writes are still queued", extra={"call_sid": self.call_sid})
         log.info("call ended (%s), %.1f s", reason, duration, extra={"call_sid": self.call_sid})
 
+    def _close_recording(self) -> RecordingJob | None:
+        """Finalise the recording; its job, unless it failed (a partial file is not a compliance record)."""
+        rec, path = self.recording, self.recording_path
+        if rec is None or path is None:
+            return None
+        duration = rec.close()
+        if rec.failed or self.recording_error:
+            log.warning("recording failed: no batch job queued (%.1f s kept in %s)", duration, path.name,
+                        extra={"call_sid": self.call_sid})  # fmt: skip
+            return None
+        return RecordingJob(
+            call_sid=self.call_sid,
+            path=str(path),
+            format="wav",
+            encoding="mulaw",
+            sample_rate=SAMPLE_RATE,
+            channels=rec.channels,
+            tracks=list(self.tracks),
+            duration=round(duration, 3),
+            created_at=time.time(),
+            source="stream",
+        )
 
 
-__all__ = ["CallSession", "FinalsWriterLike", "SessionHost", "StreamHandle"]
+__all__ = ["CallSession", "FinalsWriterLike", "Resume", "SessionHost", "StreamHandle"]

@@ -6,8 +6,11 @@ grants every call. Tokens are minted by whatever authenticates agents (``bridge 
 agent desktop's backend); the bridge only verifies them, so it holds no session state.
 
 :func:`authorize` is the one check every subscriber endpoint (live and REST) makes. The token comes
-in ``Authorization: Bearer …`` or, for browsers' ``EventSource``/``WebSocket`` which cannot set
-headers, the ``token`` query parameter.
+in ``Authorization: Bearer …``; a browser's ``WebSocket``, which cannot set headers, offers it as a
+subprotocol (``new WebSocket(url, ["bridge.live", "bridge.token." + token])``; the server answers
+``bridge.live``), so it stays out of URLs, proxy logs and browser history. The ``token`` query
+parameter is still read, for clients that have no other way (``EventSource``).
+A token that is not ASCII, not three parts or badly signed is simply invalid: 401, never an error.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from bridge.settings import Settings
 
 _VERSION = "v1"
 ALL_CALLS = "*"
+#: The subprotocol the live WebSocket speaks, and the prefix of the one that carries a token.
+LIVE_SUBPROTOCOL = "bridge.live"
+TOKEN_SUBPROTOCOL_PREFIX = "bridge.token."
 
 
 class TokenError(ValueError):
@@ -51,8 +57,8 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _sign(secret: str, message: str) -> str:
-    return _b64(hmac.new(secret.encode(), message.encode(), hashlib.sha256).digest())
+def _sign(secret: str, message: bytes) -> str:
+    return _b64(hmac.new(secret.encode(), message, hashlib.sha256).digest())
 
 
 def mint(secret: str, calls: list[str], ttl: int, *, now: float | None = None) -> str:
@@ -62,16 +68,18 @@ def mint(secret: str, calls: list[str], ttl: int, *, now: float | None = None) -
     issued = time.time() if now is None else now
     body = _b64(msgspec.json.encode(Claims(calls=list(calls), exp=int(issued + ttl))))
     message = f"{_VERSION}.{body}"
-    return f"{message}.{_sign(secret, message)}"
+    return f"{message}.{_sign(secret, message.encode())}"
 
 
 def parse(secret: str, token: str, *, now: float | None = None) -> Claims:
     """The claims of a valid token; raises :class:`TokenError` otherwise."""
+    if not token.isascii():
+        raise TokenError("malformed token")
     parts = token.split(".")
     if len(parts) != 3 or parts[0] != _VERSION:
         raise TokenError("malformed token")
-    message = f"{parts[0]}.{parts[1]}"
-    if not hmac.compare_digest(_sign(secret, message), parts[2]):
+    message = f"{parts[0]}.{parts[1]}".encode("ascii")
+    if not hmac.compare_digest(_sign(secret, message).encode("ascii"), parts[2].encode("ascii")):
         raise TokenError("bad token signature")
     try:
         claims = msgspec.json.decode(_unb64(parts[1]), type=Claims)
@@ -100,9 +108,13 @@ class Denied(Exception):
 
 
 def bearer(conn: HTTPConnection) -> str:
+    """The token of a request: ``Authorization: Bearer``, a ``bridge.token.…`` subprotocol, or ``?token=``."""
     header = conn.headers.get("authorization", "")
     if header[:7].lower() == "bearer ":
         return header[7:].strip()
+    for protocol in conn.scope.get("subprotocols") or ():
+        if protocol.startswith(TOKEN_SUBPROTOCOL_PREFIX):
+            return str(protocol[len(TOKEN_SUBPROTOCOL_PREFIX) :])
     return conn.query_params.get("token", "")
 
 
@@ -123,4 +135,16 @@ def authorize(conn: HTTPConnection, call_sid: str | None) -> Claims | None:
     return claims
 
 
-__all__ = ["ALL_CALLS", "Claims", "Denied", "TokenError", "authorize", "bearer", "mint", "parse", "verify"]
+__all__ = [
+    "ALL_CALLS",
+    "LIVE_SUBPROTOCOL",
+    "TOKEN_SUBPROTOCOL_PREFIX",
+    "Claims",
+    "Denied",
+    "TokenError",
+    "authorize",
+    "bearer",
+    "mint",
+    "parse",
+    "verify",
+]

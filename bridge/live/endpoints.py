@@ -4,8 +4,14 @@
 - ``GET /calls/{sid}/events[?after=<seq>]``: finals carry ``id: <seq>``, so a browser's
   ``Last-Event-ID`` resumes with no gap and no duplicate.
 
-WebSocket close codes: 4400 bad request, 4401 missing/invalid token, 4403 token does not grant the
-call, 4404 unknown call, 4008 subscriber too slow, 1011 store unavailable, 1001 server shutting down.
+WebSocket close codes: 4400 bad request (a path that is not a CallSid, a bad ``after``), 4401
+missing/invalid token, 4403 token does not grant the call, 4404 unknown call, 4008 subscriber too
+slow, 1011 store unavailable, 1001 server shutting down. The socket is accepted (with the
+``bridge.live`` subprotocol when offered) before it is refused, so a browser sees the code and the
+reason, and can tell "stop, ask for a new token" from "reconnect".
+
+A resume position is a decimal integer of at most 15 digits; anything else is a 400 (4400), never
+a Redis error.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import HTTPConnection, Request
@@ -22,10 +29,11 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from bridge import events
-from bridge.live.auth import Denied, authorize
+from bridge.live.auth import LIVE_SUBPROTOCOL, Denied, authorize
 from bridge.live.hub import TOO_SLOW_REASON, Hub, HubUnavailable, SubscriberTooSlow, Subscription, event_type
-from bridge.responses import error, log_refused
-from bridge.store import UNAVAILABLE
+from bridge.responses import error, log_refused, refuse_bad_call_sid, store_failure
+from bridge.sids import is_call_sid
+from bridge.store import STORE_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -37,20 +45,17 @@ CLOSE_UNKNOWN_CALL = 4404
 
 #: Seconds between SSE comment lines that keep idle proxies from closing the stream.
 SSE_HEARTBEAT = 15.0
-_SUBSCRIBE_ERRORS: tuple[type[BaseException], ...] = (HubUnavailable, *UNAVAILABLE)
+_SUBSCRIBE_ERRORS: tuple[type[BaseException], ...] = (HubUnavailable, *STORE_ERRORS)
+_SEQ = re.compile(r"[0-9]{1,15}")
 
 
 def resume_after(conn: HTTPConnection, *, last_event_id: bool) -> int:
     """The final seq a subscriber resumes after (``?after=`` or SSE ``Last-Event-ID``)."""
     raw = conn.headers.get("last-event-id", "") if last_event_id else ""
     raw = raw.strip() or conn.query_params.get("after", "0").strip() or "0"
-    try:
-        value = int(raw)
-    except ValueError:
-        raise Denied(400, f"bad resume position {raw[:32]!r}") from None
-    if value < 0:
-        raise Denied(400, "resume position must be >= 0")
-    return value
+    if _SEQ.fullmatch(raw) is None:
+        raise Denied(400, f"bad resume position {raw[:32]!r} (a final's seq: 0 to 15 digits)")
+    return int(raw)
 
 
 #: A subscriber whose single send is blocked this long (its socket buffers full) is dropped as slow.
@@ -90,6 +95,10 @@ async def _pump(
     exc = None if task.cancelled() else task.exception()
     if isinstance(exc, SubscriberTooSlow):
         return "slow"
+    if isinstance(exc, STORE_ERRORS):
+        logger.warning("live subscription lost its store: %s: %s", type(exc).__name__, exc,
+                       extra={"call_sid": sub.call_sid})  # fmt: skip
+        return "store"
     if exc is not None:
         raise exc
     return tasks[task]
@@ -98,12 +107,15 @@ async def _pump(
 async def live_ws(websocket: WebSocket) -> None:
     call_sid = websocket.path_params["call_sid"]
     log_extra = {"call_sid": call_sid}
-    await websocket.accept()
+    offered = websocket.scope.get("subprotocols") or ()
+    await websocket.accept(subprotocol=LIVE_SUBPROTOCOL if LIVE_SUBPROTOCOL in offered else None)
     try:
+        if not is_call_sid(call_sid):
+            raise Denied(400, "invalid CallSid")
         authorize(websocket, call_sid)
         after = resume_after(websocket, last_event_id=False)
     except Denied as denied:
-        log_refused(websocket, call_sid, denied.status, denied.reason)
+        log_refused(websocket, call_sid[:64], denied.status, denied.reason)
         code = {401: CLOSE_UNAUTHORIZED, 403: CLOSE_FORBIDDEN}.get(denied.status, CLOSE_BAD_REQUEST)
         await websocket.close(code, denied.reason)
         return
@@ -133,6 +145,8 @@ async def live_ws(websocket: WebSocket) -> None:
         return
     if outcome == "slow":
         await _close_quietly(websocket, CLOSE_TOO_SLOW, TOO_SLOW_REASON)
+    elif outcome == "store":
+        await _close_quietly(websocket, 1011, "store unavailable")
     elif outcome == "ended":
         shutting_down = hub._task is None
         await _close_quietly(websocket, 1001 if shutting_down else 1000, "server shutting down"
@@ -206,6 +220,7 @@ class _EventStream:
             return
         if outcome == "slow":
             logger.info("SSE subscriber dropped: %s", TOO_SLOW_REASON, extra={"call_sid": self.call_sid})
+        # outcome "store": the stream ends; the browser reconnects with Last-Event-ID and loses nothing
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2.0):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -213,6 +228,9 @@ class _EventStream:
 
 async def live_sse(request: Request) -> Response | _EventStream:
     call_sid = request.path_params["call_sid"]
+    bad = refuse_bad_call_sid(request, call_sid)
+    if bad is not None:
+        return bad
     try:
         authorize(request, call_sid)
         after = resume_after(request, last_event_id=True)
@@ -224,8 +242,8 @@ async def live_sse(request: Request) -> Response | _EventStream:
         if await hub.store.get_call(call_sid) is None:
             logger.info("SSE subscription to unknown call", extra={"call_sid": call_sid})
             return error(404, "unknown call")
-    except UNAVAILABLE:
-        return error(503, "store unavailable")
+    except STORE_ERRORS as exc:
+        return store_failure(request, call_sid, exc)
     return _EventStream(hub, call_sid, after)
 
 

@@ -8,18 +8,26 @@ from __future__ import annotations
 from bridge.recognizers.base import Recognizer
 from bridge.settings import RecognizerKind, Settings
 
+#: Each vendor's streaming host, when no URL is configured.
+DEFAULT_URLS: dict[str, str] = {"deepgram": "wss://api.deepgram.com", "elevenlabs": "wss://api.elevenlabs.io"}
+
+
+def recognizer_endpoint(kind: RecognizerKind, url: str) -> str:
+    """The base URL a ``kind`` client talks to: ``url``, or the vendor's default host."""
+    return url or DEFAULT_URLS.get(kind, "")
+
 
 def make_recognizer(kind: RecognizerKind, url: str, *, api_key: str = "", model: str = "") -> Recognizer:
     """A ``kind`` client talking to ``url`` (or the vendor's default host)."""
     if kind == "elevenlabs":
         from bridge.recognizers.elevenlabs.live import ElevenLabsRecognizer
 
-        return ElevenLabsRecognizer(url=url or "wss://api.elevenlabs.io", api_key=api_key,
+        return ElevenLabsRecognizer(url=recognizer_endpoint(kind, url), api_key=api_key,
                                     model_id=model or "scribe_v2_realtime")  # fmt: skip
     from bridge.recognizers.deepgram.live import DeepgramRecognizer
 
     if kind == "deepgram":
-        return DeepgramRecognizer(url=url or "wss://api.deepgram.com", api_key=api_key, model=model or "nova-3")
+        return DeepgramRecognizer(url=recognizer_endpoint(kind, url), api_key=api_key, model=model or "nova-3")
     # Ours: no vendor ingest limit to respect, and it takes keyterms as Deepgram's nova-3 does.
     return DeepgramRecognizer(url=url, api_key=api_key, model=model or "tiny.en", name="embedded",
                               max_ingest_rate=None, keyterms_as="keyterm")  # fmt: skip
@@ -38,4 +46,4 @@ def fallback_recognizer(settings: Settings, url: str) -> Recognizer | None:
     return make_recognizer(settings.fallback_recognizer, url, api_key=settings.fallback_recognizer_api_key)
 
 
-__all__ = ["fallback_recognizer", "make_recognizer", "primary_recognizer"]
+__all__ = ["DEFAULT_URLS", "fallback_recognizer", "make_recognizer", "primary_recognizer", "recognizer_endpoint"]

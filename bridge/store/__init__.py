@@ -28,7 +28,7 @@ from redis.backoff import NoBackoff
 
 from bridge.settings import Settings
 from bridge.store.calls import CallInfo, CallRecords
-from bridge.store.client import UNAVAILABLE, Client, client_from_url, pubsub_of
+from bridge.store.client import STORE_ERRORS, UNAVAILABLE, Client, client_from_url, pubsub_of
 from bridge.store.finals import FinalLog
 from bridge.store.jobs import Backlog, JobQueue, RecordingJob
 from bridge.store.keys import Keys
@@ -116,6 +116,7 @@ class Store(CallRecords, FinalLog, BatchResults):
 
 
 __all__ = [
+    "STORE_ERRORS",
     "UNAVAILABLE",
     "Backlog",
     "CallInfo",

@@ -5,16 +5,21 @@ change is two transactions: the call's record first, then the index that points 
 
 :meth:`CallRecords.call_started` and :meth:`CallRecords.call_ended` publish the ``call_started`` /
 ``call_ended`` live events themselves (on the call's channel and on the all-calls channel); callers
-do not publish them again. Everything of a call gets the retention TTL when the call ends.
+do not publish them again. Everything of a call gets the retention TTL when the call ends, and a
+record that is not an active call never goes without one (a status callback for a call that never
+streamed creates a record that expires like any other).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import time
 from typing import TypeVar
 
 import msgspec
+from redis.commands.core import AsyncScript
 
 from bridge import events
 from bridge.store.client import StoreBase, as_mapping, text, text_dict
@@ -31,6 +36,8 @@ _F_ACCOUNT = "account_sid"
 _F_FROM = "from"
 _F_TO = "to"
 _F_FINALS = "finals"
+#: Call-clock second the call's audio reached when it ended (where a returning CallSid resumes).
+_F_AUDIO_END = "audio_end"
 _KNOWN = frozenset({_F_STATUS, _F_STARTED, _F_ENDED, _F_REASON, _F_ACCOUNT, _F_FROM, _F_TO, _F_FINALS})
 _TRACK_PREFIX = "track."
 _RECOGNIZER_PREFIX = "recognizer."
@@ -39,6 +46,16 @@ _GAPS_PREFIX = "gaps."
 _CUSTOM_PREFIX = "custom."
 #: The hash field the finals script keeps the count in (see :mod:`bridge.store.finals`).
 FINALS_FIELD = _F_FINALS
+
+# KEYS: call hash. ARGV: retention seconds, then field, value, field, value…
+# Sets the fields; a record that is not an active call and has no TTL gets the retention TTL.
+_UPDATE_CALL = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+if redis.call('TTL', KEYS[1]) == -1 and redis.call('HGET', KEYS[1], 'status') ~= 'active' then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return 1
+"""
 
 
 class CallInfo(msgspec.Struct, kw_only=True, omit_defaults=False):
@@ -180,10 +197,41 @@ class CallRecords(StoreBase):
         )
         await self._publish_call_event(event)
 
+    @functools.cached_property
+    def _update_call_script(self) -> AsyncScript:
+        return self.client.register_script(_UPDATE_CALL)
+
     async def update_call(self, call_sid: str, fields: dict[str, str]) -> None:
-        """Set metadata fields (status callbacks, ``recognizer.<track>`` states…); creates the record."""
-        if fields:
-            await self.client.hset(self.keys.call(call_sid), mapping=as_mapping(fields))
+        """Set metadata fields (status callbacks, ``recognizer.<track>`` states…); creates the record,
+        with the retention TTL unless it is an active call."""
+        if not fields:
+            return
+        args: list[str | int] = [max(1, int(self.retention_seconds))]
+        for name, value in fields.items():
+            args += [name, value]
+        await self._update_call_script(keys=[self.keys.call(call_sid)], args=args)
+
+    async def resume_point(self, call_sid: str) -> tuple[float, float] | None:
+        """(first start, call-clock second to continue at) of a call that streamed before, else ``None``.
+
+        A call that ended continues where its audio (or its last final) stopped; one still marked
+        active (its instance died) continues at the wall-clock time since it started.
+        """
+        k = self.keys
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hmget(k.call(call_sid), [_F_STARTED, _F_STATUS, _F_AUDIO_END])
+            pipe.lindex(k.finals(call_sid), -1)
+            (started, status, audio_end), last = await pipe.execute()
+        started_at = _float(text(started) if started is not None else None)
+        if not started_at:
+            return None
+        floor = _float(text(audio_end) if audio_end is not None else None)
+        if last is not None:
+            with contextlib.suppress(msgspec.MsgspecError):
+                floor = max(floor, events.decode_final(last).end)
+        if status is not None and text(status) == "active":
+            floor = max(floor, time.time() - started_at)
+        return started_at, round(floor, 3)
 
     async def set_recognizer_state(
         self,
@@ -202,15 +250,17 @@ class CallRecords(StoreBase):
             fields[_GAPS_PREFIX + track] = _encoder.encode(gaps).decode()
         await self.update_call(call_sid, fields)
 
-    async def call_ended(self, call_sid: str, *, ended_at: float, reason: str = "") -> None:
+    async def call_ended(
+        self, call_sid: str, *, ended_at: float, reason: str = "", audio_end: float | None = None
+    ) -> None:
         """Move the call to the recent index, start its retention clock and tell subscribers."""
         k = self.keys
         ttl = max(1, int(self.retention_seconds))
+        fields = {_F_STATUS: "ended", _F_ENDED: repr(float(ended_at)), _F_REASON: reason}
+        if audio_end is not None:
+            fields[_F_AUDIO_END] = repr(float(audio_end))
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                k.call(call_sid),
-                mapping={_F_STATUS: "ended", _F_ENDED: repr(float(ended_at)), _F_REASON: reason},
-            )
+            pipe.hset(k.call(call_sid), mapping=as_mapping(fields))
             for name in k.call_keys(call_sid):
                 pipe.expire(name, ttl)
             pipe.hmget(k.call(call_sid), [_F_STARTED, _F_FINALS])

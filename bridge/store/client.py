@@ -30,6 +30,8 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     TimeoutError,
     OSError,
 )
+#: Every error a store call can raise: Redis unreachable, or a command Redis refused (WRONGTYPE, OOM…).
+STORE_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE, redis.exceptions.RedisError)
 
 
 #: A single Redis server, or a Redis Cluster (every command of the store works on both).
@@ -81,4 +83,14 @@ def as_mapping(fields: dict[str, str]) -> Mapping[Any, Any]:
     return fields
 
 
-__all__ = ["UNAVAILABLE", "Client", "StoreBase", "as_mapping", "client_from_url", "pubsub_of", "text", "text_dict"]
+__all__ = [
+    "STORE_ERRORS",
+    "UNAVAILABLE",
+    "Client",
+    "StoreBase",
+    "as_mapping",
+    "client_from_url",
+    "pubsub_of",
+    "text",
+    "text_dict",
+]

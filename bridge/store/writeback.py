@@ -52,10 +52,13 @@ class FinalsWriter:
         max_pending: int = 10_000,
         backoff: Backoff = Backoff(base=0.05, cap=5.0),
         on_outage: Callable[[], None] | None = None,
+        on_final: Callable[[bool], None] | None = None,
     ) -> None:
         self.store = store
         #: Called each time Redis is found unreachable after having been reachable (a metric).
         self.on_outage = on_outage
+        #: Called with True for each final stored, False for one that was already there (metrics).
+        self.on_final = on_final
         #: Outages seen so far (Redis unreachable, then reachable again or not yet).
         self.outages = 0
         self.max_pending = max_pending
@@ -102,7 +105,12 @@ class FinalsWriter:
 
     def submit(self, final: events.Final) -> None:
         """Store (and publish) a final, eventually."""
-        self._enqueue(_Op(lambda: self.store.add_final(final), "final", final.call_sid, False))
+        self._enqueue(_Op(lambda: self._add_final(final), "final", final.call_sid, False))
+
+    async def _add_final(self, final: events.Final) -> None:
+        seq = await self.store.add_final(final)
+        if self.on_final is not None:
+            self.on_final(seq is not None)
 
     def publish(self, event: events.LiveEvent) -> None:
         """Publish a live event; finals go to :meth:`submit`, partials are dropped while Redis is down."""

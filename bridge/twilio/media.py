@@ -5,16 +5,21 @@ Two layers: :class:`StreamProtocol` is a pure state machine (text frame in, type
 checks the signature before accepting, feeds frames through it and drives a
 :class:`StreamHandler` obtained from ``app.state.calls`` (a :class:`StreamOpener`).
 
-Close codes: 1007 invalid payload (bad JSON/base64/shape), 1008 policy (wrong order, wrong call,
-bad token, unannounced track), 1009 frame too big, 1003 unsupported data (binary, unknown event).
+Close codes: 1007 invalid payload (bad JSON/base64/shape, a SID not shaped like Twilio's), 1008
+policy (wrong order, wrong call, bad token, unannounced track, no ``start`` within
+``BRIDGE_MEDIA_START_TIMEOUT``, no frame for ``BRIDGE_MEDIA_IDLE_TIMEOUT``), 1009 frame too big,
+1003 unsupported data (binary, unknown event), 1013 this instance is draining or already carries
+``BRIDGE_MAX_MEDIA_STREAMS`` sockets. Every stream refused or closed for bad input is counted in
+``bridge_streams_rejected_total{reason}``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import enum
 import logging
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 from starlette.routing import WebSocketRoute
@@ -32,6 +37,17 @@ WS_INVALID_PAYLOAD = 1007
 WS_POLICY_VIOLATION = 1008
 WS_MESSAGE_TOO_BIG = 1009
 WS_INTERNAL_ERROR = 1011
+WS_TRY_AGAIN_LATER = 1013
+
+#: ``bridge_streams_rejected_total`` reason of each close code.
+_REJECT_REASONS = {
+    WS_UNSUPPORTED_DATA: "unsupported_data",
+    WS_INVALID_PAYLOAD: "invalid_payload",
+    WS_POLICY_VIOLATION: "policy",
+    WS_MESSAGE_TOO_BIG: "too_big",
+    WS_INTERNAL_ERROR: "internal_error",
+    WS_TRY_AGAIN_LATER: "unavailable",
+}
 
 
 class StreamHandler(Protocol):
@@ -141,8 +157,8 @@ class StreamProtocol:
             if state is not StreamState.AWAIT_START:
                 raise self._out_of_order("start")
             info = msg.start
-            if not info.call_sid or not info.stream_sid:
-                raise ProtocolViolation(WS_INVALID_PAYLOAD, "start without callSid/streamSid")
+            if info.stream_sid != msg.stream_sid:
+                raise ProtocolViolation(WS_INVALID_PAYLOAD, "start: streamSid differs inside and out")
             if not info.tracks:
                 raise ProtocolViolation(WS_INVALID_PAYLOAD, "start announces no tracks")
             if info.media_format.encoding != tm.MULAW_ENCODING or info.media_format.sample_rate != tm.SAMPLE_RATE:
@@ -187,31 +203,90 @@ def _reason(text: str) -> str:
     return text if len(data) <= 123 else data[:120].decode(errors="ignore") + "..."
 
 
+def _rejected(websocket: WebSocket, reason: str) -> None:
+    metrics = getattr(websocket.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.frames_rejected.labels(reason).inc()
+
+
+class _Sockets:
+    """Media sockets open in this process (``app.state.media_sockets``), against the cap."""
+
+    def __init__(self) -> None:
+        self.open = 0
+
+
+def _sockets(state: Any) -> _Sockets:
+    sockets: _Sockets | None = getattr(state, "media_sockets", None)
+    if sockets is None:
+        sockets = state.media_sockets = _Sockets()
+    return sockets
+
+
 async def media_endpoint(websocket: WebSocket) -> None:
     settings: Settings = websocket.app.state.settings
     try:
         check_signature(websocket, settings)
     except SignatureError as exc:
         logger.warning("media stream refused before accept: %s", exc, extra={"call_sid": None})
+        _rejected(websocket, "signature")
         await websocket.close(code=WS_POLICY_VIOLATION)  # before accept: the client sees HTTP 403
         return
-    await websocket.accept()
-    session = _StreamSession(websocket, settings)
-    await session.run()
+    sockets = _sockets(websocket.app.state)
+    metrics = getattr(websocket.app.state, "metrics", None)
+    if sockets.open >= settings.max_media_streams:
+        logger.warning("media stream refused: %d sockets open (BRIDGE_MAX_MEDIA_STREAMS)", sockets.open,
+                       extra={"call_sid": None})  # fmt: skip
+        _rejected(websocket, "capacity")
+        await websocket.accept()
+        await websocket.close(code=WS_TRY_AGAIN_LATER, reason="too many media streams on this instance")
+        return
+    sockets.open += 1
+    if metrics is not None:
+        metrics.media_streams.set(sockets.open)
+    try:
+        await websocket.accept()
+        session = _StreamSession(websocket, settings)
+        await session.run()
+    finally:
+        sockets.open -= 1
+        if metrics is not None:
+            metrics.media_streams.set(sockets.open)
 
 
 class _StreamSession:
-    """Drives one accepted socket; guarantees ``on_stop`` exactly once after a successful open."""
+    """Drives one accepted socket; guarantees ``on_stop`` exactly once after a successful open.
+
+    A watchdog (one timer per socket, nothing per frame but a counter) closes a socket that sends no
+    ``start`` in time, or stops sending frames while we wait for them.
+    """
 
     def __init__(self, websocket: WebSocket, settings: Settings) -> None:
         self.ws = websocket
         self.settings = settings
         self.protocol = StreamProtocol(max_frame_bytes=settings.max_frame_bytes)
         self.handler: StreamHandler | None = None
+        self._frames = 0
+        self._seen = 0
+        self._receiving = False
+        self._expired: tuple[int, str, str] | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._accepted = self._progress = loop.time()
+        period = max(0.05, min(1.0, self.settings.media_start_timeout / 4, self.settings.media_idle_timeout / 4))
+        self._watchdog = loop.call_later(period, self._watch, loop, task, period)
         try:
             await self._loop()
+        except asyncio.CancelledError:
+            if self._expired is None:
+                raise
+            task.uncancel()
+            code, reason, label = self._expired
+            await self._fail(code, reason, log_level=logging.WARNING, label=label)
         except ProtocolViolation as exc:
             await self._fail(exc.code, exc.reason, log_level=logging.WARNING)
         except StreamRejected as exc:
@@ -219,13 +294,43 @@ class _StreamSession:
         except Exception:
             logger.exception("media stream failed", extra={"call_sid": self.protocol.call_sid})
             await self._fail(WS_INTERNAL_ERROR, "internal error", log_level=None)
+        finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+
+    def _watch(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], period: float) -> None:
+        now = loop.time()
+        state = self.protocol.state
+        s = self.settings
+        if state in (StreamState.AWAIT_CONNECTED, StreamState.AWAIT_START):
+            if now - self._accepted >= s.media_start_timeout:
+                self._expire(task, f"no start within {s.media_start_timeout:g} s", "start_timeout")
+                return
+        elif state is StreamState.STREAMING:
+            if self._frames != self._seen or not self._receiving:
+                self._seen = self._frames
+                self._progress = now
+            elif now - self._progress >= s.media_idle_timeout:
+                self._expire(task, f"no media for {s.media_idle_timeout:g} s", "idle_timeout")
+                return
+        else:
+            return
+        self._watchdog = loop.call_later(period, self._watch, loop, task, period)
+
+    def _expire(self, task: asyncio.Task[Any], reason: str, label: str) -> None:
+        self._expired = (WS_POLICY_VIOLATION, reason, label)
+        self._watchdog = None
+        task.cancel()
 
     async def _loop(self) -> None:
         ws = self.ws
         protocol = self.protocol
         receive = ws.receive
         while True:
+            self._receiving = True
             message = await receive()
+            self._receiving = False
+            self._frames += 1
             if message["type"] == "websocket.disconnect":
                 await self._stop(clean=False, reason=f"socket closed by peer ({message.get('code', 1005)})")
                 logger.info(
@@ -280,8 +385,9 @@ class _StreamSession:
         if handler is not None:
             await handler.on_stop(clean=clean, reason=reason)
 
-    async def _fail(self, code: int, reason: str, *, log_level: int | None) -> None:
+    async def _fail(self, code: int, reason: str, *, log_level: int | None, label: str = "") -> None:
         call_sid = self.protocol.call_sid
+        _rejected(self.ws, label or _REJECT_REASONS.get(code, str(code)))
         if log_level is not None:
             logger.log(log_level, "closing media stream %s: %s", code, reason, extra={"call_sid": call_sid})
         try:

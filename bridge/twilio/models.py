@@ -8,6 +8,10 @@ Twilio spells everything in camelCase and sends ``sequenceNumber``, ``chunk`` an
 strings; the structs keep the wire types (so a message re-encodes byte-for-byte the way Twilio
 sent it) and expose ``int`` helpers. Unknown fields are ignored so an additive Twilio change does
 not break a live call; an unknown ``event`` is a distinct error (:class:`UnknownEvent`).
+
+Every SID is checked against Twilio's shape while decoding (:mod:`bridge.sids`): a ``start``, a
+``stop`` or a callback form with a bad CallSid, StreamSid, AccountSid or RecordingSid never gets past
+the parser. ``media`` frames are not re-checked: their StreamSid must equal the ``start``'s.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from collections.abc import Mapping
 from typing import Literal, TypeVar
 
 import msgspec
+
+from bridge.sids import AccountSid, CallSid, RecordingSid, StreamSid
 
 Track = Literal["inbound", "outbound"]
 StreamEvent = Literal["stream-started", "stream-stopped", "stream-error"]
@@ -52,9 +58,9 @@ class MediaFormat(msgspec.Struct, rename="camel", kw_only=True):
 
 
 class StartInfo(msgspec.Struct, rename="camel", kw_only=True):
-    account_sid: str
-    stream_sid: str
-    call_sid: str
+    account_sid: AccountSid
+    stream_sid: StreamSid
+    call_sid: CallSid
     tracks: list[Track]
     media_format: MediaFormat = msgspec.field(default_factory=MediaFormat)
     custom_parameters: dict[str, str] = msgspec.field(default_factory=dict)
@@ -85,8 +91,8 @@ class MarkInfo(msgspec.Struct, kw_only=True):
 
 
 class StopInfo(msgspec.Struct, rename="camel", kw_only=True):
-    account_sid: str
-    call_sid: str
+    account_sid: AccountSid
+    call_sid: CallSid
 
 
 class _Message(msgspec.Struct, tag_field="event", rename="camel", kw_only=True):
@@ -108,6 +114,7 @@ class Connected(_Message, tag="connected"):
 
 
 class Start(_Sequenced, tag="start"):
+    stream_sid: StreamSid
     start: StartInfo
 
     @property
@@ -180,11 +187,20 @@ class FormError(ValueError):
     """A callback form lacks a required field or has an unusable value."""
 
 
+class VoiceForm(msgspec.Struct, rename="pascal", kw_only=True):
+    """The voice webhook: an incoming call (https://www.twilio.com/docs/voice/twiml#request-parameters)."""
+
+    call_sid: CallSid
+    account_sid: AccountSid
+    from_: str = msgspec.field(default="", name="From")
+    to: str = ""
+
+
 class CallStatusForm(msgspec.Struct, rename="pascal", kw_only=True):
     """Call status callback (``StatusCallback`` on the call)."""
 
-    call_sid: str
-    account_sid: str
+    call_sid: CallSid
+    account_sid: AccountSid
     call_status: Literal[
         "queued",
         "initiated",
@@ -203,15 +219,15 @@ class CallStatusForm(msgspec.Struct, rename="pascal", kw_only=True):
     timestamp: str = ""
     sequence_number: int | None = None
     callback_source: str = ""
-    parent_call_sid: str = ""
+    parent_call_sid: str = ""  # not used; never stored or logged
 
 
 class StreamStatusForm(msgspec.Struct, rename="pascal", kw_only=True):
     """``<Stream statusCallback>``: stream started / stopped / failed."""
 
-    call_sid: str
-    account_sid: str
-    stream_sid: str
+    call_sid: CallSid
+    account_sid: AccountSid
+    stream_sid: StreamSid
     stream_event: StreamEvent
     stream_name: str = ""
     stream_error: str = ""
@@ -221,9 +237,9 @@ class StreamStatusForm(msgspec.Struct, rename="pascal", kw_only=True):
 class RecordingStatusForm(msgspec.Struct, rename="pascal", kw_only=True):
     """``recordingStatusCallback``: a recording is in progress, completed or absent."""
 
-    call_sid: str
-    account_sid: str
-    recording_sid: str
+    call_sid: CallSid
+    account_sid: AccountSid
+    recording_sid: RecordingSid
     recording_status: Literal["in-progress", "completed", "absent", "failed"]
     recording_url: str = ""
     recording_duration: int | None = None
@@ -234,7 +250,7 @@ class RecordingStatusForm(msgspec.Struct, rename="pascal", kw_only=True):
     error_code: str = ""
 
 
-FormT = TypeVar("FormT", CallStatusForm, StreamStatusForm, RecordingStatusForm)
+FormT = TypeVar("FormT", VoiceForm, CallStatusForm, StreamStatusForm, RecordingStatusForm)
 
 
 def parse_form(form_type: type[FormT], form: Mapping[str, str]) -> FormT:
@@ -271,6 +287,7 @@ __all__ = [
     "TwilioMessage",
     "TwilioParseError",
     "UnknownEvent",
+    "VoiceForm",
     "encode",
     "parse",
     "parse_form",

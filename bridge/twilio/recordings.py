@@ -2,7 +2,8 @@
 
 Twilio serves a recording's media at its ``RecordingUrl`` with an extension that picks the format
 (https://www.twilio.com/docs/voice/api/recording#fetch-a-recording-media-file). The credentials are
-only ever sent to the hosts allowed (Twilio's by default).
+only ever sent over https, to the hosts allowed (Twilio's by default): :func:`check_recording_url`
+is applied when a callback is accepted and again before each download.
 
 A dual-channel recording downloads downmixed to mono unless the request asks for
 ``RequestedChannels=2`` (the default for conference recordings since dual-channel became their
@@ -14,15 +15,46 @@ that is warning 16113 (https://www.twilio.com/docs/api/errors/16113).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 
+#: Where Twilio serves recordings (``api.twilio.com`` and its regional twins): the default allow-list.
+TWILIO_HOSTS: tuple[str, ...] = ("twilio.com",)
+
 
 class DownloadError(RuntimeError):
     """The recording could not be fetched from Twilio."""
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def check_recording_url(url: str, allowed_hosts: tuple[str, ...] = TWILIO_HOSTS) -> None:
+    """Raise :class:`DownloadError` unless ``url`` is an https:// URL on an allowed host (or a subdomain).
+
+    Plain http is accepted for a loopback host only (traffic that never leaves the machine: a local
+    proxy, a test double), and only when such a host is allowed at all.
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise DownloadError("not a valid URL") from None
+    host = (parts.hostname or "").lower()
+    if parts.scheme != "https" and not (parts.scheme == "http" and _loopback(host)):
+        raise DownloadError(f"refusing to send Twilio credentials over {parts.scheme or 'no scheme'}:// (https only)")
+    if parts.username is not None or parts.password is not None:
+        raise DownloadError("refusing a recording URL with credentials in it")
+    if not any(host == h or host.endswith("." + h) for h in allowed_hosts):
+        raise DownloadError(f"refusing to send Twilio credentials to {host!r} (not in recording_hosts)")
 
 
 async def download_recording(
@@ -31,19 +63,19 @@ async def download_recording(
     *,
     auth: tuple[str, str],
     http: httpx.AsyncClient | None = None,
-    allowed_hosts: tuple[str, ...] = ("twilio.com",),
+    allowed_hosts: tuple[str, ...] = TWILIO_HOSTS,
     timeout: float = 120.0,
     channels: int = 1,
 ) -> Path:
     """Download the WAV of the recording at ``url`` to ``dest`` (atomically); returns ``dest``.
 
-    ``channels`` is the recording's ``RecordingChannels``: 2 asks Twilio for both channels.
+    ``channels`` is the recording's ``RecordingChannels``: 2 asks Twilio for both channels. A redirect
+    keeps the credentials only on the same origin (httpx drops ``Authorization`` on any other), which
+    is how Twilio hands out media on its own hosts.
     """
     url = url if url.endswith(".wav") else url + ".wav"
     params = {"RequestedChannels": "2"} if channels == 2 else None
-    host = (urlsplit(url).hostname or "").lower()
-    if not any(host == h or host.endswith("." + h) for h in allowed_hosts):
-        raise DownloadError(f"refusing to send Twilio credentials to {host!r} (not in recording_hosts)")
+    check_recording_url(url, allowed_hosts)
     client = http or httpx.AsyncClient()
     try:
         resp = await client.get(url, params=params, auth=auth, follow_redirects=True, timeout=timeout)
@@ -61,4 +93,4 @@ async def download_recording(
     return dest
 
 
-__all__ = ["DownloadError", "download_recording"]
+__all__ = ["TWILIO_HOSTS", "DownloadError", "check_recording_url", "download_recording"]

@@ -8,15 +8,20 @@ edge needs no multipart parser, and validated into the typed forms of :mod:`brid
 
 A ``completed`` recording (https://www.twilio.com/docs/voice/api/recording#recordingstatuscallback)
 becomes a recording job with ``source="twilio"``; the worker downloads it with the account's
-credentials. Twilio may deliver the callback more than once; the worker's idempotence (one result
-per recording) absorbs the duplicate job.
+credentials, so its ``RecordingUrl`` must be an https:// URL on Twilio's hosts
+(``BRIDGE_RECORDING_HOSTS``): anything else is refused here, before it is queued.
+Twilio may deliver the callback more than once; the worker's idempotence (one result per recording)
+absorbs the duplicate job.
+
+Every SID in a form is checked against Twilio's shape (:mod:`bridge.sids`) by the typed forms: a
+request with a malformed one is a 400, and the SID is never stored or logged.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 from starlette.datastructures import ImmutableMultiDict
 from starlette.requests import Request
@@ -24,11 +29,13 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from twilio.twiml.voice_response import VoiceResponse  # type: ignore[import-untyped, unused-ignore]
 
+from bridge.files import UnsafePath, recording_file
 from bridge.options import PARAMETER_LIMIT, to_parameters
 from bridge.settings import Settings
 from bridge.store.jobs import RecordingJob
 from bridge.twilio import models as tm
 from bridge.twilio.auth import SignatureError, check_signature, stream_token
+from bridge.twilio.recordings import DownloadError, check_recording_url
 
 logger = logging.getLogger(__name__)
 
@@ -159,22 +166,20 @@ def build_twiml(settings: Settings, *, call_sid: str, from_: str, to: str, http_
 async def voice(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     try:
-        form = await _verified_form(request)
+        form = await _typed_form(request, tm.VoiceForm, "voice")
     except _Reject as exc:
         return _refuse(request, exc, None)
-    call_sid = form.get("CallSid", "")
-    if not call_sid:
-        return _refuse(request, _Reject(400, "missing CallSid"), None)
+    call_sid = form.call_sid
     http_base, ws_base = _public_bases(request, settings)
     twiml = build_twiml(
         settings,
         call_sid=call_sid,
-        from_=form.get("From", ""),
-        to=form.get("To", ""),
+        from_=form.from_,
+        to=form.to,
         http_base=http_base,
         ws_base=ws_base,
     )
-    profiled = " with the profile of " + form.get("To", "") if form.get("To", "") in settings.number_profiles else ""
+    profiled = " with the profile of " + form.to if form.to in settings.number_profiles else ""
     logger.info("voice webhook: streaming (%s mode)%s", settings.stream_mode, profiled, extra={"call_sid": call_sid})
     return Response(twiml, media_type="application/xml")
 
@@ -224,20 +229,20 @@ def _recording_tracks(channels: int, track: str) -> list[str]:
 
 def job_from_form(form: tm.RecordingStatusForm, settings: Settings) -> RecordingJob:
     """The recording job of a ``completed`` callback; ``ValueError`` on unusable fields."""
-    if not form.call_sid.isalnum():
-        raise ValueError("invalid CallSid")
-    if not form.recording_sid.isalnum():
-        raise ValueError("invalid RecordingSid")
-    parts = urlsplit(form.recording_url)
-    if parts.scheme not in ("https", "http") or not parts.netloc:
-        raise ValueError("missing or invalid RecordingUrl")
+    try:
+        check_recording_url(form.recording_url, settings.recording_hosts)
+    except DownloadError as exc:
+        raise ValueError(f"RecordingUrl refused: {exc}") from None
     channels = form.recording_channels or 1
     if channels not in (1, 2):
         raise ValueError(f"RecordingChannels={channels}")
-    name = f"{form.call_sid}.{form.recording_sid}.twilio.wav"
+    try:
+        path = recording_file(settings.recording_dir, f"{form.call_sid}.{form.recording_sid}.twilio.wav")
+    except UnsafePath as exc:
+        raise ValueError(str(exc)) from None
     return RecordingJob(
         call_sid=form.call_sid,
-        path=str(settings.recording_dir / name),
+        path=str(path),
         channels=channels,
         tracks=_recording_tracks(channels, form.recording_track or "both"),
         duration=float(form.recording_duration or 0),

@@ -18,6 +18,7 @@ from tests.support.served import Serve
 SECRET = "s3cret-for-tests"
 A = "CA000000000000000000000000000000aa"
 B = "CA000000000000000000000000000000bb"
+NOPE = "CA000000000000000000000000000000cc"  # a CallSid no call has
 
 
 def final(call_sid: str, track: events.Track, start: float, text: str) -> events.Final:
@@ -66,13 +67,18 @@ async def test_open_endpoints_without_secret(store: Store, served: Serve) -> Non
         accept = await client.get(f"/calls/{A}/transcript", headers={"Accept": "text/plain"})
         assert accept.text == text.text
 
-        for path in ("/calls/CAnope", "/calls/CAnope/transcript", "/calls/CAnope/events"):
+        for path in (f"/calls/{NOPE}", f"/calls/{NOPE}/transcript", f"/calls/{NOPE}/events"):
             response = await client.get(path)
             assert response.status_code == 404, path
             assert response.json() == {"error": "unknown call"}
+        for path in ("/calls/CAnope", f"/calls/{A}:finals/transcript", "/calls/CAnope/events"):
+            response = await client.get(path)
+            assert response.status_code == 400, path
+            assert response.json() == {"error": "invalid CallSid"}
         assert (await client.get(f"/calls/{A}/events?after=x")).status_code == 400
     async with served() as srv:
-        assert await ws_close(f"{srv.ws}/calls/CAnope/live") == (4404, "unknown call")
+        assert await ws_close(f"{srv.ws}/calls/{NOPE}/live") == (4404, "unknown call")
+        assert await ws_close(f"{srv.ws}/calls/CAnope/live") == (4400, "invalid CallSid")
         assert (await ws_close(f"{srv.ws}/calls/{A}/live?after=-1"))[0] == 4400
 
 
@@ -91,7 +97,7 @@ async def test_tokens_scope_every_endpoint(store: Store, served: Serve) -> None:
         auth = {"Authorization": f"Bearer {token_a}"}
         assert (await client.get(f"/calls/{A}", headers=auth)).status_code == 200
         assert (await client.get(f"/calls/{A}/transcript", params={"token": token_a})).status_code == 200
-        for path in (f"/calls/{B}", f"/calls/{B}/transcript", f"/calls/{B}/events", "/calls/CAnope"):
+        for path in (f"/calls/{B}", f"/calls/{B}/transcript", f"/calls/{B}/events", f"/calls/{NOPE}"):
             response = await client.get(path, headers=auth)
             assert response.status_code == 403, path
             assert "B's private" not in response.text

@@ -16,7 +16,7 @@ from tests.support import eventually
 from tests.support.served import Serve
 from tests.support.sse import read_sse
 
-CALL = "CA0000000000000000000000000000live"
+CALL = "CA" + "0" * 28 + "11fe"  # "live"
 
 
 def final(start: float, text: str, track: events.Track = "inbound", call_sid: str = CALL) -> events.Final:

@@ -18,7 +18,7 @@ from bridge.store import Store
 from tests.support import eventually
 from tests.support.served import Serve
 
-CALL = "CA00000000000000000000000000000slow"
+CALL = "CA" + "0" * 28 + "51a0"  # "slow"
 
 
 def partial(i: int, size: int = 10) -> events.Partial:

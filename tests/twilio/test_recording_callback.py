@@ -44,7 +44,9 @@ def twilio() -> Iterator[FakeHttp]:
 
 def _app(store: Store, tmp_path: Path) -> Starlette:
     app = Starlette(routes=[StarletteRoute("/twilio/recording", recording_status, methods=["POST"])])
-    app.state.settings = Settings(twilio_account_sid=ACCOUNT, twilio_auth_token=TOKEN, recording_dir=tmp_path)
+    # The stand-ins for api.twilio.com listen on the loopback interface (plain http is allowed there only).
+    app.state.settings = Settings(twilio_account_sid=ACCOUNT, twilio_auth_token=TOKEN, recording_dir=tmp_path,
+                                  recording_hosts=("127.0.0.1",))  # fmt: skip
     app.state.store = store
     return app
 

@@ -167,17 +167,31 @@ async def test_stream_status_updates_the_store(bridge: Bridge, fixture: str, exp
     assert bridge.store.updates == [(CALL_SID, expected)]
 
 
+ACCOUNT_SID = "AC" + "3f" * 16
+
+
 @pytest.mark.parametrize(
     ("path", "form", "reason"),
     [
-        ("/twilio/status", {"AccountSid": "AC1", "CallStatus": "completed"}, "CallSid"),
-        ("/twilio/status", {"AccountSid": "AC1", "CallSid": "CA1", "CallStatus": "melted"}, "CallStatus"),
+        ("/twilio/status", {"AccountSid": ACCOUNT_SID, "CallStatus": "completed"}, "CallSid"),
+        ("/twilio/status", {"AccountSid": ACCOUNT_SID, "CallSid": CALL_SID, "CallStatus": "melted"}, "CallStatus"),
         (
             "/twilio/stream-status",
-            {"AccountSid": "AC1", "CallSid": "CA1", "StreamSid": "MZ1", "StreamEvent": "stream-paused"},
+            {"AccountSid": ACCOUNT_SID, "CallSid": CALL_SID, "StreamSid": STREAM_SID, "StreamEvent": "stream-paused"},
             "StreamEvent",
         ),
-        ("/twilio/stream-status", {"AccountSid": "AC1", "CallSid": "CA1"}, "StreamSid"),
+        ("/twilio/stream-status", {"AccountSid": ACCOUNT_SID, "CallSid": CALL_SID}, "StreamSid"),
+        # SIDs not shaped like Twilio's never reach the store (nor a file name, nor a key name).
+        ("/twilio/status", {"AccountSid": ACCOUNT_SID, "CallSid": "CA1", "CallStatus": "completed"}, "CallSid"),
+        ("/twilio/status", {"AccountSid": ACCOUNT_SID, "CallSid": CALL_SID + ":finals", "CallStatus": "completed"},
+         "CallSid"),
+        ("/twilio/status", {"AccountSid": "AC1", "CallSid": CALL_SID, "CallStatus": "completed"}, "AccountSid"),
+        ("/twilio/voice", {"AccountSid": ACCOUNT_SID, "CallSid": "../" + CALL_SID}, "CallSid"),
+        (
+            "/twilio/stream-status",
+            {"AccountSid": ACCOUNT_SID, "CallSid": CALL_SID, "StreamSid": "MZ\n1", "StreamEvent": "stream-started"},
+            "StreamSid",
+        ),
     ],
 )
 async def test_bad_status_forms_are_400(bridge: Bridge, path: str, form: dict[str, str], reason: str) -> None:
