@@ -102,6 +102,7 @@ async def test_sigterm_mid_sentence_finalizes_flushes_and_queues_before_exit(
         "BRIDGE_REDIS_PREFIX": redis_prefix,
         "TWILIO_AUTH_TOKEN": TOKEN,
         "BRIDGE_RECOGNIZER": "deepgram",
+        "BRIDGE_RECOGNIZER_API_KEY": "scripted",
         "BRIDGE_RECOGNIZER_URL": scripted.url,
         "BRIDGE_RECORDING_DIR": str(tmp_path),
         "BRIDGE_LOG_LEVEL": "info",
