@@ -7,8 +7,8 @@ Redis key it should not, or forge a log line.
 
 from __future__ import annotations
 
-import json
 import base64
+import json
 import secrets
 from pathlib import Path
 from typing import Any
@@ -24,26 +24,15 @@ from bridge.store.keys import Keys
 from bridge.testing import ScriptedDeepgramServer
 from bridge.twilio import models as tm
 from bridge.twilio.auth import SIGNATURE_HEADER, sign, stream_token
-from tests.support.serve import BridgeServe
+from tests.support.serve import TWILIO_TOKEN, BridgeServe, bridge_env
 
-TOKEN = "hostile-input-token"
+TOKEN = TWILIO_TOKEN
 SECRET = "subscriber-secret"
 ACCOUNT = "AC" + "3f" * 16
 CALL = "CA" + "7c" * 16
 AUDIO = base64.b64encode(bytes(range(1, 161))).decode()
 
 
-def _env(redis_url: str, prefix: str, recordings: Path, scripted: ScriptedDeepgramServer, **extra: str) -> dict[str, str]:
-    return {
-        "REDIS_URL": redis_url,
-        "BRIDGE_REDIS_PREFIX": prefix,
-        "TWILIO_AUTH_TOKEN": TOKEN,
-        "BRIDGE_RECOGNIZER": "deepgram",
-        "BRIDGE_RECOGNIZER_URL": scripted.url,
-        "BRIDGE_RECOGNIZER_API_KEY": "scripted",
-        "BRIDGE_RECORDING_DIR": str(recordings),
-        **extra,
-    }
 
 
 async def _start_with(ws_base: str, call_sid: str) -> tuple[int | None, str]:
@@ -94,7 +83,8 @@ async def test_hostile_callsids_in_start_write_nothing_and_leak_no_session(
         "ca" + "2" * 32,
         "CA" + "3" * 33,
     ]
-    async with BridgeServe(_env(redis_url, redis_prefix, recordings, scripted), tmp_path / "bridge.log") as bridge:
+    env = bridge_env(redis_url, redis_prefix, recordings, scripted.url)
+    async with BridgeServe(env, tmp_path / "bridge.log") as bridge:
         for sid in hostile:
             code, reason = await _start_with(bridge.ws, sid)
             assert code == 1007, (sid, code, reason)
@@ -118,7 +108,7 @@ async def test_control_characters_in_request_values_cannot_forge_log_lines(
     """Regression: a CallSid with ``%0A`` in ``/calls/{sid}/transcript`` (and ``/twilio/recording``)
     wrote a forged line into the text log."""
     forged = "\n99:99:99 ERROR   bridge.forged: FORGED"
-    env = _env(redis_url, redis_prefix, tmp_path / "recordings", scripted, BRIDGE_SUBSCRIBER_SECRET=SECRET)
+    env = bridge_env(redis_url, redis_prefix, tmp_path / "recordings", scripted.url, BRIDGE_SUBSCRIBER_SECRET=SECRET)
     async with (
         BridgeServe(env, tmp_path / "bridge.log") as bridge,
         httpx.AsyncClient(base_url=bridge.http, timeout=10) as client,
@@ -145,7 +135,7 @@ async def test_control_characters_in_request_values_cannot_forge_log_lines(
 async def test_json_logs_stay_one_object_per_line(
     redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer
 ) -> None:
-    env = _env(redis_url, redis_prefix, tmp_path / "recordings", scripted, BRIDGE_SUBSCRIBER_SECRET=SECRET,
+    env = bridge_env(redis_url, redis_prefix, tmp_path / "recordings", scripted.url, BRIDGE_SUBSCRIBER_SECRET=SECRET,
                BRIDGE_LOG_JSON="true")  # fmt: skip
     async with BridgeServe(env, tmp_path / "bridge.log") as bridge, httpx.AsyncClient(base_url=bridge.http) as client:
         r = await client.get(f"/calls/{quote(CALL + chr(0x2028) + 'x' + chr(0x1b) + '[2J', safe='')}")
@@ -161,7 +151,7 @@ async def test_bad_tokens_resume_positions_and_callsids_get_clean_answers(
 ) -> None:
     """Regression: a non-ASCII token was a 500; ``after=99999999999999999999`` an unhandled Redis error
     (SSE cut, WebSocket 1006); a sid ending in ``:finals`` a WRONGTYPE 500."""
-    env = _env(redis_url, redis_prefix, tmp_path / "recordings", scripted, BRIDGE_SUBSCRIBER_SECRET=SECRET)
+    env = bridge_env(redis_url, redis_prefix, tmp_path / "recordings", scripted.url, BRIDGE_SUBSCRIBER_SECRET=SECRET)
     token = live_auth.mint(SECRET, ["*"], 600)
     client_ = client_from_url(redis_url)
     await client_.hset(Keys(redis_prefix).call(CALL), mapping={"status": "ended", "started_at": "1.0"})
@@ -198,7 +188,7 @@ async def test_a_status_callback_for_a_call_that_never_streamed_expires(
     redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer
 ) -> None:
     """Regression: a status callback for an unknown call created ``call:{sid}`` with no TTL."""
-    env = _env(redis_url, redis_prefix, tmp_path / "recordings", scripted, BRIDGE_RETENTION_SECONDS="3600")
+    env = bridge_env(redis_url, redis_prefix, tmp_path / "recordings", scripted.url, BRIDGE_RETENTION_SECONDS="3600")
     async with BridgeServe(env, tmp_path / "bridge.log") as bridge, httpx.AsyncClient(timeout=10) as client:
         url = f"{bridge.http}/twilio/status"
         form = {"AccountSid": ACCOUNT, "CallSid": CALL, "CallStatus": "ringing"}
@@ -228,7 +218,7 @@ async def test_recording_urls_that_would_leak_credentials_are_refused(
 ) -> None:
     """Regression: a ``RecordingUrl`` over plain http:// was queued, and the worker then sent Basic
     credentials over plain HTTP."""
-    env = _env(redis_url, redis_prefix, tmp_path / "recordings", scripted)
+    env = bridge_env(redis_url, redis_prefix, tmp_path / "recordings", scripted.url)
     async with BridgeServe(env, tmp_path / "bridge.log") as bridge, httpx.AsyncClient(timeout=10) as client:
         url = f"{bridge.http}/twilio/recording"
         form = {"AccountSid": ACCOUNT, "CallSid": CALL, "RecordingSid": "RE" + "0" * 32,
@@ -243,7 +233,7 @@ async def test_rejected_streams_are_counted(
     redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer
 ) -> None:
     """Regression: ``bridge_streams_rejected_total`` stayed at zero after 400 rejected streams."""
-    env = _env(redis_url, redis_prefix, tmp_path / "recordings", scripted)
+    env = bridge_env(redis_url, redis_prefix, tmp_path / "recordings", scripted.url)
     async with BridgeServe(env, tmp_path / "bridge.log") as bridge:
         url = f"{bridge.ws}/twilio/media"
         for _ in range(3):  # unsigned: refused before the upgrade

@@ -17,27 +17,16 @@ import httpx
 
 from bridge.audio import read_wav
 from bridge.batch.worker import job_key
-from bridge.store import Store, client_from_url
+from bridge.store import client_from_url
 from bridge.store.jobs import RecordingJob
 from bridge.store.keys import Keys
 from bridge.testing import ScriptedDeepgramServer, TwilioStream
 from tests.support.calls import poll, send, send_both, speech, words
-from tests.support.serve import BridgeServe
+from tests.support.serve import TWILIO_TOKEN, BridgeServe, bridge_env
 
-TOKEN = "recording-lifecycle-token"
+TOKEN = TWILIO_TOKEN
 
 
-def _env(redis_url: str, prefix: str, recordings: Path, scripted: ScriptedDeepgramServer, **extra: str) -> dict[str, str]:
-    return {
-        "REDIS_URL": redis_url,
-        "BRIDGE_REDIS_PREFIX": prefix,
-        "TWILIO_AUTH_TOKEN": TOKEN,
-        "BRIDGE_RECOGNIZER": "deepgram",
-        "BRIDGE_RECOGNIZER_URL": scripted.url,
-        "BRIDGE_RECOGNIZER_API_KEY": "scripted",
-        "BRIDGE_RECORDING_DIR": str(recordings),
-        **extra,
-    }
 
 
 async def _jobs(redis_url: str, prefix: str) -> list[RecordingJob]:
@@ -73,7 +62,7 @@ async def test_a_recording_write_failure_keeps_the_live_transcript_and_ends_the_
     recordings = tmp_path / "recordings"
     call_sid = "CA" + "f5" * 16
     inbound, outbound = speech(14.0, 1), speech(14.0, 2)
-    env = _env(redis_url, redis_prefix, recordings, scripted)
+    env = bridge_env(redis_url, redis_prefix, recordings, scripted.url)
     async with (
         BridgeServe(env, tmp_path / "bridge.log", preexec=file_size_limit) as bridge,
         httpx.AsyncClient(base_url=bridge.http, timeout=10) as client,
@@ -123,7 +112,7 @@ async def test_a_reused_callsid_keeps_the_first_recording_and_every_final(
     recordings = tmp_path / "recordings"
     call_sid = "CA" + "2b" * 16
     first, second = speech(3.0, 3), speech(2.0, 4)
-    env = _env(redis_url, redis_prefix, recordings, scripted)
+    env = bridge_env(redis_url, redis_prefix, recordings, scripted.url)
     async with (
         BridgeServe(env, tmp_path / "bridge.log") as bridge,
         httpx.AsyncClient(base_url=bridge.http, timeout=10) as client,
@@ -162,7 +151,7 @@ async def test_one_of_two_concurrent_streams_stopping_does_not_end_the_call(
     """Regression: a ``stop`` on one stream ended the call while another stream was still sending."""
     call_sid = "CA" + "c2" * 16
     a, b1, b2 = speech(2.0, 5), speech(1.0, 6), speech(2.0, 7)
-    env = _env(redis_url, redis_prefix, tmp_path / "recordings", scripted)
+    env = bridge_env(redis_url, redis_prefix, tmp_path / "recordings", scripted.url)
     async with (
         BridgeServe(env, tmp_path / "bridge.log") as bridge,
         httpx.AsyncClient(base_url=bridge.http, timeout=10) as client,
@@ -198,7 +187,7 @@ async def test_timestamp_leaps_do_not_grow_the_recording_or_the_recognizer_audio
     recordings = tmp_path / "recordings"
     call_sid = "CA" + "4a" * 16
     payload = 200
-    env = _env(redis_url, redis_prefix, recordings, scripted)
+    env = bridge_env(redis_url, redis_prefix, recordings, scripted.url)
     async with (
         BridgeServe(env, tmp_path / "bridge.log") as bridge,
         httpx.AsyncClient(base_url=bridge.http, timeout=10) as client,

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from bridge.testing import TwilioStream, window_word
 from bridge.twilio import models as tm

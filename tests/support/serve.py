@@ -35,6 +35,24 @@ def serve_env(**env: str) -> dict[str, str]:
     return {**base, **env}
 
 
+#: The Twilio auth token of the bridges these helpers start.
+TWILIO_TOKEN = "serve-test-token"
+
+
+def bridge_env(redis_url: str, prefix: str, recordings: Path, recognizer_url: str, **extra: str) -> dict[str, str]:
+    """A bridge on the test Redis (under ``prefix``) with the scripted recognizer at ``recognizer_url``."""
+    return {
+        "REDIS_URL": redis_url,
+        "BRIDGE_REDIS_PREFIX": prefix,
+        "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+        "BRIDGE_RECOGNIZER": "deepgram",
+        "BRIDGE_RECOGNIZER_URL": recognizer_url,
+        "BRIDGE_RECOGNIZER_API_KEY": "scripted",
+        "BRIDGE_RECORDING_DIR": str(recordings),
+        **extra,
+    }
+
+
 class BridgeServe:
     def __init__(
         self,
@@ -115,4 +133,4 @@ def run_serve(env: Mapping[str, str], timeout: float = 60.0) -> tuple[int, str]:
     return proc.returncode, proc.stdout + proc.stderr
 
 
-__all__ = ["BridgeServe", "free_port", "run_serve", "serve_env"]
+__all__ = ["TWILIO_TOKEN", "BridgeServe", "bridge_env", "free_port", "run_serve", "serve_env"]
