@@ -100,7 +100,8 @@ def media_session(draw: st.DrawFn) -> tuple[list[str | bytes], str]:
             timestamp = draw(st.one_of(st.just(str(clock)), st.integers().map(str), st.text(max_size=8)))
             track = draw(st.sampled_from(["inbound", "outbound", "x"]))
             media = {"track": track, "chunk": seq, "timestamp": timestamp, "payload": payload}
-            frames.append(json.dumps({"event": "media", "sequenceNumber": seq, "streamSid": stream_sid, "media": media}))
+            frames.append(json.dumps({"event": "media", "sequenceNumber": seq, "streamSid": stream_sid,
+                                      "media": media}))
         elif kind == "dtmf":
             frames.append(json.dumps({"event": "dtmf", "sequenceNumber": seq, "streamSid": stream_sid,
                                       "dtmf": {"digit": draw(st.text(max_size=3)), "track": "inbound_track"}}))
