@@ -67,3 +67,91 @@ async def test_live_transcript_renders_caller_and_agent_with_partials_replaced_b
             await page.screenshot(path=str(tmp_path / "dashboard.png"))
         finally:
             await browser.close()
+
+
+SECRET = "dashboard-secret"
+
+
+async def _ended_call(settings: Settings, call_sid: str) -> None:
+    """A call the page can open (so a refusal is about the token, not an unknown call)."""
+    from bridge.store import Store, client_from_url
+
+    client = client_from_url(settings.redis_url)
+    store = Store(client, prefix=settings.redis_prefix, retention_seconds=600)
+    try:
+        await store.call_started(call_sid, stream_sid="MZ" + "0" * 32, tracks=["inbound"], started_at=1.0)
+        await store.call_ended(call_sid, ended_at=2.0, reason="stop")
+    finally:
+        await client.aclose()
+
+
+async def test_an_expired_token_stops_the_page_reconnecting_and_says_why(
+    redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer
+) -> None:
+    """Regression: with an expired token the dashboard reconnected about once a second for ever, and it
+    put the token in every URL it requested."""
+    from playwright.async_api import async_playwright
+
+    from bridge.live import auth
+
+    settings = dataclasses.replace(
+        Settings(), port=0, redis_url=redis_url, redis_prefix=redis_prefix, twilio_auth_token=TOKEN,
+        recording_dir=tmp_path, recognizer="deepgram", recognizer_url=scripted.url, subscriber_secret=SECRET,
+    )
+    call_sid = "CA" + "de" * 16
+    expired = auth.mint(SECRET, ["*"], -60)
+    await _ended_call(settings, call_sid)
+    async with running_bridge(settings) as (_app, http), async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = await browser.new_page()
+            urls: list[str] = []
+            sockets: list[str] = []
+            page.on("request", lambda r: urls.append(r.url))
+            page.on("websocket", lambda ws: sockets.append(ws.url))
+            await page.goto(f"{http}/?call={call_sid}#token={expired}")
+            banner = page.locator("#auth")
+            await banner.wait_for(state="visible", timeout=15000)
+            assert "Access denied" in await banner.inner_text()
+            assert "expired" in await banner.inner_text()
+            await page.wait_for_timeout(3000)  # a reconnect loop would have tried again by now
+            assert len(sockets) == 1
+            assert "stopped (4401" in await page.locator("#status").inner_text()
+            assert all(expired not in u for u in urls + sockets)
+            assert expired not in page.url
+        finally:
+            await browser.close()
+
+
+async def test_the_token_travels_in_headers_not_in_urls(
+    redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer
+) -> None:
+    from playwright.async_api import async_playwright
+
+    from bridge.live import auth
+
+    settings = dataclasses.replace(
+        Settings(), port=0, redis_url=redis_url, redis_prefix=redis_prefix, twilio_auth_token=TOKEN,
+        recording_dir=tmp_path, recognizer="deepgram", recognizer_url=scripted.url, subscriber_secret=SECRET,
+    )
+    call_sid = "CA" + "df" * 16
+    token = auth.mint(SECRET, ["*"], 600)
+    async with running_bridge(settings) as (_app, http), async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = await browser.new_page()
+            urls: list[str] = []
+            listed: list[str] = []
+            page.on("request", lambda r: urls.append(r.url))
+            page.on("request", lambda r: listed.append(r.headers.get("authorization", ""))
+                    if "/calls?" in r.url else None)  # fmt: skip
+            await page.goto(f"{http}/#token={token}")
+            ws = http.replace("http://", "ws://")
+            await replay(CALL, url=f"{ws}/twilio/media", auth_token=TOKEN, call_sid=call_sid, speed=0)
+            await page.locator(f"#calls li[data-sid='{call_sid}']").click(timeout=15000)
+            await page.locator(".notice", has_text="Call ended").wait_for(timeout=20000)
+            assert await page.locator(".line.final").count() >= 28
+            assert listed and set(listed) == {f"Bearer {token}"}
+            assert all(token not in u for u in urls) and token not in page.url
+        finally:
+            await browser.close()
