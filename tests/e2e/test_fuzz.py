@@ -53,6 +53,11 @@ HOSTILE = ["", "../x", "/tmp/x", "sub/dir/x", VALID_CALLS[0] + ":finals", "CA" +
            "CA\n" + "1" * 31, "ca" + "2" * 32, "CA" + "é" * 32, "*", "CA" + "3" * 320]  # fmt: skip
 
 
+def mostly(usual: st.SearchStrategy[Any], other: st.SearchStrategy[Any], one_in: int = 5) -> st.SearchStrategy[Any]:
+    """``usual``, except one draw in ``one_in``: well-formed sessions with one thing wrong reach deeper."""
+    return st.integers(0, one_in - 1).flatmap(lambda n: other if n == 0 else usual)
+
+
 def sid(prefix: str) -> st.SearchStrategy[str]:
     return st.one_of(
         st.text(HEX, min_size=32, max_size=32).map(lambda h: prefix + h),
@@ -61,7 +66,7 @@ def sid(prefix: str) -> st.SearchStrategy[str]:
     )
 
 
-call_sids = st.one_of(st.sampled_from(VALID_CALLS), sid("CA"))
+call_sids = mostly(st.sampled_from(VALID_CALLS), sid("CA"), one_in=3)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
@@ -73,21 +78,22 @@ json_values = st.recursive(
 def media_session(draw: st.DrawFn) -> tuple[list[str | bytes], str]:
     """(frames, call sid): usually connected + start + media…, often broken somewhere."""
     call_sid = draw(call_sids)
-    stream_sid = draw(st.one_of(st.just("MZ" + "d" * 32), sid("MZ")))
-    tracks = draw(st.lists(st.sampled_from(["inbound", "outbound", "both", "x"]), max_size=3))
-    token = stream_token(TOKEN, call_sid) if draw(st.booleans()) or draw(st.booleans()) else draw(st.text(max_size=70))
+    stream_sid = draw(mostly(st.text(HEX, min_size=32, max_size=32).map(lambda h: "MZ" + h), sid("MZ")))
+    tracks = draw(mostly(st.sampled_from([["inbound"], ["inbound", "outbound"], ["outbound"]]),
+                         st.lists(st.sampled_from(["inbound", "outbound", "both", "x"]), max_size=3)))  # fmt: skip
+    token = draw(mostly(st.just(stream_token(TOKEN, call_sid)), st.text(max_size=70), one_in=8))
+    media_format = draw(mostly(st.just({"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}),
+                               st.sampled_from([{"encoding": "audio/x-l16", "sampleRate": 16000}, {}])))  # fmt: skip
+    account_sid = draw(mostly(st.just("AC" + "0" * 32), sid("AC"), one_in=8))
     frames: list[str | bytes] = []
-    if draw(st.integers(0, 9)):
+    if draw(st.integers(0, 15)):
         frames.append(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
     start: dict[str, Any] = {
         "event": "start", "sequenceNumber": "1", "streamSid": stream_sid,
-        "start": {"accountSid": draw(st.one_of(st.just("AC" + "0" * 32), sid("AC"))), "streamSid": stream_sid,
-                  "callSid": call_sid, "tracks": tracks, "customParameters": {"token": token},
-                  "mediaFormat": draw(st.sampled_from([
-                      {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-                      {"encoding": "audio/x-l16", "sampleRate": 16000, "channels": 1}, {}]))},
+        "start": {"accountSid": account_sid, "streamSid": stream_sid, "callSid": call_sid, "tracks": tracks,
+                  "customParameters": {"token": token}, "mediaFormat": media_format},
     }  # fmt: skip
-    if draw(st.integers(0, 9)):
+    if draw(st.integers(0, 15)):
         frames.append(json.dumps(start))
     clock = 0
     for n in range(draw(st.integers(0, 30))):
@@ -146,24 +152,26 @@ def webhook_post(draw: st.DrawFn) -> tuple[str, dict[str, str], bool]:
 
 @st.composite
 def subscriber_request(draw: st.DrawFn) -> tuple[str, dict[str, str], dict[str, str]]:
-    call = draw(call_sids)
+    call = draw(mostly(st.just(VALID_CALLS[0]), call_sids, one_in=2))  # VALID_CALLS[0] is a stored call
     path = draw(st.sampled_from(["/calls", "/calls/{}", "/calls/{}/transcript", "/calls/{}/quality",
                                  "/calls/{}/events", "/calls/{}/live"])).format(quote(call, safe=""))  # fmt: skip
     params = draw(st.dictionaries(
         st.sampled_from(["after", "format", "source", "limit", "active", "token"]),
         st.one_of(st.text(max_size=25), st.integers().map(str), st.sampled_from(
-            ["json", "text", "batch", "live", "true", "0", "99999999999999999999", "-1"])),
+            ["json", "text", "batch", "live", "true", "0", "99999999999999999999", "-1", "٣", "+1"])),
         max_size=4,
     ))  # fmt: skip
     headers: dict[str, str] = {}
-    token = draw(st.sampled_from(["none", "all", "one", "expired", "garbage"]))
+    if draw(st.booleans()):
+        params["token"] = draw(st.sampled_from(["v1.ü.ß", "ünïcödé", live_auth.mint(SECRET, ["*"], 600)]))
+    token = draw(mostly(st.just("all"), st.sampled_from(["none", "one", "expired", "garbage", "v1.x.y"]), one_in=2))
     if token != "none":
         headers["authorization"] = "Bearer " + {
             "all": live_auth.mint(SECRET, ["*"], 600),
             "one": live_auth.mint(SECRET, [VALID_CALLS[0]], 600),
             "expired": live_auth.mint(SECRET, ["*"], -10),
             "garbage": draw(st.text(HEADER_CHARS, min_size=1, max_size=40)),
-        }[token]
+        }.get(token, token)
     if draw(st.booleans()):
         headers["last-event-id"] = draw(st.text(HEADER_CHARS, min_size=1, max_size=25))
     return path, params, headers
@@ -191,7 +199,7 @@ async def _all_calls_ended(app: Any) -> None:
 
 
 async def test_fuzzed_media_streams_never_crash_the_bridge_or_leave_a_call(
-    bridge_settings: Settings, caplog: pytest.LogCaptureFixture
+    bridge_settings: Settings, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     caplog.set_level(logging.INFO)
     closes: list[int] = []
@@ -220,6 +228,8 @@ async def test_fuzzed_media_streams_never_crash_the_bridge_or_leave_a_call(
             assert (await client.get("/healthz")).status_code == 200
     assert closes and set(closes) <= {1000, 1003, 1007, 1008, 1009}
     assert _bad_records(caplog) == []
+    recordings = bridge_settings.recording_dir.resolve()
+    assert [p for p in tmp_path.rglob("*.wav") if p.parent.resolve() != recordings] == []
 
 
 async def test_fuzzed_webhook_forms_get_4xx_or_success_never_5xx(
@@ -274,6 +284,9 @@ async def test_fuzzed_subscriber_requests_get_clean_answers(
                 return
             with httpx.stream("GET", http + path, params=params, headers=headers, timeout=10) as r:
                 assert r.status_code < 500, (r.status_code, path, params, headers)
+                if r.status_code == 200 and path.endswith("/events"):  # the stored call: snapshot, then its end
+                    body = r.read()
+                    assert b"event: call_ended" in body, (body, path, params, headers)
 
         await asyncio.to_thread(get)
         await _all_calls_ended(app)
