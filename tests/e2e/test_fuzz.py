@@ -126,6 +126,7 @@ def media_session(draw: st.DrawFn) -> tuple[list[str | bytes], str]:
     return frames, call_sid
 
 
+RESUME_EDGES = ["0", "1", "99999999999999999999", "9" * 15, "9" * 16, "-1", "+1", "1e3", "٣", " 7", "0x1", ""]
 FORM_FIELDS = ["AccountSid", "CallSid", "StreamSid", "RecordingSid", "CallStatus", "StreamEvent", "RecordingStatus",
                "RecordingUrl", "RecordingChannels", "RecordingDuration", "CallDuration", "From", "To", "StreamError",
                "Timestamp", "SequenceNumber", "RecordingTrack"]  # fmt: skip
@@ -154,13 +155,17 @@ def webhook_post(draw: st.DrawFn) -> tuple[str, dict[str, str], bool]:
 def subscriber_request(draw: st.DrawFn) -> tuple[str, dict[str, str], dict[str, str]]:
     call = draw(mostly(st.just(VALID_CALLS[0]), call_sids, one_in=2))  # VALID_CALLS[0] is a stored call
     path = draw(st.sampled_from(["/calls", "/calls/{}", "/calls/{}/transcript", "/calls/{}/quality",
-                                 "/calls/{}/events", "/calls/{}/live"])).format(quote(call, safe=""))  # fmt: skip
+                                 "/calls/{}/events", "/calls/{}/live"] + ["/calls/{}/events", "/calls/{}/live"] * 2))
+    path = path.format(quote(call, safe=""))
     params = draw(st.dictionaries(
-        st.sampled_from(["after", "format", "source", "limit", "active", "token"]),
+        st.sampled_from(["format", "source", "limit", "active", "token"]),
         st.one_of(st.text(max_size=25), st.integers().map(str), st.sampled_from(
-            ["json", "text", "batch", "live", "true", "0", "99999999999999999999", "-1", "٣", "+1"])),
-        max_size=4,
+            ["json", "text", "batch", "live", "true", "0", "-1", "99999999999999999999"])),
+        max_size=3,
     ))  # fmt: skip
+    if draw(st.booleans()):  # resume positions: the edges first
+        params["after"] = draw(mostly(st.sampled_from(RESUME_EDGES), st.one_of(st.text(max_size=25),
+                                                                                 st.integers().map(str))))
     headers: dict[str, str] = {}
     if draw(st.booleans()):
         params["token"] = draw(st.sampled_from(["v1.ü.ß", "ünïcödé", live_auth.mint(SECRET, ["*"], 600)]))
@@ -173,7 +178,8 @@ def subscriber_request(draw: st.DrawFn) -> tuple[str, dict[str, str], dict[str, 
             "garbage": draw(st.text(HEADER_CHARS, min_size=1, max_size=40)),
         }.get(token, token)
     if draw(st.booleans()):
-        headers["last-event-id"] = draw(st.text(HEADER_CHARS, min_size=1, max_size=25))
+        edges = st.sampled_from([e for e in RESUME_EDGES if e and e == e.strip() and e.isascii()])
+        headers["last-event-id"] = draw(mostly(edges, st.text(HEADER_CHARS, min_size=1, max_size=25)))
     return path, params, headers
 
 
