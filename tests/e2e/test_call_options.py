@@ -31,7 +31,7 @@ pytestmark = pytest.mark.timeout(60)
 def _settings(redis_url: str, prefix: str, tmp_path: Path, **kw: object) -> Settings:
     return dataclasses.replace(
         Settings(), port=0, redis_url=redis_url, redis_prefix=prefix, twilio_auth_token=TOKEN, recording_dir=tmp_path,
-        recognizer="deepgram", **kw,  # type: ignore[arg-type]
+        recognizer="deepgram", recognizer_api_key="scripted", **kw,  # type: ignore[arg-type]
     )  # fmt: skip
 
 
