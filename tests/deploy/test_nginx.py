@@ -52,7 +52,8 @@ class Stack:
 async def stack(redis_url: str, store: Store, tmp_path: Path) -> AsyncIterator[Stack]:
     async with ScriptedDeepgramServer() as rec_a, ScriptedDeepgramServer() as rec_b:
         env = {"REDIS_URL": redis_url, "BRIDGE_REDIS_PREFIX": store.keys.prefix, "TWILIO_AUTH_TOKEN": TOKEN,
-               "BRIDGE_RECOGNIZER": "deepgram", "BRIDGE_PUBLIC_URL": ""}  # fmt: skip
+               "BRIDGE_RECOGNIZER": "deepgram", "BRIDGE_RECOGNIZER_API_KEY": "scripted",
+               "BRIDGE_PUBLIC_URL": ""}  # fmt: skip
         a = BridgeProcess(tmp_path / "a", {**env, "BRIDGE_RECOGNIZER_URL": rec_a.url})
         b = BridgeProcess(tmp_path / "b", {**env, "BRIDGE_RECOGNIZER_URL": rec_b.url})
         try:

@@ -75,6 +75,7 @@ async def test_a_call_on_a_cluster_is_stored_once_fanned_out_by_another_bridge_a
     b = BridgeProcess(tmp_path / "b", {
         "REDIS_URL": redis_cluster_url, "BRIDGE_REDIS_CLUSTER": "true", "BRIDGE_REDIS_PREFIX": prefix,
         "TWILIO_AUTH_TOKEN": TOKEN, "BRIDGE_RECOGNIZER": "deepgram", "BRIDGE_RECOGNIZER_URL": scripted.url,
+        "BRIDGE_RECOGNIZER_API_KEY": "scripted",
     })  # fmt: skip
     call_sid = "CA" + "c1a5" * 8
     on_a: list[events.LiveEvent] = []

@@ -24,7 +24,7 @@ from bridge.store.keys import Keys
 from bridge.testing import ScriptedDeepgramServer
 from bridge.twilio import models as tm
 from bridge.twilio.auth import SIGNATURE_HEADER, sign, stream_token
-from tests.support.serve import TWILIO_TOKEN, BridgeServe, bridge_env
+from tests.support.bridges import TWILIO_TOKEN, BridgeProcess, bridge_env
 
 TOKEN = TWILIO_TOKEN
 SECRET = "subscriber-secret"
@@ -83,16 +83,16 @@ async def test_hostile_callsids_in_start_write_nothing_and_leak_no_session(
         "ca" + "2" * 32,
         "CA" + "3" * 33,
     ]
-    env = bridge_env(redis_url, redis_prefix, recordings, scripted.url)
-    async with BridgeServe(env, tmp_path / "bridge.log") as bridge:
+    env = bridge_env(redis_url, redis_prefix, scripted.url, BRIDGE_RECORDING_DIR=str(recordings))
+    async with BridgeProcess(tmp_path / "bridge", env) as bridge:
         for sid in hostile:
             code, reason = await _start_with(bridge.ws, sid)
             assert code == 1007, (sid, code, reason)
             assert "callSid" in reason
         active = await bridge.metric("bridge_active_calls")
-        rejected = await bridge.metric('bridge_streams_rejected_total{reason="invalid_payload"}')
+        rejected = await bridge.metric("bridge_streams_rejected_total", reason="invalid_payload")
         async with httpx.AsyncClient() as client:
-            ready = (await client.get(f"{bridge.http}/readyz")).json()
+            ready = (await client.get(f"{bridge.url}/readyz")).json()
     assert active == 0 and ready["calls"] == 0
     assert rejected == len(hostile)
     written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix == ".wav"]
@@ -108,10 +108,10 @@ async def test_control_characters_in_request_values_cannot_forge_log_lines(
     """Regression: a CallSid with ``%0A`` in ``/calls/{sid}/transcript`` (and ``/twilio/recording``)
     wrote a forged line into the text log."""
     forged = "\n99:99:99 ERROR   bridge.forged: FORGED"
-    env = bridge_env(redis_url, redis_prefix, tmp_path / "recordings", scripted.url, BRIDGE_SUBSCRIBER_SECRET=SECRET)
+    env = bridge_env(redis_url, redis_prefix, scripted.url, BRIDGE_SUBSCRIBER_SECRET=SECRET)
     async with (
-        BridgeServe(env, tmp_path / "bridge.log") as bridge,
-        httpx.AsyncClient(base_url=bridge.http, timeout=10) as client,
+        BridgeProcess(tmp_path / "bridge", env) as bridge,
+        httpx.AsyncClient(base_url=bridge.url, timeout=10) as client,
     ):
         r = await client.get(f"/calls/{quote(CALL + forged, safe='')}/transcript")
         assert r.status_code == 400
@@ -121,7 +121,7 @@ async def test_control_characters_in_request_values_cannot_forge_log_lines(
         assert r.status_code == 401
         form = {"AccountSid": ACCOUNT, "CallSid": CALL + forged, "RecordingSid": "RE" + "0" * 32,
                 "RecordingStatus": "completed", "RecordingUrl": "https://api.twilio.com/x" + forged}  # fmt: skip
-        url = f"{bridge.http}/twilio/recording"
+        url = f"{bridge.url}/twilio/recording"
         for signature in ("bogus" + forged, sign(TOKEN, url, form)):
             r = await client.post("/twilio/recording", content=urlencode(form), headers={
                 "content-type": "application/x-www-form-urlencoded", SIGNATURE_HEADER: signature.replace("\n", "")})
@@ -135,9 +135,9 @@ async def test_control_characters_in_request_values_cannot_forge_log_lines(
 async def test_json_logs_stay_one_object_per_line(
     redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer
 ) -> None:
-    env = bridge_env(redis_url, redis_prefix, tmp_path / "recordings", scripted.url, BRIDGE_SUBSCRIBER_SECRET=SECRET,
+    env = bridge_env(redis_url, redis_prefix, scripted.url, BRIDGE_SUBSCRIBER_SECRET=SECRET,
                BRIDGE_LOG_JSON="true")  # fmt: skip
-    async with BridgeServe(env, tmp_path / "bridge.log") as bridge, httpx.AsyncClient(base_url=bridge.http) as client:
+    async with BridgeProcess(tmp_path / "bridge", env) as bridge, httpx.AsyncClient(base_url=bridge.url) as client:
         r = await client.get(f"/calls/{quote(CALL + chr(0x2028) + 'x' + chr(0x1b) + '[2J', safe='')}")
         assert r.status_code == 400
     docs = [json.loads(line) for line in bridge.log().splitlines() if line.startswith("{")]
@@ -151,15 +151,15 @@ async def test_bad_tokens_resume_positions_and_callsids_get_clean_answers(
 ) -> None:
     """Regression: a non-ASCII token was a 500; ``after=99999999999999999999`` an unhandled Redis error
     (SSE cut, WebSocket 1006); a sid ending in ``:finals`` a WRONGTYPE 500."""
-    env = bridge_env(redis_url, redis_prefix, tmp_path / "recordings", scripted.url, BRIDGE_SUBSCRIBER_SECRET=SECRET)
+    env = bridge_env(redis_url, redis_prefix, scripted.url, BRIDGE_SUBSCRIBER_SECRET=SECRET)
     token = live_auth.mint(SECRET, ["*"], 600)
     client_ = client_from_url(redis_url)
     await client_.hset(Keys(redis_prefix).call(CALL), mapping={"status": "ended", "started_at": "1.0"})
     await client_.expire(Keys(redis_prefix).call(CALL), 600)
     await client_.aclose()
     async with (
-        BridgeServe(env, tmp_path / "bridge.log") as bridge,
-        httpx.AsyncClient(base_url=bridge.http, timeout=10) as client,
+        BridgeProcess(tmp_path / "bridge", env) as bridge,
+        httpx.AsyncClient(base_url=bridge.url, timeout=10) as client,
     ):
         assert (await client.get(f"/calls/{CALL}", params={"token": "v1.ü.ß"})).status_code == 401
         assert (await client.get("/calls", params={"token": "ünïcödé"})).status_code == 401
@@ -188,9 +188,9 @@ async def test_a_status_callback_for_a_call_that_never_streamed_expires(
     redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer
 ) -> None:
     """Regression: a status callback for an unknown call created ``call:{sid}`` with no TTL."""
-    env = bridge_env(redis_url, redis_prefix, tmp_path / "recordings", scripted.url, BRIDGE_RETENTION_SECONDS="3600")
-    async with BridgeServe(env, tmp_path / "bridge.log") as bridge, httpx.AsyncClient(timeout=10) as client:
-        url = f"{bridge.http}/twilio/status"
+    env = bridge_env(redis_url, redis_prefix, scripted.url, BRIDGE_RETENTION_SECONDS="3600")
+    async with BridgeProcess(tmp_path / "bridge", env) as bridge, httpx.AsyncClient(timeout=10) as client:
+        url = f"{bridge.url}/twilio/status"
         form = {"AccountSid": ACCOUNT, "CallSid": CALL, "CallStatus": "ringing"}
         r = await client.post(url, content=urlencode(form), headers={
             "content-type": "application/x-www-form-urlencoded", SIGNATURE_HEADER: sign(TOKEN, url, form)})
@@ -218,9 +218,9 @@ async def test_recording_urls_that_would_leak_credentials_are_refused(
 ) -> None:
     """Regression: a ``RecordingUrl`` over plain http:// was queued, and the worker then sent Basic
     credentials over plain HTTP."""
-    env = bridge_env(redis_url, redis_prefix, tmp_path / "recordings", scripted.url)
-    async with BridgeServe(env, tmp_path / "bridge.log") as bridge, httpx.AsyncClient(timeout=10) as client:
-        url = f"{bridge.http}/twilio/recording"
+    env = bridge_env(redis_url, redis_prefix, scripted.url)
+    async with BridgeProcess(tmp_path / "bridge", env) as bridge, httpx.AsyncClient(timeout=10) as client:
+        url = f"{bridge.url}/twilio/recording"
         form = {"AccountSid": ACCOUNT, "CallSid": CALL, "RecordingSid": "RE" + "0" * 32,
                 "RecordingStatus": "completed", "RecordingUrl": recording_url, "RecordingChannels": "2"}  # fmt: skip
         r = await client.post(url, content=urlencode(form), headers={
@@ -233,8 +233,8 @@ async def test_rejected_streams_are_counted(
     redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer
 ) -> None:
     """Regression: ``bridge_streams_rejected_total`` stayed at zero after 400 rejected streams."""
-    env = bridge_env(redis_url, redis_prefix, tmp_path / "recordings", scripted.url)
-    async with BridgeServe(env, tmp_path / "bridge.log") as bridge:
+    env = bridge_env(redis_url, redis_prefix, scripted.url)
+    async with BridgeProcess(tmp_path / "bridge", env) as bridge:
         url = f"{bridge.ws}/twilio/media"
         for _ in range(3):  # unsigned: refused before the upgrade
             with pytest.raises(websockets.InvalidStatus):
@@ -248,7 +248,7 @@ async def test_rejected_streams_are_counted(
                 with pytest.raises(websockets.ConnectionClosed):
                     await ws.recv()
         values: dict[str, Any] = {
-            reason: await bridge.metric(f'bridge_streams_rejected_total{{reason="{reason}"}}')
+            reason: await bridge.metric("bridge_streams_rejected_total", reason=reason)
             for reason in ("signature", "invalid_payload", "policy", "unsupported_data")
         }
     assert values == {"signature": 3, "invalid_payload": 1, "policy": 1, "unsupported_data": 1}

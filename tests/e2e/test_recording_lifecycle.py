@@ -21,8 +21,8 @@ from bridge.store import client_from_url
 from bridge.store.jobs import RecordingJob
 from bridge.store.keys import Keys
 from bridge.testing import ScriptedDeepgramServer, TwilioStream
+from tests.support.bridges import TWILIO_TOKEN, BridgeProcess, bridge_env
 from tests.support.calls import poll, send, send_both, speech, words
-from tests.support.serve import TWILIO_TOKEN, BridgeServe, bridge_env
 
 TOKEN = TWILIO_TOKEN
 
@@ -62,10 +62,10 @@ async def test_a_recording_write_failure_keeps_the_live_transcript_and_ends_the_
     recordings = tmp_path / "recordings"
     call_sid = "CA" + "f5" * 16
     inbound, outbound = speech(14.0, 1), speech(14.0, 2)
-    env = bridge_env(redis_url, redis_prefix, recordings, scripted.url)
+    env = bridge_env(redis_url, redis_prefix, scripted.url, BRIDGE_RECORDING_DIR=str(recordings))
     async with (
-        BridgeServe(env, tmp_path / "bridge.log", preexec=file_size_limit) as bridge,
-        httpx.AsyncClient(base_url=bridge.http, timeout=10) as client,
+        BridgeProcess(tmp_path / "bridge", env, preexec=file_size_limit) as bridge,
+        httpx.AsyncClient(base_url=bridge.url, timeout=10) as client,
     ):
         async with TwilioStream(f"{bridge.ws}/twilio/media", call_sid, auth_token=TOKEN,
                                 tracks=("inbound", "outbound")) as stream:  # fmt: skip
@@ -112,10 +112,10 @@ async def test_a_reused_callsid_keeps_the_first_recording_and_every_final(
     recordings = tmp_path / "recordings"
     call_sid = "CA" + "2b" * 16
     first, second = speech(3.0, 3), speech(2.0, 4)
-    env = bridge_env(redis_url, redis_prefix, recordings, scripted.url)
+    env = bridge_env(redis_url, redis_prefix, scripted.url, BRIDGE_RECORDING_DIR=str(recordings))
     async with (
-        BridgeServe(env, tmp_path / "bridge.log") as bridge,
-        httpx.AsyncClient(base_url=bridge.http, timeout=10) as client,
+        BridgeProcess(tmp_path / "bridge", env) as bridge,
+        httpx.AsyncClient(base_url=bridge.url, timeout=10) as client,
     ):
         url = f"{bridge.ws}/twilio/media"
 
@@ -151,10 +151,10 @@ async def test_one_of_two_concurrent_streams_stopping_does_not_end_the_call(
     """Regression: a ``stop`` on one stream ended the call while another stream was still sending."""
     call_sid = "CA" + "c2" * 16
     a, b1, b2 = speech(2.0, 5), speech(1.0, 6), speech(2.0, 7)
-    env = bridge_env(redis_url, redis_prefix, tmp_path / "recordings", scripted.url)
+    env = bridge_env(redis_url, redis_prefix, scripted.url)
     async with (
-        BridgeServe(env, tmp_path / "bridge.log") as bridge,
-        httpx.AsyncClient(base_url=bridge.http, timeout=10) as client,
+        BridgeProcess(tmp_path / "bridge", env) as bridge,
+        httpx.AsyncClient(base_url=bridge.url, timeout=10) as client,
     ):
         url = f"{bridge.ws}/twilio/media"
 
@@ -187,10 +187,10 @@ async def test_timestamp_leaps_do_not_grow_the_recording_or_the_recognizer_audio
     recordings = tmp_path / "recordings"
     call_sid = "CA" + "4a" * 16
     payload = 200
-    env = bridge_env(redis_url, redis_prefix, recordings, scripted.url)
+    env = bridge_env(redis_url, redis_prefix, scripted.url, BRIDGE_RECORDING_DIR=str(recordings))
     async with (
-        BridgeServe(env, tmp_path / "bridge.log") as bridge,
-        httpx.AsyncClient(base_url=bridge.http, timeout=10) as client,
+        BridgeProcess(tmp_path / "bridge", env) as bridge,
+        httpx.AsyncClient(base_url=bridge.url, timeout=10) as client,
     ):
         async with TwilioStream(f"{bridge.ws}/twilio/media", call_sid, auth_token=TOKEN) as stream:
             for i in range(10):

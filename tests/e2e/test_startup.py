@@ -19,25 +19,26 @@ import websockets
 
 from bridge.testing import ScriptedDeepgramServer, TwilioStream
 from bridge.twilio.auth import SIGNATURE_HEADER, sign
+from tests.support.bridges import TWILIO_TOKEN, BridgeProcess, bridge_env, run_serve
 from tests.support.calls import poll, send, speech
-from tests.support.serve import TWILIO_TOKEN, BridgeServe, bridge_env, free_port, run_serve
+from tests.support.nginx import free_port
 
 ACCOUNT = "AC" + "3f" * 16
 CALL = "CA" + "5d" * 16
 
 
-async def _ready(bridge: BridgeServe) -> tuple[int, dict[str, Any]]:
+async def _ready(bridge: BridgeProcess) -> tuple[int, dict[str, Any]]:
     async with httpx.AsyncClient(timeout=10) as client:
-        r = await client.get(f"{bridge.http}/readyz")
+        r = await client.get(f"{bridge.url}/readyz")
     return r.status_code, r.json()
 
 
 async def test_a_healthy_bridge_is_ready(
     redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer
 ) -> None:
-    env = bridge_env(redis_url, redis_prefix, tmp_path / "rec", scripted.url, BRIDGE_PUBLIC_URL="https://b.example",
+    env = bridge_env(redis_url, redis_prefix, scripted.url, BRIDGE_PUBLIC_URL="https://b.example",
                      BRIDGE_SUBSCRIBER_SECRET="s")  # fmt: skip
-    async with BridgeServe(env, tmp_path / "bridge.log") as bridge:
+    async with BridgeProcess(tmp_path / "bridge", env) as bridge:
         status, body = await _ready(bridge)
     assert status == 200
     assert body["checks"] == {"redis": "ok", "recognizer": "ok", "twilio": "ok"}
@@ -61,9 +62,9 @@ async def test_readyz_is_503_and_start_up_warns_when_calls_would_fail(
     """Regression: with Redis unreachable, no TWILIO_AUTH_TOKEN, no vendor key (or a dead recognizer),
     the bridge started silently and ``/readyz`` said ready."""
     dead = free_port()
-    env = bridge_env(redis_url, redis_prefix, tmp_path / "rec", scripted.url, BRIDGE_PUBLIC_URL="https://b.example")
+    env = bridge_env(redis_url, redis_prefix, scripted.url, BRIDGE_PUBLIC_URL="https://b.example")
     env.update({k: v.format(dead=dead) for k, v in change.items()})
-    async with BridgeServe(env, tmp_path / "bridge.log") as bridge:
+    async with BridgeProcess(tmp_path / "bridge", env, ready_path="/healthz") as bridge:
         status, body = await _ready(bridge)
     assert status == 503 and body["status"] == "unready"
     assert body["checks"][check] != "ok"
@@ -116,7 +117,7 @@ async def test_proxy_headers_are_believed_only_from_the_configured_proxies(
         SIGNATURE_HEADER: sign(TWILIO_TOKEN, other_app, form),
     }
 
-    async def replay(bridge: BridgeServe) -> int:
+    async def replay(bridge: BridgeProcess) -> int:
         # From 127.0.0.2: not the proxy (the default trusts the loopback proxy at 127.0.0.1 only).
         transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
         async with httpx.AsyncClient(transport=transport, timeout=10) as client:
@@ -124,11 +125,11 @@ async def test_proxy_headers_are_believed_only_from_the_configured_proxies(
                                   headers=headers)  # fmt: skip
         return r.status_code
 
-    env = bridge_env(redis_url, redis_prefix, tmp_path / "rec", scripted.url)
-    async with BridgeServe(env, tmp_path / "default.log", host="0.0.0.0") as bridge:
+    env = bridge_env(redis_url, redis_prefix, scripted.url)
+    async with BridgeProcess(tmp_path / "default", env, host="0.0.0.0") as bridge:
         assert await replay(bridge) == 403
     trusting = {**env, "BRIDGE_FORWARDED_ALLOW_IPS": "127.0.0.2"}  # that peer is our proxy: believed
-    async with BridgeServe(trusting, tmp_path / "trusting.log", host="0.0.0.0") as bridge:
+    async with BridgeProcess(tmp_path / "trusting", trusting, host="0.0.0.0") as bridge:
         assert await replay(bridge) == 200
 
 
@@ -137,11 +138,11 @@ async def test_a_media_socket_must_start_in_time_and_keep_sending(
 ) -> None:
     """Regression: no deadline for ``start`` after the upgrade (200 signed idle sockets stayed open 70 s),
     and none for a started stream that went quiet."""
-    env = bridge_env(redis_url, redis_prefix, tmp_path / "rec", scripted.url,
+    env = bridge_env(redis_url, redis_prefix, scripted.url,
                      BRIDGE_MEDIA_START_TIMEOUT="1", BRIDGE_MEDIA_IDLE_TIMEOUT="1.5")  # fmt: skip
     async with (
-        BridgeServe(env, tmp_path / "bridge.log") as bridge,
-        httpx.AsyncClient(base_url=bridge.http, timeout=10) as client,
+        BridgeProcess(tmp_path / "bridge", env) as bridge,
+        httpx.AsyncClient(base_url=bridge.url, timeout=10) as client,
     ):
         url = f"{bridge.ws}/twilio/media"
         idle = [
@@ -166,8 +167,8 @@ async def test_a_media_socket_must_start_in_time_and_keep_sending(
             return (await client.get(f"/calls/{CALL}")).json().get("status") == "ended"
 
         await poll(ended, "the quiet call to end")  # after the reconnect grace
-        start_timeouts = await bridge.metric('bridge_streams_rejected_total{reason="start_timeout"}')
-        idle_timeouts = await bridge.metric('bridge_streams_rejected_total{reason="idle_timeout"}')
+        start_timeouts = await bridge.metric("bridge_streams_rejected_total", reason="start_timeout")
+        idle_timeouts = await bridge.metric("bridge_streams_rejected_total", reason="idle_timeout")
         open_sockets = await bridge.metric("bridge_media_streams")
     assert (start_timeouts, idle_timeouts, open_sockets) == (20, 1, 0)
 
@@ -175,8 +176,8 @@ async def test_a_media_socket_must_start_in_time_and_keep_sending(
 async def test_media_sockets_beyond_the_cap_are_closed_1013(
     redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer
 ) -> None:
-    env = bridge_env(redis_url, redis_prefix, tmp_path / "rec", scripted.url, BRIDGE_MAX_MEDIA_STREAMS="2")
-    async with BridgeServe(env, tmp_path / "bridge.log") as bridge:
+    env = bridge_env(redis_url, redis_prefix, scripted.url, BRIDGE_MAX_MEDIA_STREAMS="2")
+    async with BridgeProcess(tmp_path / "bridge", env) as bridge:
         url = f"{bridge.ws}/twilio/media"
         signed = {SIGNATURE_HEADER: sign(TWILIO_TOKEN, url)}
         first = await websockets.connect(url, additional_headers=signed)
@@ -196,4 +197,4 @@ async def test_media_sockets_beyond_the_cap_are_closed_1013(
             await send(stream, speech(1.0, 2))
             await stream.stop()
             assert stream.ws is not None and stream.ws.close_code == 1000
-        assert await bridge.metric('bridge_streams_rejected_total{reason="capacity"}') == 1
+        assert await bridge.metric("bridge_streams_rejected_total", reason="capacity") == 1

@@ -3,7 +3,9 @@
 
 A child imports the bridge this test run imports (``PYTHONPATH`` is inherited); its output goes to a
 log file in its directory, shown by :meth:`ServerProcess.log` when a test needs it. Every process is
-killed by :meth:`ServerProcess.stop` (call it in a ``finally``) if it still runs.
+killed by :meth:`ServerProcess.stop` (call it in a ``finally``) if it still runs; ``async with`` does
+that too, after a SIGTERM whose exit code it keeps in :attr:`ServerProcess.exit_code`.
+:func:`run_serve` runs a ``bridge serve`` that must refuse to start.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -24,23 +29,54 @@ from tests.support.nginx import free_port
 class ServerProcess:
     """``python -m bridge.cli ARGS…``; ready when ``GET ready_path`` on ``port`` answers 200."""
 
-    def __init__(self, directory: Path, args: list[str], env: dict[str, str], *, port: int, ready_path: str) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        args: list[str],
+        env: dict[str, str],
+        *,
+        port: int,
+        ready_path: str,
+        preexec: Callable[[], None] | None = None,
+    ) -> None:
         self.directory = directory
         self.args = args
         self.port = port
         self.ready_path = ready_path
         self.env = {**os.environ, **env}
+        #: Runs in the child before ``exec`` (e.g. to set an RLIMIT).
+        self.preexec = preexec
         self.proc: subprocess.Popen[bytes] | None = None
+        self.exit_code: int | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                self.terminate()
+            self.exit_code = await self.wait()
+        finally:
+            self.stop()
 
     async def start(self, timeout: float = 90.0) -> ServerProcess:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bridge.cli", *self.args],
             env=self.env, stdout=(self.directory / "process.log").open("wb"), stderr=subprocess.STDOUT,
+            preexec_fn=self.preexec,
         )  # fmt: skip
         try:
             async with asyncio.timeout(timeout), httpx.AsyncClient(base_url=self.url, timeout=2) as client:
@@ -87,13 +123,54 @@ class ServerProcess:
 
 
 class BridgeProcess(ServerProcess):
-    """``bridge serve`` with its recordings in ``directory``."""
+    """``bridge serve`` with its recordings in ``directory``; started once ``ready_path`` answers 200
+    (``/healthz`` for a bridge that is meant to start unready)."""
 
-    def __init__(self, directory: Path, env: dict[str, str], *, drain_seconds: float = 20.0) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        env: dict[str, str],
+        *,
+        drain_seconds: float = 20.0,
+        host: str = "127.0.0.1",
+        ready_path: str = "/readyz",
+        preexec: Callable[[], None] | None = None,
+    ) -> None:
         port = free_port()
-        args = ["serve", "--host", "127.0.0.1", "--port", str(port), "--drain-seconds", str(drain_seconds)]
+        args = ["serve", "--host", host, "--port", str(port), "--drain-seconds", str(drain_seconds)]
         env = {"BRIDGE_RECORDING_DIR": str(directory / "recordings"), **env}
-        super().__init__(directory, args, env, port=port, ready_path="/readyz")
+        super().__init__(directory, args, env, port=port, ready_path=ready_path, preexec=preexec)
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """One sample of its ``/metrics``."""
+        return metric(await self.metrics(), name, **labels)
+
+
+#: The Twilio auth token of the bridges :func:`bridge_env` configures.
+TWILIO_TOKEN = "bridge-process-token"
+
+
+def bridge_env(redis_url: str, prefix: str, recognizer_url: str, **extra: str) -> dict[str, str]:
+    """A bridge on the test Redis (under ``prefix``), signatures on, the scripted Deepgram at ``recognizer_url``."""
+    return {
+        "REDIS_URL": redis_url,
+        "BRIDGE_REDIS_PREFIX": prefix,
+        "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+        "BRIDGE_RECOGNIZER": "deepgram",
+        "BRIDGE_RECOGNIZER_URL": recognizer_url,
+        "BRIDGE_RECOGNIZER_API_KEY": "scripted",
+        "BRIDGE_LOG_LEVEL": "info",
+        **extra,
+    }
+
+
+def run_serve(env: Mapping[str, str], timeout: float = 30.0) -> tuple[int, str]:
+    """Run a ``bridge serve`` that is expected to exit by itself; (exit code, its output)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "serve", "--port", str(free_port())],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    return proc.returncode, proc.stdout + proc.stderr
 
 
 def worker_process(directory: Path, env: dict[str, str], *extra: str) -> ServerProcess:
@@ -119,4 +196,13 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-__all__ = ["BridgeProcess", "ServerProcess", "metric", "recognizer_process", "worker_process"]
+__all__ = [
+    "TWILIO_TOKEN",
+    "BridgeProcess",
+    "ServerProcess",
+    "bridge_env",
+    "metric",
+    "recognizer_process",
+    "run_serve",
+    "worker_process",
+]
