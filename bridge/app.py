@@ -26,6 +26,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from bridge import api
+from bridge.call.admission import Admission
 from bridge.call.manager import CallManager
 from bridge.files import check_writable
 from bridge.live import endpoints as live_endpoints
@@ -219,6 +220,11 @@ def create_app(
             app.state.recognizer = rec
             app.state.fallback = fb
             app.state.calls = calls
+            admission = Admission(settings, calls=lambda: len(calls.sessions), draining=lambda: calls.draining,
+                                  metrics=metrics)  # fmt: skip
+            await admission.start()
+            stack.push_async_callback(admission.stop)
+            app.state.admission = admission
             try:
                 yield
             finally:

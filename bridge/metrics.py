@@ -27,6 +27,13 @@ class Metrics:
             "bridge_streams_rejected_total", "Media streams closed for bad input", ["reason"], registry=r
         )
         self.finals = Counter("bridge_finals_total", "Finals stored", registry=r)
+        self.admission_refused = Counter(
+            "bridge_admission_refused_total", "New calls refused by admission control", ["where", "reason"],
+            registry=r,
+        )  # fmt: skip
+        self.loop_lag = Gauge(
+            "bridge_event_loop_lag_seconds", "How late the event loop runs timers (smoothed over ~1 s)", registry=r
+        )
         self.finals_duplicate = Counter(
             "bridge_finals_duplicate_total", "Finals already stored (idempotent re-write)", registry=r
         )
@@ -93,7 +100,7 @@ class Metrics:
         )
         self.frame_handling = Histogram(
             "bridge_frame_handling_seconds",
-            "Bridge-added time per Twilio frame (parse, record, forward)",
+            "Bridge-added time per Twilio frame (record, forward), one frame in 8 timed",
             buckets=_FAST_BUCKETS,
             registry=r,
         )

@@ -139,6 +139,12 @@ class Settings:
     #: Live audio goes to the recognizer in messages of this many milliseconds (Twilio sends 20 ms
     #: frames): fewer, larger messages cost the bridge and the recognizer less CPU per call.
     send_chunk_ms: int = 100
+    #: Calls this instance carries at most (0: no limit): the capacity measured with ``bridge bench load``.
+    max_calls: int = 0
+    #: New calls are refused while the event loop runs this many ms late (smoothed; 0: never).
+    admission_lag_ms: int = 100
+    #: What the voice webhook answers when refusing a call: TwiML that carries it on untranscribed, or 503.
+    overload_action: Literal["untranscribed", "503"] = "untranscribed"
     #: Called number (``To``) -> options of its calls, applied by the voice webhook.
     number_profiles: dict[str, CallOptions] = dataclasses.field(default_factory=dict)
 
@@ -212,6 +218,8 @@ class Settings:
             ("BRIDGE_ENDPOINTING_MS", self.endpointing_ms, 0),
             ("BRIDGE_UTTERANCE_END_MS", self.utterance_end_ms, 0),
             ("BRIDGE_MAX_MEDIA_STREAMS", self.max_media_streams, 1),
+            ("BRIDGE_MAX_CALLS", self.max_calls, 0),
+            ("BRIDGE_ADMISSION_LAG_MS", self.admission_lag_ms, 0),
         ):
             if value < low:
                 raise SettingsError(f"{name}={value} must be at least {low}")
@@ -272,6 +280,7 @@ class Settings:
         catchup = _float(e, "BRIDGE_CATCHUP_SECONDS", cls.catchup_seconds)
         if fallback_after <= 0 or catchup < 0:
             raise SettingsError("BRIDGE_FALLBACK_AFTER_SECONDS must be > 0 and BRIDGE_CATCHUP_SECONDS >= 0")
+        overload_action = _choice(e, "BRIDGE_OVERLOAD_ACTION", "untranscribed", ("untranscribed", "503"))
         send_chunk_ms = _int(e, "BRIDGE_SEND_CHUNK_MS", cls.send_chunk_ms)
         if not 0 <= send_chunk_ms <= 250:
             raise SettingsError("BRIDGE_SEND_CHUNK_MS must be between 0 and 250")
@@ -315,6 +324,9 @@ class Settings:
             fallback_after_seconds=fallback_after,
             catchup_seconds=catchup,
             send_chunk_ms=send_chunk_ms,
+            max_calls=_int(e, "BRIDGE_MAX_CALLS", cls.max_calls),
+            admission_lag_ms=_int(e, "BRIDGE_ADMISSION_LAG_MS", cls.admission_lag_ms),
+            overload_action=overload_action,  # type: ignore[arg-type]
             number_profiles=profiles,
             recognizer_model=e.get("BRIDGE_RECOGNIZER_MODEL", ""),
             language=e.get("BRIDGE_LANGUAGE", cls.language),

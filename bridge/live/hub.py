@@ -164,6 +164,11 @@ class Subscription:
                     async for final in self._catch_up(up_to=item.seq - 1):
                         yield final
                 self.last_seq = item.seq
+            elif isinstance(item, events.CallEnded) and item.seq > self.last_seq:
+                # On a Redis Cluster the call's finals and its end are published through different
+                # nodes, so the end can overtake them: its seq says how many there are; read the rest.
+                async for final in self._catch_up(up_to=item.seq):
+                    yield final
             yield item
             if isinstance(item, events.CallEnded):
                 return

@@ -102,6 +102,8 @@ class ResilientStream:
         self._max_chunk = max(160, round(min(policy.replay_chunk_seconds, policy.pace_burst_seconds) * self._bps))
         self._hold = round(policy.send_chunk_seconds * self._bps) // self._width * self._width
         self._flush_timer: asyncio.TimerHandle | None = None
+        # Per frame, asyncio.get_running_loop() costs a getpid() system call: look it up once.
+        self._loop = asyncio.get_running_loop()
         self._due = False  # held audio waited its chunk's time: send whatever is pending
         self._conn_base = 0.0  # seconds: where the current connection's time 0 sits
         # Pacing of the current connection: bytes/s (None: unpaced), its start, bytes it was sent.
@@ -166,8 +168,7 @@ class ResilientStream:
         if pending >= self._hold or self._due or self._pace_rate is not None or self._closing.is_set():
             return False
         if self._flush_timer is None:
-            loop = asyncio.get_running_loop()
-            self._flush_timer = loop.call_later(self.policy.send_chunk_seconds, self._flush_due)
+            self._flush_timer = self._loop.call_later(self.policy.send_chunk_seconds, self._flush_due)
         return True
 
     def _flush_due(self) -> None:
@@ -192,7 +193,7 @@ class ResilientStream:
             return
         self._sent = self._total
         self._due = False
-        self._last_send = asyncio.get_running_loop().time()
+        self._last_send = self._loop.time()
         try:
             await stream.send(chunk)
         except Exception:

@@ -22,6 +22,7 @@ import logging
 from typing import Any, Literal, Protocol
 
 import msgspec
+from starlette.responses import PlainTextResponse
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
 
@@ -223,6 +224,25 @@ def _sockets(state: Any) -> _Sockets:
     return sockets
 
 
+class RefusalLike(Protocol):
+    detail: str
+
+
+class AdmissionLike(Protocol):
+    """:class:`bridge.call.admission.Admission` as this edge sees it."""
+
+    def refuse(self, where: Literal["voice", "media"]) -> RefusalLike | None: ...
+
+
+async def _deny(websocket: WebSocket, status: int, text: str) -> None:
+    """Refuse the upgrade with an HTTP status (a proxy can retry another instance), or a plain 403
+    from servers without the WebSocket Denial Response extension."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(PlainTextResponse(text, status_code=status))
+    else:
+        await websocket.close(code=WS_TRY_AGAIN_LATER)
+
+
 async def media_endpoint(websocket: WebSocket) -> None:
     settings: Settings = websocket.app.state.settings
     try:
@@ -231,6 +251,12 @@ async def media_endpoint(websocket: WebSocket) -> None:
         logger.warning("media stream refused before accept: %s", exc, extra={"call_sid": None})
         _rejected(websocket, "signature")
         await websocket.close(code=WS_POLICY_VIOLATION)  # before accept: the client sees HTTP 403
+        return
+    admission: AdmissionLike | None = getattr(websocket.app.state, "admission", None)
+    refusal = admission.refuse("media") if admission is not None else None
+    if refusal is not None:
+        logger.warning("media stream refused before the upgrade (503): %s", refusal.detail, extra={"call_sid": None})
+        await _deny(websocket, 503, f"{refusal.detail}: try another instance")
         return
     sockets = _sockets(websocket.app.state)
     metrics = getattr(websocket.app.state, "metrics", None)

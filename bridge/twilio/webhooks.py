@@ -35,6 +35,7 @@ from bridge.settings import Settings
 from bridge.store.jobs import RecordingJob
 from bridge.twilio import models as tm
 from bridge.twilio.auth import SignatureError, check_signature, stream_token
+from bridge.twilio.media import AdmissionLike
 from bridge.twilio.recordings import DownloadError, check_recording_url
 
 logger = logging.getLogger(__name__)
@@ -122,11 +123,17 @@ def _parameter(stream: Any, name: str, value: str) -> None:
     stream.parameter(name=name, value=value[: max(0, PARAMETER_LIMIT - len(name))])
 
 
-def build_twiml(settings: Settings, *, call_sid: str, from_: str, to: str, http_base: str, ws_base: str) -> str:
+def build_twiml(
+    settings: Settings, *, call_sid: str, from_: str, to: str, http_base: str, ws_base: str, fork: bool = True
+) -> str:
     """TwiML for an incoming call: fork the media to us, then carry on with the call. The called
     number's profile (``BRIDGE_NUMBER_PROFILES``) rides along as ``<Parameter>``s: Twilio allows no
-    query string on a stream URL, and the stream's ``start`` brings them back to be validated."""
+    query string on a stream URL, and the stream's ``start`` brings them back to be validated.
+    ``fork=False``: the same call without the fork (admission control refused to transcribe it)."""
     response = VoiceResponse()
+    if not fork:
+        _carry_on(settings, response)
+        return str(response.to_xml())
     url = ws_base + MEDIA_PATH
     status_callback = http_base + STREAM_STATUS_PATH
     if settings.stream_mode == "connect":
@@ -147,7 +154,14 @@ def build_twiml(settings: Settings, *, call_sid: str, from_: str, to: str, http_
 
     if settings.stream_mode == "connect":
         response.hangup()
-    elif settings.voice_dial:
+    else:
+        _carry_on(settings, response)
+    return str(response.to_xml())
+
+
+def _carry_on(settings: Settings, response: VoiceResponse) -> None:
+    """What the call does besides streaming: dial the agent, or greet and hold."""
+    if settings.voice_dial:
         dial = response.dial()
         target = settings.voice_dial
         if target.startswith("sip:"):
@@ -160,7 +174,6 @@ def build_twiml(settings: Settings, *, call_sid: str, from_: str, to: str, http_
         if settings.voice_greeting:
             response.say(settings.voice_greeting)
         response.pause(length=settings.hold_seconds)
-    return str(response.to_xml())
 
 
 async def voice(request: Request) -> Response:
@@ -171,6 +184,16 @@ async def voice(request: Request) -> Response:
         return _refuse(request, exc, None)
     call_sid = form.call_sid
     http_base, ws_base = _public_bases(request, settings)
+    admission: AdmissionLike | None = getattr(request.app.state, "admission", None)
+    refusal = admission.refuse("voice") if admission is not None else None
+    if refusal is not None:
+        if settings.overload_action == "503":
+            logger.warning("voice webhook: call refused (503): %s", refusal.detail, extra={"call_sid": call_sid})
+            return PlainTextResponse(f"{refusal.detail}: try another instance", status_code=503)
+        logger.warning("voice webhook: call NOT transcribed: %s", refusal.detail, extra={"call_sid": call_sid})
+        twiml = build_twiml(settings, call_sid=call_sid, from_=form.from_, to=form.to, http_base=http_base,
+                            ws_base=ws_base, fork=False)  # fmt: skip
+        return Response(twiml, media_type="application/xml")
     twiml = build_twiml(
         settings,
         call_sid=call_sid,
