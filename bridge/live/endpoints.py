@@ -30,7 +30,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from bridge import events
 from bridge.live.auth import LIVE_SUBPROTOCOL, Denied, authorize
-from bridge.live.hub import TOO_SLOW_REASON, Hub, HubUnavailable, SubscriberTooSlow, Subscription, event_type
+from bridge.live.hub import TOO_SLOW_REASON, Delivery, Hub, HubUnavailable, SubscriberTooSlow, Subscription
 from bridge.responses import error, log_refused, refuse_bad_call_sid, store_failure
 from bridge.sids import is_call_sid
 from bridge.store import STORE_ERRORS
@@ -64,16 +64,16 @@ SEND_STALL_SECONDS = 5.0
 
 async def _pump(
     sub: Subscription,
-    send: Callable[[events.LiveEvent], Awaitable[None]],
+    send: Callable[[Delivery], Awaitable[None]],
     disconnected: Callable[[], Awaitable[None]],
 ) -> str:
     """Send the subscription's events until it ends; returns why: ``ended``, ``slow``, ``gone``."""
 
     async def forward() -> None:
-        async for event in sub:
+        async for delivery in sub.deliveries():
             try:
                 async with asyncio.timeout(SEND_STALL_SECONDS):
-                    await send(event)
+                    await send(delivery)
             except TimeoutError:
                 # Its socket buffers are full: the client stopped reading. Drop it, never wait on it.
                 raise SubscriberTooSlow from None
@@ -127,8 +127,8 @@ async def live_ws(websocket: WebSocket) -> None:
             return
         async with hub.subscribe(call_sid, after=after) as sub:
 
-            async def send(event: events.LiveEvent) -> None:
-                await websocket.send_text(events.encode(event).decode())
+            async def send(delivery: Delivery) -> None:
+                await websocket.send_text(delivery.text)
 
             async def disconnected() -> None:
                 while True:
@@ -162,8 +162,7 @@ async def _close_quietly(websocket: WebSocket, code: int, reason: str) -> None:
 
 def sse_frame(event: events.LiveEvent) -> bytes:
     """One Server-Sent Event: ``id`` (finals only), ``event`` and ``data`` lines."""
-    head = f"id: {event.seq}\n" if isinstance(event, events.Final) else ""
-    return f"{head}event: {event_type(event)}\n".encode() + b"data: " + events.encode(event) + b"\n\n"
+    return Delivery(event).sse
 
 
 class _EventStream:
@@ -197,9 +196,9 @@ class _EventStream:
             await send({"type": "http.response.body", "body": b"retry: 2000\n\n", "more_body": True})
             heartbeat_lock = asyncio.Lock()
 
-            async def send_event(event: events.LiveEvent) -> None:
+            async def send_event(delivery: Delivery) -> None:
                 async with heartbeat_lock:
-                    await send({"type": "http.response.body", "body": sse_frame(event), "more_body": True})
+                    await send({"type": "http.response.body", "body": delivery.sse, "more_body": True})
 
             async def disconnected_or_heartbeat() -> None:
                 while True:

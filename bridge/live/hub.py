@@ -47,12 +47,42 @@ class _Stop:
 
 _RESYNC = _Resync()
 _STOP = _Stop()
+
+
+class Delivery:
+    """A live event with its wire forms, built once however many subscribers send it (a final on a
+    call with a hundred dashboards is decoded once and sent a hundred times, never re-encoded)."""
+
+    __slots__ = ("_sse", "_text", "data", "event")
+
+    def __init__(self, event: events.LiveEvent, data: bytes | None = None) -> None:
+        self.event = event
+        #: The event's JSON: as published (live), or encoded here (snapshot and catch-up).
+        self.data = events.encode(event) if data is None else data
+        self._text: str | None = None
+        self._sse: bytes | None = None
+
+    @property
+    def text(self) -> str:
+        """The JSON as a WebSocket text frame's payload."""
+        if self._text is None:
+            self._text = self.data.decode()
+        return self._text
+
+    @property
+    def sse(self) -> bytes:
+        """One Server-Sent Event: ``id`` (finals only), ``event`` and ``data`` lines."""
+        if self._sse is None:
+            event = self.event
+            head = f"id: {event.seq}\n" if isinstance(event, events.Final) else ""
+            self._sse = f"{head}event: {event_type(event)}\n".encode() + b"data: " + self.data + b"\n\n"
+        return self._sse
 #: ``RedisClusterException``: a cluster client that cannot reach any node to learn the slots.
 _READER_ERRORS: tuple[type[BaseException], ...] = (
     *UNAVAILABLE, redis.exceptions.RedisError, redis.exceptions.RedisClusterException, RuntimeError
 )
 _SUBSCRIBE_ERRORS: tuple[type[BaseException], ...] = (HubUnavailable, *UNAVAILABLE)
-_Item = events.LiveEvent | _Resync | _Stop
+_Item = Delivery | _Resync | _Stop
 
 
 def event_type(event: events.LiveEvent) -> str:
@@ -106,16 +136,24 @@ class Subscription:
             self.queue.get_nowait()
 
     def __aiter__(self) -> AsyncIterator[events.LiveEvent]:
+        return self._plain()
+
+    async def _plain(self) -> AsyncIterator[events.LiveEvent]:
+        async for delivery in self._events():
+            yield delivery.event
+
+    def deliveries(self) -> AsyncIterator[Delivery]:
+        """Like iterating, with each event's wire forms (what the endpoints send)."""
         return self._events()
 
-    async def _catch_up(self, up_to: int | None = None) -> AsyncIterator[events.LiveEvent]:
+    async def _catch_up(self, up_to: int | None = None) -> AsyncIterator[Delivery]:
         """Finals after :attr:`last_seq` from the store (the snapshot, or what a gap lost)."""
         for final in await self.hub.store.finals(self.call_sid, after_seq=self.last_seq):
             if up_to is not None and final.seq > up_to:
                 break
             if final.seq > self.last_seq:
                 self.last_seq = final.seq
-                yield final
+                yield Delivery(final)
 
     async def _ended(self) -> events.CallEnded | None:
         info = await self.hub.store.get_call(self.call_sid)
@@ -129,18 +167,18 @@ class Subscription:
             reason=info.end_reason,
         )
 
-    async def _from_store(self) -> AsyncIterator[events.LiveEvent]:
+    async def _from_store(self) -> AsyncIterator[Delivery]:
         """The finals not yet delivered, then ``call_ended`` if the call is over."""
         async for final in self._catch_up():
             yield final
         ended = await self._ended()
         if ended is not None:
-            yield ended
+            yield Delivery(ended)
 
-    async def _events(self) -> AsyncIterator[events.LiveEvent]:
-        async for event in self._from_store():
-            yield event
-            if isinstance(event, events.CallEnded):
+    async def _events(self) -> AsyncIterator[Delivery]:
+        async for delivery in self._from_store():
+            yield delivery
+            if isinstance(delivery.event, events.CallEnded):
                 return
         while True:
             if self.dropped.is_set():
@@ -152,25 +190,26 @@ class Subscription:
                 return
             if isinstance(item, _Resync):
                 self._resync_pending = False
-                async for event in self._from_store():
-                    yield event
-                    if isinstance(event, events.CallEnded):
+                async for delivery in self._from_store():
+                    yield delivery
+                    if isinstance(delivery.event, events.CallEnded):
                         return
                 continue
-            if isinstance(item, events.Final):
-                if item.seq <= self.last_seq:
+            event = item.event
+            if isinstance(event, events.Final):
+                if event.seq <= self.last_seq:
                     continue  # already sent with the snapshot
-                if item.seq > self.last_seq + 1:  # a gap: fetch what is missing first
-                    async for final in self._catch_up(up_to=item.seq - 1):
+                if event.seq > self.last_seq + 1:  # a gap: fetch what is missing first
+                    async for final in self._catch_up(up_to=event.seq - 1):
                         yield final
-                self.last_seq = item.seq
-            elif isinstance(item, events.CallEnded) and item.seq > self.last_seq:
+                self.last_seq = event.seq
+            elif isinstance(event, events.CallEnded) and event.seq > self.last_seq:
                 # On a Redis Cluster the call's finals and its end are published through different
                 # nodes, so the end can overtake them: its seq says how many there are; read the rest.
-                async for final in self._catch_up(up_to=item.seq):
+                async for final in self._catch_up(up_to=event.seq):
                     yield final
             yield item
-            if isinstance(item, events.CallEnded):
+            if isinstance(event, events.CallEnded):
                 return
 
 
@@ -376,16 +415,17 @@ class Hub:
             return
         if kind != "message" or channel is None or not channel.subscribers:
             return
+        data = message["data"]
         try:
-            event = events.decode(message["data"])
+            delivery = Delivery(events.decode(data), data if isinstance(data, bytes) else None)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             logger.warning("undecodable live event on %s: %s", name, exc)
             return
         for sub in list(channel.subscribers):
-            if not sub._offer(event):
+            if not sub._offer(delivery):
                 self._drop(sub, channel)
 
 
 # -- auth ------------------------------------------------------------------------------------------
 
-__all__ = ["TOO_SLOW_REASON", "Hub", "HubUnavailable", "SubscriberTooSlow", "Subscription", "event_type"]
+__all__ = ["TOO_SLOW_REASON", "Delivery", "Hub", "HubUnavailable", "SubscriberTooSlow", "Subscription", "event_type"]
