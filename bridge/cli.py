@@ -40,7 +40,12 @@ def _serve(args: argparse.Namespace) -> int:
         settings, host=args.host or settings.host, port=args.port if args.port is not None else settings.port
     )
     logs.setup(settings.log_level, as_json=settings.log_json)
+    workers = args.workers if args.workers is not None else settings.serve_workers
     try:
+        if workers > 1:
+            from bridge import workers as supervisor
+
+            return supervisor.run(settings, workers=workers, drain_seconds=args.drain_seconds)
         serve(settings, drain_seconds=args.drain_seconds)
     except StartupError as exc:
         print(f"bridge: cannot start: {exc}", file=sys.stderr)
@@ -218,6 +223,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     s.add_argument("--host")
     s.add_argument("--port", type=int)
     s.add_argument("--drain-seconds", type=float, default=20.0, help="how long SIGTERM waits for calls to end")
+    s.add_argument("--workers", type=int, help="processes sharing the port (default BRIDGE_WORKERS, 1)")
     s.set_defaults(func=_serve)
 
     r = sub.add_parser("recognizer", help="run the embedded Deepgram-compatible recognizer on its own")
@@ -347,7 +353,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     ld = kinds.add_parser("load", help="many calls on a null recognizer: bridge-added latency, lost frames")
     ld.add_argument("--calls", default="25,50,100,200,300,400,500", help="ramp of concurrent calls")
-    ld.add_argument("--workers", default="1,2", help="bridge processes to compare, e.g. 1,2")
+    ld.add_argument("--workers", default="1,2", help="bridge serve --workers values to compare, e.g. 1,2")
     ld.add_argument("--seconds", type=float, default=8.0, help="steady window per step")
     ld.add_argument("--target-ms", type=float, default=10.0)
     ld.add_argument("--keep-going", action="store_true", help="do not stop the ramp at the first failing step")

@@ -1,17 +1,22 @@
 """Prometheus metrics of the bridge, and the latency bookkeeping behind its histograms.
 
 Each app owns a :class:`Metrics` with its own registry (so several apps can live in one process, as
-in tests). Latency is measured inside the bridge the way the benchmark harness measures it: every
+in tests). Under ``bridge serve --workers N`` the processes share one port, so a scrape reaches any
+of them: prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, set by the supervisor)
+makes every scrape answer for all of them, counters summed and gauges summed over live processes.
+
+Latency is measured inside the bridge the way the benchmark harness measures it: every
 20 ms frame's send time is remembered per track, and a result covering audio up to ``end`` is
 matched to the send time of the frame that contains ``end``.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 _FAST_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
@@ -20,7 +25,8 @@ _FAST_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.active_calls = Gauge("bridge_active_calls", "Calls being carried by this instance", registry=r)
+        self.active_calls = Gauge("bridge_active_calls", "Calls being carried by this instance", registry=r,
+                                  multiprocess_mode="livesum")  # fmt: skip
         self.calls_total = Counter("bridge_calls_total", "Calls started", registry=r)
         self.frames = Counter("bridge_frames_total", "Twilio media frames received", ["track"], registry=r)
         self.frames_rejected = Counter(
@@ -32,7 +38,8 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self.loop_lag = Gauge(
-            "bridge_event_loop_lag_seconds", "How late the event loop runs timers (smoothed over ~1 s)", registry=r
+            "bridge_event_loop_lag_seconds", "How late the event loop runs timers (smoothed over ~1 s)", registry=r,
+            multiprocess_mode="livemax",
         )
         self.finals_duplicate = Counter(
             "bridge_finals_duplicate_total", "Finals already stored (idempotent re-write)", registry=r
@@ -75,7 +82,8 @@ class Metrics:
             "bridge_recording_failures_total", "Call recordings stopped by a write error (the calls went on)",
             registry=r,
         )
-        self.media_streams = Gauge("bridge_media_streams", "Twilio media sockets open", registry=r)
+        self.media_streams = Gauge("bridge_media_streams", "Twilio media sockets open", registry=r,
+                                   multiprocess_mode="livesum")  # fmt: skip
         self.store_outages = Counter(
             "bridge_store_outages_total", "Times Redis became unreachable for the write-behind (writes buffered)",
             registry=r,
@@ -106,6 +114,10 @@ class Metrics:
         )
 
     def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # bridge serve --workers N: every worker's samples
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
         return generate_latest(self.registry)
 
 

@@ -101,8 +101,9 @@ def _tune_gc() -> None:
     gc.set_threshold(20_000, 50, 100)
 
 
-def serve(settings: Settings, *, drain_seconds: float) -> None:
-    """``bridge serve``: run until SIGTERM/SIGINT, then drain and exit."""
+def serve(settings: Settings, *, drain_seconds: float, sock: socket.socket | None = None) -> None:
+    """``bridge serve``: run until SIGTERM/SIGINT, then drain and exit. ``sock``: a listening socket
+    to serve on (a worker of :mod:`bridge.workers`) instead of binding ``settings.host:port``."""
     preflight(settings)
     app = create_app(settings)
     config = uvicorn.Config(
@@ -111,7 +112,7 @@ def serve(settings: Settings, *, drain_seconds: float) -> None:
     )  # fmt: skip
     server = DrainingServer(config, app, drain_seconds=drain_seconds)
     _tune_gc()
-    server.run()
+    server.run(sockets=[sock] if sock is not None else None)
     if not server.started:
         raise StartupError(f"the bridge did not start on {settings.host}:{settings.port} (see the log above)")
 

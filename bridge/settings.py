@@ -139,6 +139,8 @@ class Settings:
     #: Live audio goes to the recognizer in messages of this many milliseconds (Twilio sends 20 ms
     #: frames): fewer, larger messages cost the bridge and the recognizer less CPU per call.
     send_chunk_ms: int = 100
+    #: ``bridge serve`` processes sharing the port (one per core carries the most calls).
+    serve_workers: int = 1
     #: Calls this instance carries at most (0: no limit): the capacity measured with ``bridge bench load``.
     max_calls: int = 0
     #: New calls are refused while the event loop runs this many ms late (smoothed; 0: never).
@@ -219,6 +221,7 @@ class Settings:
             ("BRIDGE_UTTERANCE_END_MS", self.utterance_end_ms, 0),
             ("BRIDGE_MAX_MEDIA_STREAMS", self.max_media_streams, 1),
             ("BRIDGE_MAX_CALLS", self.max_calls, 0),
+            ("BRIDGE_WORKERS", self.serve_workers, 1),
             ("BRIDGE_ADMISSION_LAG_MS", self.admission_lag_ms, 0),
         ):
             if value < low:
@@ -325,6 +328,7 @@ class Settings:
             catchup_seconds=catchup,
             send_chunk_ms=send_chunk_ms,
             max_calls=_int(e, "BRIDGE_MAX_CALLS", cls.max_calls),
+            serve_workers=_int(e, "BRIDGE_WORKERS", cls.serve_workers),
             admission_lag_ms=_int(e, "BRIDGE_ADMISSION_LAG_MS", cls.admission_lag_ms),
             overload_action=overload_action,  # type: ignore[arg-type]
             number_profiles=profiles,

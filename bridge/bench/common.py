@@ -278,13 +278,13 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
 class BridgeProcess:
     """``bridge serve`` as a subprocess on a free loopback port, configured through its environment."""
 
-    def __init__(self, env: Mapping[str, str], log: Path) -> None:
+    def __init__(self, env: Mapping[str, str], log: Path, *, workers: int = 1) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full = {**os.environ, **env, "BRIDGE_HOST": "127.0.0.1", "BRIDGE_PORT": str(self.port)}
         self._log = log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", "serve", "--drain-seconds", "5"],
+            [sys.executable, "-m", "bridge.cli", "serve", "--drain-seconds", "5", "--workers", str(workers)],
             env=full, stdout=self._log, stderr=subprocess.STDOUT,
         )
 

@@ -9,8 +9,8 @@ audio itself (see :mod:`bridge.bench.null_recognizer`), so nothing is matched af
 
 Ramp: for each N, open N calls, warm up, measure a steady window, stop the calls and count the
 frames the recognizer got against the frames sent. The largest N with p99 < the target and no frame
-lost is the capacity. Bridges run as ``bridge serve`` subprocesses (several on different ports when
-``--workers`` > 1, calls spread round-robin, one shared redis).
+lost is the capacity. The bridge runs as a ``bridge serve --workers W`` subprocess (W processes on one
+port, the kernel spreading the calls; one shared redis); its CPU is that of all its processes.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class Step(msgspec.Struct):
     harness_cpu_cores: float
     #: Worst lateness of the harness's 20 ms ticks (ms): large values mean the harness was starved.
     harness_tick_late_ms: float
-    #: Bridge's own bridge_frame_handling_seconds histogram (cumulative over the run, all workers' first).
+    #: Bridge's own bridge_frame_handling_seconds histogram (cumulative over the run, every worker).
     frame_handling: common.HistogramQuantiles | None
     passed: bool
 
@@ -176,11 +176,11 @@ async def _run(args: argparse.Namespace, out: Path) -> tuple[LoadResult, dict[st
             for workers in _parse_ints(args.workers):
                 env = common.bench_env(token=token, recognizer_url=null.url, redis_url=redis_url,
                                        recordings=Path(tmp) / "rec")
-                bridges = [common.BridgeProcess(env, out / f"bridge-w{workers}-{i}.log") for i in range(workers)]
+                bridges = [common.BridgeProcess(env, out / f"bridge-w{workers}.log", workers=workers)]
                 try:
                     for b in bridges:
                         b.wait_ready()
-                    progress(f"{workers} bridge process(es) ready: " + ", ".join(f"pid {b.pid}" for b in bridges))
+                    progress(f"bridge serve --workers {workers} ready: " + ", ".join(f"pid {b.pid}" for b in bridges))
                     await asyncio.sleep(0.5)
                     baseline = common.rss_bytes([p for b in bridges for p in common.children(b.pid)])
                     best = 0
