@@ -119,3 +119,38 @@ async def test_sigterm_drains_every_worker_before_the_supervisor_exits(
             assert info is not None and info.status == "ended"
     finally:
         await store.close()
+
+
+async def test_with_the_embedded_recognizer_one_recognizer_process_serves_every_worker(
+    redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    env = {"REDIS_URL": redis_url, "BRIDGE_REDIS_PREFIX": redis_prefix, "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+           "BRIDGE_RECOGNIZER": "embedded", "BRIDGE_EMBEDDED_FINAL_MODEL": ""}  # fmt: skip
+    bridge = BridgeProcess(tmp_path / "bridge", env)
+    bridge.args += ["--workers", "2"]
+    async with bridge:
+        assert bridge.proc is not None
+        recognizers = [p for p in _children(bridge.proc.pid) if b"recognizer" in _cmdline(p)]
+        assert len(recognizers) == 1 and len(_workers(bridge.proc.pid)) == 2
+    assert bridge.exit_code == 0
+    assert "embedded recognizer for every worker at ws://127.0.0.1:" in bridge.log()
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _children(parent: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            if any(line == f"PPid:\t{parent}" for line in status.splitlines()):
+                out.append(int(entry.name))
+    return out
