@@ -359,6 +359,8 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ld.add_argument("--keep-going", action="store_true", help="do not stop the ramp at the first failing step")
     ld.add_argument("--max-seconds", type=float, default=150.0, help="no new step after this")
     ld.add_argument("--redis-url", default=None, help="default: an embedded redis started for the run")
+    ld.add_argument("--bridge-checkout", default="", metavar="DIR",
+                    help="run the bridge of another checkout (e.g. a git worktree of an older commit)")
     ld.add_argument("--out", default=None)
     ld.set_defaults(func=_bench("load"))
 

@@ -278,13 +278,17 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
 class BridgeProcess:
     """``bridge serve`` as a subprocess on a free loopback port, configured through its environment."""
 
-    def __init__(self, env: Mapping[str, str], log: Path, *, workers: int = 1) -> None:
+    def __init__(self, env: Mapping[str, str], log: Path, *, workers: int = 1, checkout: str = "") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full = {**os.environ, **env, "BRIDGE_HOST": "127.0.0.1", "BRIDGE_PORT": str(self.port)}
+        if checkout:  # another checkout's bridge (before/after comparisons), measured by this harness
+            full["PYTHONPATH"] = checkout
         self._log = log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", "serve", "--drain-seconds", "5", "--workers", str(workers)],
+            [sys.executable, "-m", "bridge.cli", "serve", "--drain-seconds", "5",
+             *(["--workers", str(workers)] if workers > 1 else [])],
+            cwd=checkout or None,  # ``-m`` puts the working directory first on sys.path
             env=full, stdout=self._log, stderr=subprocess.STDOUT,
         )
 

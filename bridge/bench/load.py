@@ -21,6 +21,7 @@ import asyncio
 import itertools
 import os
 import secrets
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -72,6 +73,8 @@ class LoadResult(msgspec.Struct):
     steps: list[Step]
     #: Largest N that passed, per worker count.
     capacity: dict[str, int]
+    #: Which bridge was measured: its checkout and git commit.
+    bridge: str = ""
 
 
 DEFINITION = (
@@ -176,7 +179,8 @@ async def _run(args: argparse.Namespace, out: Path) -> tuple[LoadResult, dict[st
             for workers in _parse_ints(args.workers):
                 env = common.bench_env(token=token, recognizer_url=null.url, redis_url=redis_url,
                                        recordings=Path(tmp) / "rec")
-                bridges = [common.BridgeProcess(env, out / f"bridge-w{workers}.log", workers=workers)]
+                bridges = [common.BridgeProcess(env, out / f"bridge-w{workers}.log", workers=workers,
+                                                checkout=args.bridge_checkout)]  # fmt: skip
                 try:
                     for b in bridges:
                         b.wait_ready()
@@ -208,11 +212,23 @@ async def _run(args: argparse.Namespace, out: Path) -> tuple[LoadResult, dict[st
     finally:
         null.stop()
     return LoadResult(
-        kind="load", command=args.command, machine=common.machine(),
+        kind="load", command=args.command, machine=common.machine(), bridge=_which(args.bridge_checkout),
         recognizer="null recognizer (lean RFC 6455 server in its own process: counts bytes, reads probes)",
         definition=DEFINITION, target_p99_ms=args.target_ms, seconds_per_step=args.seconds, steps=steps,
         capacity=capacity,
     ), dists
+
+
+def _which(checkout: str) -> str:
+    import bridge
+
+    where = Path(checkout) if checkout else Path(bridge.__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(where), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()  # fmt: skip
+    except OSError:
+        commit = ""
+    return f"{where} (commit {commit or 'unknown'})"
 
 
 def render(result: LoadResult) -> str:
@@ -234,6 +250,8 @@ def render(result: LoadResult) -> str:
 `{result.command}`
 
 Machine: {common.machine_line(result.machine)}
+
+Bridge: {result.bridge}
 
 Recognizer: {result.recognizer}.
 
