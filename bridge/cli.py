@@ -314,7 +314,8 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     r.add_argument("--sets", default="", help="fixture sets, comma-separated (default: all under --fixtures)")
     r.add_argument("--speed", type=float, default=1.0, help="pace of the accuracy phase (1.0 = real time)")
     r.add_argument("--model", default="tiny.en", help="the recognizer's model (partials, and finals by default)")
-    r.add_argument("--final-model", default="", help="a second model for finals (two-pass), e.g. base")
+    r.add_argument("--final-model", default="base",
+                   help="the model of finals (two-pass, as BRIDGE_EMBEDDED_FINAL_MODEL); '': the --model")
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--batch-model", default="base", help="batch engine model to compare with ('' to skip)")
     r.add_argument("--keyterm", action="append", default=[], help="a keyterm sent with every stream")
