@@ -110,7 +110,20 @@ class LiveGap(msgspec.Struct):
     reason: GapReason
 
 
-LiveEvent = Partial | Final | UtteranceEnd | CallStarted | CallEnded | RecognizerStatus
+class Alert(_Event, tag="alert"):
+    """A live alert rule matched a final (compliance rules, ``BRIDGE_COMPLIANCE_RULES``)."""
+
+    rule: str
+    track: Track
+    #: The (redacted) text of the final that matched, and where it is in the call (seconds).
+    text: str
+    start: float
+    end: float
+    #: Id of the final that matched (one alert per rule and final).
+    final_id: str = ""
+
+
+LiveEvent = Partial | Final | UtteranceEnd | CallStarted | CallEnded | RecognizerStatus | Alert
 
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[LiveEvent] = msgspec.json.Decoder(LiveEvent)
@@ -132,6 +145,7 @@ def decode_final(data: bytes | str) -> Final:
 
 __all__ = [
     "SPEAKER",
+    "Alert",
     "CallEnded",
     "CallStarted",
     "Final",

@@ -37,6 +37,19 @@ class Utterance(msgspec.Struct, kw_only=True, omit_defaults=True):
     words: list[Word] = msgspec.field(default_factory=list)
 
 
+class Redaction(msgspec.Struct, kw_only=True):
+    """A span of one track whose words were masked (and whose audio is silenced in the recording).
+
+    ``kind`` is the entity kind (``card_number``, ``card_expiry``, ``card_cvv``, ``ssn``, or
+    ``card_answer`` for a caller's answer to a card request that was not recognised as digits).
+    """
+
+    track: str
+    start: float
+    end: float
+    kind: str
+
+
 class BatchTranscript(msgspec.Struct, kw_only=True):
     """The compliance transcript of one recording (Redis value and ``.batch.json`` file)."""
 
@@ -179,6 +192,7 @@ __all__ = [
     "CallQuality",
     "EngineError",
     "Recording",
+    "Redaction",
     "TrackQuality",
     "Utterance",
     "decode_quality",

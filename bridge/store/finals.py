@@ -100,7 +100,7 @@ class FinalLog(StoreBase):
         try:
             yield iterate()
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
 
 
 __all__ = ["FinalLog", "audio_order"]

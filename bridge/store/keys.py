@@ -28,6 +28,9 @@ key                                    type        content
                                                    (transcripts.BatchTranscript JSON)
 ``P:call:{<sid>}:quality``             string      live-vs-batch WER per track
                                                    (transcripts.CallQuality JSON)
+``P:call:{<sid>}:redactions``          string      spans masked and silenced by the batch pass
+                                                   (JSON list of transcripts.Redaction)
+``P:call:{<sid>}:compliance``          string      the call's compliance report (JSON)
 ``P:{calls}:active``                   zset        CallSids of calls in progress, scored by start time
 ``P:{calls}:recent``                   zset        CallSids of ended calls, scored by end time
                                                    (trimmed to the retention window)
@@ -80,6 +83,14 @@ class Keys:
         """string: live-vs-batch WER of the call, per track (transcripts.CallQuality JSON)."""
         return f"{self.call(call_sid)}:quality"
 
+    def redactions(self, call_sid: str) -> str:
+        """string: spans masked and silenced by the batch pass (JSON list of transcripts.Redaction)."""
+        return f"{self.call(call_sid)}:redactions"
+
+    def compliance(self, call_sid: str) -> str:
+        """string: the call's compliance report (JSON), written after the batch pass."""
+        return f"{self.call(call_sid)}:compliance"
+
     def call_keys(self, call_sid: str) -> list[str]:
         """Every key that holds data of one call (they share its retention, and its slot)."""
         return [
@@ -89,6 +100,8 @@ class Keys:
             self.final_ids(call_sid),
             self.batch_transcript(call_sid),
             self.quality(call_sid),
+            self.redactions(call_sid),
+            self.compliance(call_sid),
         ]
 
     # -- the call indexes: one slot ({calls}) ------------------------------------------------------
