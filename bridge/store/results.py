@@ -20,9 +20,13 @@ import msgspec
 from bridge import transcripts
 from bridge.store.client import StoreBase, text
 from bridge.store.jobs import JobQueue
-from bridge.transcripts import BatchTranscript, CallQuality
+from bridge.transcripts import BatchTranscript, CallQuality, Redaction
 
 logger = logging.getLogger(__name__)
+
+
+_redactions_encoder = msgspec.json.Encoder()
+_redactions_decoder: msgspec.json.Decoder[list[Redaction]] = msgspec.json.Decoder(list[Redaction])
 
 
 class BatchResults(StoreBase):
@@ -65,6 +69,22 @@ class BatchResults(StoreBase):
             return transcripts.decode_transcript(raw)
         except (msgspec.DecodeError, msgspec.ValidationError):
             logger.error("stored batch transcript is unreadable", extra={"call_sid": call_sid})
+            return None
+
+    async def save_redactions(self, call_sid: str, redactions: list[Redaction]) -> None:
+        """Store the spans the batch pass masked and silenced (overwritten as a whole)."""
+        ttl = await self._ttl(call_sid)
+        await self.client.set(self.keys.redactions(call_sid), _redactions_encoder.encode(redactions), ex=ttl)
+
+    async def redactions(self, call_sid: str) -> list[Redaction] | None:
+        """The spans the batch pass masked and silenced, or ``None`` before it ran."""
+        raw = await self.client.get(self.keys.redactions(call_sid))
+        if raw is None:
+            return None
+        try:
+            return _redactions_decoder.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            logger.error("stored redactions are unreadable", extra={"call_sid": call_sid})
             return None
 
     async def quality(self, call_sid: str) -> CallQuality | None:

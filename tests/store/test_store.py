@@ -192,3 +192,15 @@ async def test_open_without_url_starts_embedded_redis(tmp_path: Path) -> None:
     finally:
         await store.close()
     assert not (tmp_path / "redis" / "redis.sock").exists()
+
+
+async def test_redactions_round_trip_and_share_the_call_retention(store: Store) -> None:
+    from bridge.transcripts import Redaction
+
+    sid = "CA" + "7" * 32
+    assert await store.redactions(sid) is None
+    spans = [Redaction(track="inbound", start=1.0, end=4.5, kind="card_number")]
+    await store.save_redactions(sid, spans)
+    assert await store.redactions(sid) == spans
+    assert store.keys.redactions(sid) in store.keys.call_keys(sid)
+    assert await store.client.ttl(store.keys.redactions(sid)) > 0
