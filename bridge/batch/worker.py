@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from bridge.audio import WavError, read_wav
 from bridge.batch.engine import make_engine, transcribe_recording
 from bridge.batch.quality import DEFAULT_WER_THRESHOLD, compute_quality
+from bridge.redact.batch import redact_recording
 from bridge.retry import Backoff
 from bridge.store import Backlog, JobQueue, RecordingJob, Store
 from bridge.transcripts import BatchEngine, EngineError, json_path, write_json
@@ -136,6 +137,8 @@ class Worker:
         recording_hosts: tuple[str, ...] = ("twilio.com",),
         metrics: WorkerMetrics | None = None,
         backlog_interval_s: float = 15.0,
+        redact: tuple[str, ...] = ("card",),
+        keep_unredacted: bool = False,
     ) -> None:
         self.store = store
         self.queue: JobQueue = store.jobs
@@ -158,6 +161,9 @@ class Worker:
         #: Seconds between two measurements of the queue's backlog (about Prometheus's scrape interval).
         self.backlog_interval_s = backlog_interval_s
         self.in_hand: str | None = None
+        #: Entity kinds masked in the transcript and silenced in the recording (``BRIDGE_REDACT``).
+        self.redact = frozenset(redact)
+        self.keep_unredacted = keep_unredacted
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -280,6 +286,9 @@ class Worker:
             raise DownloadError(f"Twilio served {recording.channels} channel(s) of a {job.channels}-channel recording")
         transcript = await transcribe_recording(
             self.engine, recording, call_sid=sid, tracks=job.tracks, path=str(path), job_key=key
+        )
+        transcript = await redact_recording(
+            self.store, transcript, path, transcript.tracks, kinds=self.redact, keep_original=self.keep_unredacted
         )
         if self.write_json:
             try:
@@ -413,6 +422,8 @@ async def _amain(args: argparse.Namespace) -> int:
                 recording_hosts=settings.recording_hosts,
                 http=http,
                 metrics=metrics,
+                redact=settings.redact,
+                keep_unredacted=settings.keep_unredacted,
             )  # fmt: skip
             await worker.run(stop)
     finally:

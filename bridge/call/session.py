@@ -35,6 +35,7 @@ from bridge.metrics import Metrics
 from bridge.options import CallOptions
 from bridge.recognizers.base import Recognizer, StreamOptions
 from bridge.recognizers.resilience import RetryPolicy
+from bridge.redact.live import LiveRedactor
 from bridge.settings import Settings
 from bridge.store.jobs import RecordingJob
 
@@ -170,6 +171,8 @@ class CallSession:
         self.ended = False
         self._grace: asyncio.TimerHandle | None = None
         self._ending: asyncio.Task[None] | None = None
+        #: Masks card data before anything is stored or sent; finals may come out later (hold-back).
+        self.redactor = LiveRedactor(frozenset(manager.settings.redact), self._store_final)
 
     @property
     def clock(self) -> float:
@@ -296,9 +299,15 @@ class CallSession:
         )  # fmt: skip
 
     def emit(self, event: events.LiveEvent) -> None:
-        self.manager.writer.publish(event)
+        shown = self.redactor.partial(event) if isinstance(event, events.Partial) else event
+        if shown is not None:
+            self.manager.writer.publish(shown)
 
     def emit_final(self, final: events.Final) -> None:
+        self.redactor.final(final)
+
+    def _store_final(self, final: events.Final) -> None:
+        """A final the redactor released (masked): the only way a final reaches Redis and subscribers."""
         self.manager.writer.submit(final)
 
     async def stream_stopped(self, handle: StreamHandle, *, clean: bool, reason: str) -> None:
@@ -352,6 +361,7 @@ class CallSession:
         except Exception:
             log.exception("ending the call failed; marking it ended anyway", extra={"call_sid": self.call_sid})
         finally:
+            self.redactor.flush()  # finals held back for an open digit run go out before the call ends
             self.ended = True
             ended_at = time.time()
             audio_end = round(self.audio_end, 3)
