@@ -2,9 +2,9 @@
 
 The batch transcript goes through the same :class:`~bridge.redact.live.LiveRedactor` as the live
 finals (utterances in time order, as finals, with no deadline), so both transcripts mask the same
-things. The recording's spans are the masked words' timings, plus the caller's whole answer after
-an agent asks for a card number, expiry or security code: a recognizer that misheard the digits
-must not leave them audible.
+things. The recording's spans are the masked words' timings, the whole turn they were said in, and
+the other party's whole answer after a request for a card number, expiry or security code: a
+recognizer that misheard some of the digits must not leave them audible.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import msgspec
 
 from bridge import events
 from bridge.redact.audio import redact_file
-from bridge.redact.detector import cues
+from bridge.redact.detector import MASKS, cues
 from bridge.redact.live import LiveRedactor
 from bridge.store import Store
 from bridge.transcripts import BatchTranscript, Redaction, Utterance
@@ -40,14 +40,14 @@ def _as_final(call_sid: str, u: Utterance) -> events.Final:
 
 
 def answer_spans(utterances: list[Utterance]) -> list[Redaction]:
-    """The other party's turns right after each card request (until the requester speaks again)."""
+    """The caller's turns right after each card request of the agent (until the agent speaks again)."""
     ordered = sorted(utterances, key=lambda u: u.start)
     spans: list[Redaction] = []
     for i, ask in enumerate(ordered):
-        if not cues(ask.text) & _CARD_REQUESTS:
+        if ask.track != "outbound" or not cues(ask.text) & _CARD_REQUESTS:
             continue
         for u in ordered[i + 1 :]:
-            if u.track == ask.track:
+            if u.track != "inbound":
                 break
             if u.start - ask.end > ANSWER_WINDOW_SECONDS:
                 break
@@ -56,12 +56,17 @@ def answer_spans(utterances: list[Utterance]) -> list[Redaction]:
 
 
 def widen(spans: list[Redaction], seconds: float = WIDEN_SECONDS, duration: float | None = None) -> list[Redaction]:
-    """Spans widened by ``seconds`` each side (clipped to the recording), sorted."""
-    out = []
-    for s in spans:
-        end = s.end + seconds if duration is None else min(duration, s.end + seconds)
-        out.append(Redaction(track=s.track, start=round(max(0.0, s.start - seconds), 3), end=round(end, 3),
-                             kind=s.kind))  # fmt: skip
+    """Spans widened by ``seconds`` each side (clipped to the recording); overlapping spans of one
+    track and kind merged; sorted."""
+    out: list[Redaction] = []
+    for s in sorted(spans, key=lambda s: (s.track, s.kind, s.start)):
+        start = round(max(0.0, s.start - seconds), 3)
+        end = round(s.end + seconds if duration is None else min(duration, s.end + seconds), 3)
+        last = out[-1] if out else None
+        if last is not None and (last.track, last.kind) == (s.track, s.kind) and start <= last.end:
+            last.end = max(last.end, end)
+            continue
+        out.append(Redaction(track=s.track, start=start, end=end, kind=s.kind))
     return sorted(out, key=lambda s: (s.track, s.start, s.end))
 
 
@@ -77,10 +82,18 @@ def redact_transcript(transcript: BatchTranscript, kinds: frozenset[str]) -> tup
         redactor.final(_as_final(transcript.call_sid, u))
     redactor.flush()
     utterances = []
+    whole: list[Redaction] = []  # a turn that held card data is silenced whole (the words around it too)
+    kind_of = {mask: kind for kind, mask in MASKS.items()}
     for u in transcript.utterances:
         f = by_id.get((u.track, u.id))
-        utterances.append(u if f is None else msgspec.structs.replace(u, text=f.text, words=f.words))
-    spans = widen(redactor.spans + answer_spans(transcript.utterances), duration=transcript.duration)
+        if f is None:
+            utterances.append(u)
+            continue
+        utterances.append(msgspec.structs.replace(u, text=f.text, words=f.words))
+        masked = [kind_of[w.word] for w in f.words if w.word in kind_of]
+        if masked:
+            whole.append(Redaction(track=u.track, start=u.start, end=u.end, kind=masked[0]))
+    spans = widen(redactor.spans + whole + answer_spans(transcript.utterances), duration=transcript.duration)
     return msgspec.structs.replace(transcript, utterances=utterances), spans
 
 

@@ -11,7 +11,7 @@ What is masked (:func:`detect`):
 
 * ``card_number``: a run holding 13-19 digits that pass the Luhn check (a window of the run, so a
   card number said together with its expiry is found too);
-* ``card_expiry`` / ``card_cvv``: a run of 3 or more digits while a card request is open (the agent
+* ``card_expiry`` / ``card_cvv``: a run of 2 or more digits while a card request is open (the agent
   asked for the card, its expiry or security code, or a card number was just said);
 * ``ssn``: nine digits shaped like a US social security number, formatted ``ddd-dd-dddd`` or said
   while an SSN request is open.
@@ -84,7 +84,7 @@ class Run:
 
 def _token_digits(token: str) -> str | None:
     """Digits a written token holds (``4111-1111`` -> ``41111111``); ``None`` for amounts, decimals, ordinals."""
-    t = token.strip(_PUNCT)
+    t = token.strip(_PUNCT + "-")
     if not t or "$" in t or "%" in t or "£" in t or "€" in t:
         return None
     if _DIGITS.fullmatch(t):
@@ -247,7 +247,7 @@ def detect(
         if ssn and ssn_valid(digits) and (run.ssn_shaped or ssn_context or "ssn" in local):
             hits.append(Hit(run.first, run.last, "ssn"))
             continue
-        if not card or len(digits) < 3 or _NAMED.search(before):
+        if not card or len(digits) < 2 or _NAMED.search(before):
             continue
         local.discard("ssn")
         asked = next((k for k in ("card_cvv", "card_expiry", "card_number") if k in local), None) or context
