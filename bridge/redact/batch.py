@@ -3,8 +3,8 @@
 The batch transcript goes through the same :class:`~bridge.redact.live.LiveRedactor` as the live
 finals (utterances in time order, as finals, with no deadline), so both transcripts mask the same
 things. The recording's spans are the masked words' timings, the whole turn they were said in, and
-the other party's whole answer after a request for a card number, expiry or security code: a
-recognizer that misheard some of the digits must not leave them audible.
+the caller's channel from an agent's request for a card number, expiry or security code until the
+agent speaks again: a recognizer that misheard (or mistimed) the digits must not leave them audible.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 #: Seconds added on both sides of a span before silencing it (word timings are approximate).
 WIDEN_SECONDS = 0.2
-#: An answer starts within this many seconds after the request ends (else it is not one).
+#: The caller's answer to a card request is looked for this many seconds after it at most.
 ANSWER_WINDOW_SECONDS = 20.0
 _CARD_REQUESTS = {"card_number", "card_expiry", "card_cvv"}
 
@@ -40,18 +40,16 @@ def _as_final(call_sid: str, u: Utterance) -> events.Final:
 
 
 def answer_spans(utterances: list[Utterance]) -> list[Redaction]:
-    """The caller's turns right after each card request of the agent (until the agent speaks again)."""
-    ordered = sorted(utterances, key=lambda u: u.start)
+    """The caller's channel from the end of each card request of the agent until the agent speaks
+    again (at most ``ANSWER_WINDOW_SECONDS``): the answer, however it was (mis)recognised or timed."""
+    agent = sorted((u for u in utterances if u.track == "outbound"), key=lambda u: u.start)
     spans: list[Redaction] = []
-    for i, ask in enumerate(ordered):
-        if ask.track != "outbound" or not cues(ask.text) & _CARD_REQUESTS:
+    for i, ask in enumerate(agent):
+        if not cues(ask.text) & _CARD_REQUESTS:
             continue
-        for u in ordered[i + 1 :]:
-            if u.track != "inbound":
-                break
-            if u.start - ask.end > ANSWER_WINDOW_SECONDS:
-                break
-            spans.append(Redaction(track=u.track, start=u.start, end=u.end, kind="card_answer"))
+        nxt = next((u.start for u in agent[i + 1 :] if u.start > ask.end), None)
+        end = ask.end + ANSWER_WINDOW_SECONDS if nxt is None else min(nxt, ask.end + ANSWER_WINDOW_SECONDS)
+        spans.append(Redaction(track="inbound", start=ask.end, end=end, kind="card_answer"))
     return spans
 
 

@@ -169,15 +169,16 @@ class LiveRedactor:
         self._release(final.track, force=False)
 
     def flush(self) -> None:
-        """Release every held final (the call ends, or the batch transcript is complete)."""
+        """Release every held final: the call ends, or the batch transcript is complete (no run can
+        continue any more, so an open run is judged as it is)."""
         for track in list(self._tracks):
-            self._release(track, force=True)
+            self._release(track, force=True, last=True)
 
     def _deadline(self, track: str) -> None:
         self._track(track).timer = None
         self._release(track, force=True)
 
-    def _release(self, track: str, *, force: bool) -> None:
+    def _release(self, track: str, *, force: bool, last: bool = False) -> None:
         st = self._track(track)
         group = st.held
         if not group:
@@ -200,6 +201,8 @@ class LiveRedactor:
         # Released with a run still open: mask it if it shows more than a receipt would.
         new_tail_text: list[str] = []
         new_tail_words: list[str] = []
+        if last:
+            text_open = word_open = None
         if text_open is not None:
             if len(text_digits) > SHOWN_DIGITS:
                 text_hits.append(Hit(text_open, len(st.tail_text) + len(text_all) - 1, "number"))
