@@ -173,8 +173,9 @@ def main(args: argparse.Namespace) -> int:
     if args.no_audio:
         return 0
     for a in asyncio.run(_audio(fixtures, args.model)):
-        print(f"audio {a.call} (whisper {args.model}): caller's card speech silenced {a.sensitive_silenced:.1%}, "
-              f"caller's other speech kept {a.other_kept:.1%}, agent channel identical: {a.agent_identical}")  # fmt: skip
+        print(f"audio {a.call} (whisper {args.model}): caller's card speech silenced "
+              f"{a.sensitive_silenced:.1%}, caller's other speech kept {a.other_kept:.1%}, "
+              f"agent channel identical: {a.agent_identical}")  # fmt: skip
     return 0
 
 

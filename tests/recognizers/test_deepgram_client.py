@@ -354,3 +354,17 @@ async def test_a_hung_server_is_detected_by_websocket_pings() -> None:
         assert info.value.retryable and info.value.code == 1006  # the ping timed out: no close handshake
         with pytest.raises(RecognizerConnectError):
             await recognizer.open(OPTIONS)  # new upgrades never complete either
+
+
+async def test_deepgram_is_asked_to_redact_what_the_bridge_redacts_and_the_embedded_recognizer_is_not() -> None:
+    """Deepgram's own redaction is a second line of defence (the bridge masks anyway); the embedded
+    recognizer refuses parameters it does not honour, so it is never sent one."""
+    from bridge.recognizers.factory import make_recognizer
+
+    async with ScriptedDeepgramServer() as server:
+        recognizer = make_recognizer("deepgram", server.url, api_key="k", redact=("card", "ssn"))
+        stream = await recognizer.open(OPTIONS)
+        await stream.close(timeout=5)
+    assert [v for k, v in server.connections[0].query_items if k == "redact"] == ["pci", "ssn"]
+    embedded = make_recognizer("embedded", "ws://h", redact=("card",))
+    assert "redact" not in embedded.listen_url(OPTIONS)  # type: ignore[attr-defined]

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.redact.detector import detect, has_card, luhn, runs, ssn_valid
 from bridge.bench.redaction import load_cases, score
+from bridge.redact.detector import detect, has_card, luhn, runs, ssn_valid
 from tests.support import FIXTURES
 
 CARD = frozenset({"card"})
