@@ -134,7 +134,8 @@ class StreamHandle:
             self._frame_handling.observe(time.perf_counter() - t0)
 
     async def on_dtmf(self, digit: str) -> None:
-        log.info("dtmf %s", digit, extra={"call_sid": self.session.call_sid})
+        # Never the digit: a caller may key in a card number (docs/redaction.md).
+        log.debug("dtmf digit received", extra={"call_sid": self.session.call_sid})
 
     async def on_mark(self, name: str) -> None:
         log.debug("mark %s", name, extra={"call_sid": self.session.call_sid})

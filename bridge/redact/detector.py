@@ -243,19 +243,22 @@ def detect(
             first -= 1  # "July twenty six": the month goes too
         if card and has_card(digits):
             hits.append(Hit(run.first, run.last, "card_number"))
+            context = context or "card_number"  # what follows a card number is likely its expiry and code
             continue
         if ssn and ssn_valid(digits) and (run.ssn_shaped or ssn_context or "ssn" in local):
             hits.append(Hit(run.first, run.last, "ssn"))
             continue
         if not card or len(digits) < 2 or _NAMED.search(before):
             continue
-        local.discard("ssn")
         asked = next((k for k in ("card_cvv", "card_expiry", "card_number") if k in local), None) or context
         if asked is None:
             continue
         if asked == "card_number" and len(digits) < 13:
-            # An answer to a card request that is not a whole card (misheard, or the expiry said next).
-            asked = "card_expiry" if len(digits) == 4 and 1 <= int(digits[:2]) <= 12 else "card_number"
+            # An answer to a card request that is not a whole card: misheard, or the expiry or code said next.
+            if len(digits) == 4 and 1 <= int(digits[:2]) <= 12:
+                asked = "card_expiry"
+            elif len(digits) == 3:
+                asked = "card_cvv"
         hits.append(Hit(first if asked == "card_expiry" else run.first, run.last, asked))
     return hits
 

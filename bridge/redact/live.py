@@ -11,9 +11,11 @@ run of 7 digits or more is then masked as ``[number]`` (at most six digits of a 
 as on a receipt), a shorter one is released and still joins the next final's first digits for the
 card check. The batch pass runs the same redactor with no deadline.
 
-Requests (the agent asking for a card number, its expiry, its security code, or an SSN) seen in
-any track's finals open a context of ``context_seconds`` of call time in which shorter runs are
-card data too (see :func:`bridge.redact.detector.detect`).
+A request (the agent asking for a card number, its expiry, its security code, or an SSN) opens a
+context for the other party's answer, in which shorter runs are card data too (see
+:func:`bridge.redact.detector.detect`): until the asker speaks again without a request once answered,
+names another kind of number, or ``context_seconds`` of call time have passed. A card number just
+said opens one for its speaker's next numbers (the expiry and code tend to follow).
 """
 
 from __future__ import annotations
@@ -87,6 +89,17 @@ def _masked_words(words: list[events.Word], hits: list[Hit]) -> list[events.Word
 
 
 @dataclasses.dataclass
+class _Cue:
+    """A request for card data (or an SSN): its words' end, and who asked."""
+
+    at: float
+    #: The track that asked: the context applies to the other party's words.
+    asker: str
+    #: The other party has spoken since.
+    answered: bool = False
+
+
+@dataclasses.dataclass
 class _Track:
     held: list[events.Final] = dataclasses.field(default_factory=list)
     #: Tokens of a run released open at the deadline (joined to the next final's first digits).
@@ -111,8 +124,8 @@ class LiveRedactor:
         self.hold_seconds = hold_seconds
         self.context_seconds = context_seconds
         self._tracks: dict[str, _Track] = {}
-        #: Call-clock second each request was last made at.
-        self._cues: dict[str, float] = {}
+        #: The open requests, by what they ask for.
+        self._cues: dict[str, _Cue] = {}
         #: Every span masked in a final's words (call seconds): what the batch pass silences.
         self.spans: list[Redaction] = []
 
@@ -123,15 +136,39 @@ class LiveRedactor:
     def _track(self, track: str) -> _Track:
         return self._tracks.setdefault(track, _Track())
 
-    def _context(self, at: float) -> tuple[str | None, bool]:
-        live = {k: t for k, t in self._cues.items() if at - t <= self.context_seconds}
+    def _context(self, at: float, track: str) -> tuple[str | None, bool]:
+        """The open card request (the latest) and whether an SSN was asked for, for ``track``'s words."""
+        live = {k: c.at for k, c in self._cues.items() if at - c.at <= self.context_seconds and c.asker != track}
         card = [k for k in live if k != "ssn"]
         return (max(card, key=lambda k: live[k]) if card else None), "ssn" in live
 
-    def _scan(self, lead: list[str], tokens: list[str], at: float) -> tuple[list[Hit], int | None, str]:
+    def _update_cues(self, track: str, finals: list[events.Final], card_said: bool) -> None:
+        """A request opens a context for the other party's answer; it closes when the asker speaks
+        again (without a request) after being answered, or names another kind of number."""
+        for f in finals:
+            asked = cues(f.text)
+            for kind, cue in list(self._cues.items()):
+                if cue.asker != track:
+                    cue.answered = True
+                elif cue.answered and not asked - {"other"}:
+                    del self._cues[kind]  # answered, and the conversation moved on
+            if "other" in asked and not asked & {"card_number", "card_expiry", "card_cvv"}:
+                for kind in ("card_number", "card_expiry", "card_cvv"):
+                    self._cues.pop(kind, None)  # an order or phone number asked for: not card data
+            for kind in asked - {"other"}:
+                self._cues[kind] = _Cue(at=f.end, asker=track)
+        if card_said and finals:
+            # The expiry and code usually follow a card number: its speaker's next numbers are card data
+            # until the other party speaks again without a request.
+            other = "outbound" if track == "inbound" else "inbound"
+            self._cues["card_number"] = _Cue(at=finals[-1].end, asker=other, answered=True)
+
+    def _scan(
+        self, lead: list[str], tokens: list[str], at: float, track: str
+    ) -> tuple[list[Hit], int | None, str]:
         """Hits over ``lead + tokens``, and where an open unmasked run at the end starts (its digits)."""
         whole = lead + tokens
-        context, ssn = self._context(at)
+        context, ssn = self._context(at, track)
         hits = detect(whole, kinds=self.kinds, context=context, ssn_context=ssn)
         found = runs(whole)
         if found and found[-1].last == len(whole) - 1:
@@ -149,7 +186,7 @@ class LiveRedactor:
         st = self._track(partial.track)
         lead = st.tail_text + [t for f in st.held for t in _text_tokens(f)]
         tokens = partial.text.split()
-        hits, open_at, _ = self._scan(lead, tokens, partial.start)
+        hits, open_at, _ = self._scan(lead, tokens, partial.start, partial.track)
         local = _local(hits, len(lead), len(tokens))
         if open_at is not None:
             cut = max(0, open_at - len(lead))
@@ -188,8 +225,8 @@ class LiveRedactor:
         word_parts = [_word_tokens(f) for f in group]
         text_all = [t for p in text_parts for t in p]
         word_all = [t for p in word_parts for t in p]
-        text_hits, text_open, text_digits = self._scan(st.tail_text, text_all, at)
-        word_hits, word_open, word_digits = self._scan(st.tail_words, word_all, at)
+        text_hits, text_open, text_digits = self._scan(st.tail_text, text_all, at, track)
+        word_hits, word_open, word_digits = self._scan(st.tail_words, word_all, at, track)
         if (text_open is not None or word_open is not None) and not force:
             if st.timer is None and self.hold_seconds is not None:
                 with_loop = asyncio.get_running_loop()
@@ -229,15 +266,7 @@ class LiveRedactor:
                     words=_masked_words(final.words, wh) if wh else final.words,
                 )
             self.emit_final(final)
-        for f in group:
-            asked = cues(f.text)
-            if "other" in asked and not asked & {"card_number", "card_expiry", "card_cvv"}:
-                for kind in ("card_number", "card_expiry", "card_cvv"):
-                    self._cues.pop(kind, None)  # an order or phone number asked for: not card data
-            for kind in asked - {"other"}:
-                self._cues[kind] = f.end
-            if any(h.kind == "card_number" for h in text_hits + word_hits):
-                self._cues["card_number"] = f.end
+        self._update_cues(track, group, any(h.kind == "card_number" for h in text_hits + word_hits))
 
     def close(self) -> None:
         """Cancel the deadlines (held finals are dropped: call :meth:`flush` first to keep them)."""
