@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 
 import msgspec
@@ -29,6 +30,8 @@ import msgspec
 from bridge import events
 from bridge.redact.detector import MASKS, Hit, cues, detect, runs
 from bridge.transcripts import Redaction
+
+log = logging.getLogger(__name__)
 
 #: Seconds a final ending in an open digit run is held back at most.
 HOLD_SECONDS = 4.0
@@ -180,9 +183,18 @@ class LiveRedactor:
     # -- events -----------------------------------------------------------------------------------
 
     def partial(self, partial: events.Partial) -> events.Partial | None:
-        """The partial masked, with an open trailing run cut off; ``None`` when nothing is left to show."""
+        """The partial masked, with an open trailing run cut off; ``None`` when nothing is left to show
+        (or when redaction failed: fail closed)."""
         if not self.enabled:
             return partial
+        try:
+            return self._partial(partial)
+        except Exception as exc:  # a bug must withhold the words, never show them
+            log.error("redaction failed (%s): partial withheld", type(exc).__name__,
+                      extra={"call_sid": partial.call_sid})  # fmt: skip
+            return None
+
+    def _partial(self, partial: events.Partial) -> events.Partial | None:
         st = self._track(partial.track)
         lead = st.tail_text + [t for f in st.held for t in _text_tokens(f)]
         tokens = partial.text.split()
@@ -201,19 +213,29 @@ class LiveRedactor:
         if not self.enabled:
             self.emit_final(final)
             return
-        st = self._track(final.track)
-        st.held.append(final)
-        self._release(final.track, force=False)
+        self._track(final.track).held.append(final)
+        self._safely(final.track, force=False)
 
     def flush(self) -> None:
         """Release every held final: the call ends, or the batch transcript is complete (no run can
         continue any more, so an open run is judged as it is)."""
         for track in list(self._tracks):
-            self._release(track, force=True, last=True)
+            self._safely(track, force=True, last=True)
 
     def _deadline(self, track: str) -> None:
         self._track(track).timer = None
-        self._release(track, force=True)
+        self._safely(track, force=True)
+
+    def _safely(self, track: str, *, force: bool, last: bool = False) -> None:
+        """:meth:`_release`, failing closed: a bug withholds the finals in hand, never shows them."""
+        st = self._track(track)
+        try:
+            self._release(track, force=force, last=last)
+        except Exception as exc:
+            sid = st.held[0].call_sid if st.held else ""
+            log.error("redaction failed (%s): %d final(s) withheld", type(exc).__name__, len(st.held),
+                      extra={"call_sid": sid})  # fmt: skip
+            st.held, st.tail_text, st.tail_words = [], [], []
 
     def _release(self, track: str, *, force: bool, last: bool = False) -> None:
         st = self._track(track)
