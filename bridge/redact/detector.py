@@ -63,6 +63,8 @@ CUES: dict[str, re.Pattern[str]] = {
     ),
     "ssn": re.compile(r"\b(social security|social|ssn)\b"),
 }
+#: Words a recognizer writes for a digit it misheard (``for one one one``): tried before a run for the card check.
+_HOMOPHONES = {"for": "4", "fore": "4", "to": "2", "too": "2", "won": "1", "ate": "8"}
 #: Numbers named as something else are not card data even inside a card context.
 _NAMED = re.compile(r"\b(order|phone|telephone|reference|ticket|confirmation|extension|zip|postcode|invoice)\b")
 
@@ -241,8 +243,9 @@ def detect(
         first = run.first
         if run.first > 0 and plain(tokens[run.first - 1]) in _MONTHS:
             first -= 1  # "July twenty six": the month goes too
-        if card and has_card(digits):
-            hits.append(Hit(run.first, run.last, "card_number"))
+        misheard = _HOMOPHONES.get(plain(tokens[run.first - 1])) if run.first > 0 else None
+        if card and (has_card(digits) or (misheard is not None and has_card(misheard + digits))):
+            hits.append(Hit(run.first - (misheard is not None and not has_card(digits)), run.last, "card_number"))
             context = context or "card_number"  # what follows a card number is likely its expiry and code
             continue
         if ssn and ssn_valid(digits) and (run.ssn_shaped or ssn_context or "ssn" in local):
