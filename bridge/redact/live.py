@@ -251,8 +251,7 @@ class LiveRedactor:
         word_hits, word_open, word_digits = self._scan(st.tail_words, word_all, at, track)
         if (text_open is not None or word_open is not None) and not force:
             if st.timer is None and self.hold_seconds is not None:
-                with_loop = asyncio.get_running_loop()
-                st.timer = with_loop.call_later(self.hold_seconds, self._deadline, track)
+                st.timer = asyncio.get_running_loop().call_later(self.hold_seconds, self._deadline, track)
             return
         if st.timer is not None:
             st.timer.cancel()

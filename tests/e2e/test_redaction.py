@@ -21,7 +21,7 @@ import websockets
 from bridge import events
 from bridge.audio import MULAW_SILENCE, mulaw_to_float, read_wav
 from bridge.live import auth as live_auth
-from bridge.store import client_from_url
+from bridge.store import Store, client_from_url
 from bridge.twilio.replay import replay
 from tests.support import FIXTURES
 from tests.support.bridges import TWILIO_TOKEN, BridgeProcess, worker_process
@@ -115,6 +115,7 @@ async def test_a_card_read_on_a_call_leaves_no_trace_and_is_silent_in_the_record
     bridge = BridgeProcess(tmp_path / "bridge", env)
     worker = worker_process(tmp_path / "worker", env, "--engine", "whisper", "--model", "base")
     received: list[events.LiveEvent] = []
+    store: Store | None = None
     try:
         async with bridge, httpx.AsyncClient(base_url=bridge.url, timeout=30, headers=auth) as client:
             player = asyncio.create_task(replay(CALL, url=f"{bridge.ws}/twilio/media", auth_token=TWILIO_TOKEN,
@@ -145,9 +146,18 @@ async def test_a_card_read_on_a_call_leaves_no_trace_and_is_silent_in_the_record
             served = await client.get(f"/calls/{CALL_SID}/recording")
             assert served.status_code == 200 and served.headers["content-type"] == "audio/wav"
             stored = await _redis_strings(redis_url, redis_prefix)
+            store = Store(client_from_url(redis_url), prefix=redis_prefix, retention_seconds=3600)
+            spans = await store.redactions(CALL_SID)
     finally:
         bridge.stop()
         worker.stop()
+        cleanup = client_from_url(redis_url)
+        keys = [k async for k in cleanup.scan_iter(match=f"{redis_prefix}:*", count=500)]
+        if keys:
+            await cleanup.delete(*keys)
+        await cleanup.aclose()
+        if store is not None:
+            await store.close()
 
     # The number was heard and masked (else this test would prove nothing).
     finals = [e for e in received if isinstance(e, events.Final)]
@@ -178,6 +188,12 @@ async def test_a_card_read_on_a_call_leaves_no_trace_and_is_silent_in_the_record
     assert redacted.channel_bytes(1) == original.channel_bytes(1)
     caller, caller_after = original.channel_bytes(0), redacted.channel_bytes(0)
     ref = json.loads((FIXTURES / "calls" / "card_call.json").read_text())
+    assert spans and {s.track for s in spans} == {"inbound"}
+    outside = np.ones(len(caller), dtype=bool)
+    for s in spans:
+        outside[int(s.start * 8000) : int(np.ceil(s.end * 8000))] = False
+    before, after = np.frombuffer(caller, np.uint8), np.frombuffer(caller_after, np.uint8)
+    assert (before[outside] == after[outside]).all()  # not a byte changed outside the stored spans
     loud = _loud(caller)
     silent = np.frombuffer(caller_after, dtype=np.uint8) == MULAW_SILENCE
     for turn in ref["turns"]:
