@@ -35,6 +35,7 @@ from bridge.metrics import Metrics
 from bridge.options import CallOptions
 from bridge.recognizers.base import Recognizer, StreamOptions
 from bridge.recognizers.resilience import RetryPolicy
+from bridge.redact.detector import kinds_for
 from bridge.redact.live import LiveRedactor
 from bridge.settings import Settings
 from bridge.store.jobs import RecordingJob
@@ -251,6 +252,7 @@ class CallSession:
         info = start.start
         if options is not None:
             self.options = options
+            self.redactor.kinds |= kinds_for(options.redact)  # a call may add kinds, never remove them
         tracks: list[Track] = [t for t in ("inbound", "outbound") if t in info.tracks] or ["inbound"]
         first = not self.streams
         # A new stream starts "now" on the call clock, and never before audio already heard.

@@ -17,7 +17,7 @@ import msgspec
 
 from bridge import events
 from bridge.redact.audio import redact_file
-from bridge.redact.detector import MASKS, cues
+from bridge.redact.detector import MASKS, cues, kinds_for
 from bridge.redact.live import LiveRedactor
 from bridge.store import Store
 from bridge.transcripts import BatchTranscript, Redaction, Utterance
@@ -103,6 +103,9 @@ async def redact_recording(
     masked, its spans stored (with those of an earlier attempt: a redelivered job transcribes audio
     already silenced), then silenced in the recording; returns the masked transcript."""
     sid = transcript.call_sid
+    info = await store.get_call(sid)
+    if info is not None:
+        kinds |= kinds_for(info.custom.get("redact", ""))  # the call's own ``redact`` parameter adds kinds
     redacted, spans = redact_transcript(transcript, kinds)
     earlier = await store.redactions(sid) or []
     merged = sorted({(s.track, s.start, s.end, s.kind): s for s in earlier + spans}.values(),

@@ -28,6 +28,16 @@ from collections.abc import Sequence
 #: Entity kinds a deployment can switch on (``BRIDGE_REDACT``): ``card`` covers number, expiry and CVV.
 KINDS = ("card", "ssn")
 
+#: A call's ``redact`` parameter (``bridge/options.py``) -> kinds it adds to ``BRIDGE_REDACT`` (never removes).
+CATEGORIES = {"pci": "card", "card": "card", "ssn": "ssn", "pii": "ssn"}
+
+
+def kinds_for(categories: Sequence[str] | str) -> frozenset[str]:
+    """The kinds a call's ``redact`` categories ask for (a comma-separated string or a list); others ignored."""
+    items = categories.split(",") if isinstance(categories, str) else categories
+    return frozenset(CATEGORIES[c] for c in (i.strip().lower() for i in items) if c in CATEGORIES)
+
+
 MASKS = {
     "card_number": "[card number]",
     "card_expiry": "[card expiry]",
@@ -266,4 +276,7 @@ def detect(
     return hits
 
 
-__all__ = ["CUES", "KINDS", "MASKS", "Hit", "Run", "cues", "detect", "has_card", "luhn", "plain", "runs", "ssn_valid"]
+__all__ = [
+    "CATEGORIES", "CUES", "KINDS", "MASKS", "Hit", "Run", "cues", "detect", "has_card", "kinds_for", "luhn", "plain",
+    "runs", "ssn_valid",
+]

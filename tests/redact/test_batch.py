@@ -13,7 +13,7 @@ from bridge import transcripts
 from bridge.audio import MULAW_SILENCE, mulaw_wav_bytes, read_wav
 from bridge.batch.worker import Worker
 from bridge.events import Word
-from bridge.redact.batch import answer_spans, redact_transcript
+from bridge.redact.batch import answer_spans, redact_recording, redact_transcript
 from bridge.store import Store
 from bridge.store.jobs import RecordingJob
 from bridge.transcripts import BatchTranscript, Recording, Utterance
@@ -109,3 +109,18 @@ async def test_a_redelivered_job_keeps_the_spans_of_the_first_attempt(store: Sto
     assert await Worker(store, Silent(), block_ms=50, recording_dir=tmp_path).process_one()
     assert await store.redactions(SID) == first
     assert set(read_wav(path).channel_bytes(0)[5 * 8000 : 8 * 8000]) == {MULAW_SILENCE}
+
+
+async def test_a_calls_own_redact_parameter_adds_ssn_in_the_batch_pass(store: Store, tmp_path: Path) -> None:
+    import time
+
+    await store.call_started(SID, stream_sid="MZ" + "0" * 32, tracks=["inbound", "outbound"], started_at=time.time(),
+                             custom={"redact": "pci,ssn"})  # fmt: skip
+    path = tmp_path / f"{SID}.wav"
+    path.write_bytes(mulaw_wav_bytes([b"\x10" * 8 * 8000, b"\x20" * 8 * 8000]))
+    transcript = BatchTranscript(call_sid=SID, engine="fake", model="fake", duration=8.0, channels=2,
+                                 tracks=["inbound", "outbound"],
+                                 utterances=[_utt("inbound", 1.0, "my social is 123-45-6789")])  # fmt: skip
+    redacted = await redact_recording(store, transcript, path, ["inbound", "outbound"], kinds=frozenset({"card"}),
+                                      keep_original=False)  # fmt: skip
+    assert redacted.utterances[0].text == "my social is [ssn]"

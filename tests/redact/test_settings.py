@@ -20,3 +20,11 @@ def test_turning_redaction_off_or_keeping_originals_is_warned_about() -> None:
     warnings = " ".join(off.startup_warnings())
     assert "BRIDGE_REDACT=none" in warnings and "BRIDGE_KEEP_UNREDACTED" in warnings
     assert not any("REDACT" in w for w in Settings.from_env({}).startup_warnings())
+
+
+def test_a_calls_redact_parameter_adds_kinds_and_never_removes_them() -> None:
+    from bridge.redact.detector import kinds_for
+
+    assert kinds_for("PCI, ssn") == {"card", "ssn"}
+    assert kinds_for(("pii", "phi", "none")) == {"ssn"}  # unknown categories are carried, not applied
+    assert kinds_for("") == frozenset()
