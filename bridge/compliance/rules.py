@@ -32,6 +32,8 @@ _RULE_ID = re.compile(r"[a-z][a-z0-9_]{0,63}")
 #: A phrase's word: letters, digits and apostrophes, optionally ending in ``*`` (a stem), or ``...``.
 _WORD = re.compile(r"[\w'$%]+\*?|\.\.\.")
 MAX_RULES, MAX_PHRASES = 200, 200
+#: A phrase's words and gaps at most (matching tries every gap length: it must stay cheap on the call path).
+MAX_PHRASE_WORDS, MAX_GAPS = 16, 3
 
 
 class RulesError(ValueError):
@@ -92,6 +94,9 @@ def _check(rules: RuleSet) -> RuleSet:
             words = _WORD.findall(phrase.lower())
             if not [w for w in words if w != "..."] or words[0] == "..." or words[-1] == "...":
                 raise RulesError(f"rule {rule.id}: phrase {phrase[:70]!r} has no word, or starts or ends with ...")
+            if len(words) > MAX_PHRASE_WORDS or words.count("...") > MAX_GAPS:
+                raise RulesError(f"rule {rule.id}: phrase {phrase[:70]!r} has more than {MAX_PHRASE_WORDS} words "
+                                 f"or {MAX_GAPS} gaps")  # fmt: skip
         for value in (rule.fuzzy, rules.fuzzy):
             if value is not None and not 50 <= value <= 100:
                 raise RulesError(f"rule {rule.id}: fuzzy must be between 50 and 100")

@@ -63,6 +63,8 @@ def test_toml_and_yaml_files_say_the_same(tmp_path: Path) -> None:
         ("[[rules]]\nid = 'a'\nkind = 'alert'\nphrases = []\n", "phrases"),
         ("[[rules]]\nid = 'a'\nkind = 'alert'\nphrases = ['... x']\n", "starts or ends with"),
         ("[[rules]]\nid = 'a'\nkind = 'alert'\nphrases = ['!!']\n", "no word"),
+        ("[[rules]]\nid = 'a'\nkind = 'alert'\nphrases = ['a ... b ... c ... d ... e']\n", "3 gaps"),
+        ("[[rules]]\nid = 'a'\nkind = 'alert'\nphrases = ['" + "w " * 17 + "']\n", "16 words"),
         ("fuzzy = 20\n[[rules]]\nid = 'a'\nkind = 'alert'\nphrases = ['x']\n", "between 50 and 100"),
         ("[[rules]]\nid = 'a'\nkind = 'alert'\nwithin_seconds = 5\nphrases = ['x']\n", "no window"),
         ("rules = [\n", "Invalid"),
