@@ -35,7 +35,11 @@ class LiveAlerts:
         matchers = [m for m in self.matchers if m.rule.applies_to(final.track)]
         if not matchers or not final.text.strip():
             return []
-        words = tokens(final.text, (), final.start, final.end)
+        try:
+            words = tokens(final.text, (), final.start, final.end)
+        except Exception:  # a normaliser bug must never stop the call's transcript
+            log.exception("alert matching failed on a final", extra={"call_sid": final.call_sid})
+            return []
         f = final
         return [
             events.Alert(call_sid=f.call_sid, rule=m.rule.id, track=f.track, text=f.text, start=f.start, end=f.end,
