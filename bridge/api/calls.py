@@ -1,5 +1,7 @@
 """``GET /calls``, ``/calls/{sid}``, ``/calls/{sid}/transcript`` and ``/calls/{sid}/quality``.
 
+A transcript comes as JSON, text, or subtitles (``?format=vtt|srt``, :mod:`bridge.api.formats`).
+
 Every route authorizes with the subscriber token (:func:`bridge.live.auth.authorize`); a token
 limited to some calls lists only those. A path whose CallSid is not shaped like Twilio's is a 400
 before anything reads Redis. Redis being away, or refusing a command, is a 503, never a 500.
@@ -14,6 +16,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from bridge import events, transcripts
+from bridge.api import formats
 from bridge.live.auth import Denied, authorize
 from bridge.responses import error, json_response, log_refused, refuse_bad_call_sid, store_failure
 from bridge.store import STORE_ERRORS, CallInfo, Store
@@ -83,8 +86,8 @@ async def get_transcript(request: Request) -> Response:
     if isinstance(info, Response):
         return info
     fmt = request.query_params.get("format", "").lower()
-    if fmt not in ("", "json", "text"):
-        return error(400, "format must be json or text")
+    if fmt not in ("", "json", "text", *formats.FORMATS):
+        return error(400, "format must be json, text, vtt or srt")
     source = request.query_params.get("source", "live").lower()
     if source not in ("live", "batch"):
         return error(400, "source must be live or batch")
@@ -98,6 +101,8 @@ async def get_transcript(request: Request) -> Response:
             return store_failure(request, info.call_sid, exc)
         if batch is None:
             return error(404, "no batch transcript yet")
+        if fmt in formats.FORMATS:
+            return formats.subtitles(fmt, formats.batch_cues(batch), info.call_sid)
         if as_text:
             lines = [f"{events.SPEAKER.get(u.track, u.track)}: {u.text}" for u in batch.utterances if u.text]
             return PlainTextResponse("\n".join(lines) + ("\n" if lines else ""))
@@ -106,6 +111,8 @@ async def get_transcript(request: Request) -> Response:
         finals = await store.transcript(info.call_sid)
     except STORE_ERRORS as exc:
         return store_failure(request, info.call_sid, exc)
+    if fmt in formats.FORMATS:
+        return formats.subtitles(fmt, formats.live_cues(finals), info.call_sid)
     if as_text:
         return PlainTextResponse(transcript_text(finals))
     return json_response(finals)
