@@ -110,6 +110,12 @@ def _transcript(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compliance(args: argparse.Namespace) -> int:
+    from bridge.compliance import cli
+
+    return cli.main(args, Settings.from_env())
+
+
 def _token(args: argparse.Namespace) -> int:
     from bridge.live import auth
 
@@ -255,6 +261,10 @@ def _add_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     t.add_argument("--batch", action="store_true", help="the compliance (batch) transcript")
     t.add_argument("--token", help="subscriber token")
     t.set_defaults(func=_transcript)
+
+    c = sub.add_parser("compliance", help="print a call's compliance report (read from REDIS_URL)")
+    c.add_argument("call_sid")
+    c.set_defaults(func=_compliance)
 
     k = sub.add_parser("token", help="mint a subscriber token (BRIDGE_SUBSCRIBER_SECRET) for some calls or all")
     k.add_argument("--calls", default="*", help="comma-separated CallSids, or * for every call")

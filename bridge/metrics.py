@@ -44,6 +44,9 @@ class Metrics:
         self.finals_duplicate = Counter(
             "bridge_finals_duplicate_total", "Finals already stored (idempotent re-write)", registry=r
         )
+        self.alerts = Counter(
+            "bridge_compliance_alerts_total", "Live alert rule matches on finals, by rule", ["rule"], registry=r
+        )
         self.partials = Counter("bridge_partials_total", "Partials published", registry=r)
         self.reconnects = Counter("bridge_recognizer_reconnects_total", "Recognizer reconnects", registry=r)
         self.replayed_seconds = Counter(

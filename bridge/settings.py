@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from bridge.compliance.rules import RulesError, RuleSet, default_rules
+from bridge.compliance.rules import load as load_rules
 from bridge.options import CallOptions, OptionsError, load_profiles
 from bridge.redact.detector import KINDS as REDACT_KINDS
 
@@ -183,6 +185,8 @@ class Settings:
     redact: tuple[str, ...] = ("card",)
     #: Keep each recording's unredacted original beside it (``<sid>.unredacted.wav``): tests only.
     keep_unredacted: bool = False
+    #: Compliance rules (``BRIDGE_COMPLIANCE_RULES``; the shipped default without it): see docs/compliance.md.
+    compliance_rules: RuleSet = dataclasses.field(default_factory=default_rules)
 
     # Subscribers
     #: Per-subscriber queue bound; a subscriber further behind than this is dropped.
@@ -320,6 +324,12 @@ class Settings:
                 profiles = load_profiles(Path(profiles_path))
             except OptionsError as exc:
                 raise SettingsError(f"BRIDGE_NUMBER_PROFILES: {exc}") from None
+        rules = default_rules()
+        if rules_path := e.get("BRIDGE_COMPLIANCE_RULES", "").strip():
+            try:
+                rules = load_rules(Path(rules_path))
+            except RulesError as exc:
+                raise SettingsError(f"BRIDGE_COMPLIANCE_RULES: {exc}") from None
         stream_mode = _choice(e, "BRIDGE_STREAM_MODE", "start", ("start", "connect"))
         redis_cluster = _bool(e, "BRIDGE_REDIS_CLUSTER", False)
         if redis_cluster and not e.get("REDIS_URL", ""):
@@ -359,6 +369,7 @@ class Settings:
             admission_lag_ms=_int(e, "BRIDGE_ADMISSION_LAG_MS", cls.admission_lag_ms),
             overload_action=overload_action,  # type: ignore[arg-type]
             number_profiles=profiles,
+            compliance_rules=rules,
             recognizer_model=e.get("BRIDGE_RECOGNIZER_MODEL", ""),
             language=e.get("BRIDGE_LANGUAGE", cls.language),
             endpointing_ms=_int(e, "BRIDGE_ENDPOINTING_MS", cls.endpointing_ms),

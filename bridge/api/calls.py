@@ -1,6 +1,8 @@
 """``GET /calls``, ``/calls/{sid}``, ``/calls/{sid}/transcript``, ``/calls/{sid}/quality`` and
 ``/calls/{sid}/recording``.
 
+A transcript comes as JSON, text, or subtitles (``?format=vtt|srt``, :mod:`bridge.api.formats`).
+
 Every route authorizes with the subscriber token (:func:`bridge.live.auth.authorize`); a token
 limited to some calls lists only those. A path whose CallSid is not shaped like Twilio's is a 400
 before anything reads Redis. Redis being away, or refusing a command, is a 503, never a 500.
@@ -16,6 +18,7 @@ from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from bridge import events, transcripts
+from bridge.api import formats
 from bridge.audio import WavError
 from bridge.files import UnsafePath, recording_file
 from bridge.live.auth import Denied, authorize
@@ -88,8 +91,8 @@ async def get_transcript(request: Request) -> Response:
     if isinstance(info, Response):
         return info
     fmt = request.query_params.get("format", "").lower()
-    if fmt not in ("", "json", "text"):
-        return error(400, "format must be json or text")
+    if fmt not in ("", "json", "text", *formats.FORMATS):
+        return error(400, "format must be json, text, vtt or srt")
     source = request.query_params.get("source", "live").lower()
     if source not in ("live", "batch"):
         return error(400, "source must be live or batch")
@@ -103,6 +106,8 @@ async def get_transcript(request: Request) -> Response:
             return store_failure(request, info.call_sid, exc)
         if batch is None:
             return error(404, "no batch transcript yet")
+        if fmt in formats.FORMATS:
+            return formats.subtitles(fmt, formats.batch_cues(batch), info.call_sid)
         if as_text:
             lines = [f"{events.SPEAKER.get(u.track, u.track)}: {u.text}" for u in batch.utterances if u.text]
             return PlainTextResponse("\n".join(lines) + ("\n" if lines else ""))
@@ -111,6 +116,8 @@ async def get_transcript(request: Request) -> Response:
         finals = await store.transcript(info.call_sid)
     except STORE_ERRORS as exc:
         return store_failure(request, info.call_sid, exc)
+    if fmt in formats.FORMATS:
+        return formats.subtitles(fmt, formats.live_cues(finals), info.call_sid)
     if as_text:
         return PlainTextResponse(transcript_text(finals))
     return json_response(finals)

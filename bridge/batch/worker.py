@@ -35,6 +35,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from bridge.audio import WavError, read_wav
 from bridge.batch.engine import make_engine, transcribe_recording
 from bridge.batch.quality import DEFAULT_WER_THRESHOLD, compute_quality
+from bridge.compliance.report import ComplianceMetrics, file_report
+from bridge.compliance.rules import RuleSet, default_rules
 from bridge.redact.batch import redact_recording
 from bridge.retry import Backoff
 from bridge.store import Backlog, JobQueue, RecordingJob, Store
@@ -139,6 +141,7 @@ class Worker:
         backlog_interval_s: float = 15.0,
         redact: tuple[str, ...] = ("card",),
         keep_unredacted: bool = False,
+        rules: RuleSet | None = None,
     ) -> None:
         self.store = store
         self.queue: JobQueue = store.jobs
@@ -164,6 +167,9 @@ class Worker:
         #: Entity kinds masked in the transcript and silenced in the recording (``BRIDGE_REDACT``).
         self.redact = frozenset(redact)
         self.keep_unredacted = keep_unredacted
+        #: The compliance rules every batch transcript is judged by (the report is filed before the ack).
+        self.rules = rules or default_rules()
+        self.compliance = ComplianceMetrics(self.metrics.registry)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -273,6 +279,9 @@ class Worker:
         key = job_key(job)
         existing = await self.store.batch_transcript(sid)
         if existing is not None and existing.job_key == key:
+            report = await self.store.compliance(sid)
+            if report is None or report.job_key != key:  # stopped between the transcript and its report
+                await file_report(self.store, existing, self.rules, self.compliance)
             await self.queue.ack(entry_id)
             logger.info("job %s already has a stored result; acked", entry_id, extra={"call_sid": sid})
             return "duplicate"
@@ -297,7 +306,9 @@ class Worker:
                 logger.warning("cannot write %s: %s", json_path(path), exc, extra={"call_sid": sid})
         live = await self.store.transcript(sid)
         quality = compute_quality(sid, live, transcript, threshold=self.wer_threshold)
-        await self.store.save_batch_result(transcript, quality, ack_entry=entry_id)
+        await self.store.save_batch_result(transcript, quality)
+        await file_report(self.store, transcript, self.rules, self.compliance)
+        await self.queue.ack(entry_id)
         self.metrics.audio_seconds.inc(recording.duration)
         if quality.wer is not None:
             self.metrics.live_wer.labels("all").observe(quality.wer)
@@ -424,6 +435,7 @@ async def _amain(args: argparse.Namespace) -> int:
                 metrics=metrics,
                 redact=settings.redact,
                 keep_unredacted=settings.keep_unredacted,
+                rules=settings.compliance_rules,
             )  # fmt: skip
             await worker.run(stop)
     finally:

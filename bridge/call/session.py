@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -30,6 +31,7 @@ from bridge import events
 from bridge.audio import SAMPLE_RATE
 from bridge.call.pipeline import TrackPipeline
 from bridge.call.recording import CallRecording
+from bridge.compliance.alerts import live_alerts, raise_alert
 from bridge.events import Track
 from bridge.metrics import Metrics
 from bridge.options import CallOptions
@@ -171,6 +173,8 @@ class CallSession:
         #: The call's options (its latest stream's ``<Parameter>``s, validated by the manager).
         self.options = CallOptions()
         self.ended = False
+        #: The compliance alert rules, run on each final.
+        self.alerts = live_alerts(manager.settings.compliance_rules)
         self._grace: asyncio.TimerHandle | None = None
         self._ending: asyncio.Task[None] | None = None
         #: Masks card data before anything is stored or sent; finals may come out later (hold-back).
@@ -310,8 +314,13 @@ class CallSession:
         self.redactor.final(final)
 
     def _store_final(self, final: events.Final) -> None:
-        """A final the redactor released (masked): the only way a final reaches Redis and subscribers."""
-        self.manager.writer.submit(final)
+        """A final the redactor released (masked): the only way a final reaches Redis, subscribers and
+        the alert rules."""
+        m = self.manager
+        m.writer.submit(final)
+        for alert in self.alerts.match(final):  # compliance alert rules, after the final (its seq)
+            m.metrics.alerts.labels(alert.rule).inc()
+            m.writer.call(self.call_sid, "alert", functools.partial(raise_alert, m.store, alert))
 
     async def stream_stopped(self, handle: StreamHandle, *, clean: bool, reason: str) -> None:
         # Keep this stream's last words in any case; the call ends with its last open stream.

@@ -6,6 +6,10 @@ A call's channel is subscribed on its first local subscriber and unsubscribed af
 so nothing falls between the two. Each subscriber has a bounded queue; one that falls behind is
 dropped without slowing anyone else. If the pub/sub connection drops, the hub reconnects by itself
 and every subscriber re-reads the finals it may have missed from the store.
+
+Compliance alerts (``alert`` events) carry the ``seq`` of the final they are about and are stored
+too: the snapshot and every catch-up send each final's alerts right after it, and a subscriber gets
+each alert once (by final id and rule), and none about finals at or before its resume position.
 """
 
 from __future__ import annotations
@@ -103,6 +107,9 @@ class Subscription:
         self.call_sid = call_sid
         #: Highest final seq delivered so far.
         self.last_seq = max(0, after)
+        #: Where the subscriber resumed: alerts of finals up to here are not sent again.
+        self.after = self.last_seq
+        self._alerts_sent: set[str] = set()
         self.queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=maxsize)
         #: Set when the subscriber is dropped for being too slow.
         self.dropped = asyncio.Event()
@@ -146,14 +153,35 @@ class Subscription:
         """Like iterating, with each event's wire forms (what the endpoints send)."""
         return self._events()
 
+    def _new_alert(self, alert: events.Alert) -> bool:
+        """True the first time an alert is seen, unless it is about a final before the resume position."""
+        key = f"{alert.final_id}|{alert.rule}"
+        if key in self._alerts_sent or 0 < alert.seq <= self.after:
+            return False
+        self._alerts_sent.add(key)
+        return True
+
     async def _catch_up(self, up_to: int | None = None) -> AsyncIterator[Delivery]:
-        """Finals after :attr:`last_seq` from the store (the snapshot, or what a gap lost)."""
-        for final in await self.hub.store.finals(self.call_sid, after_seq=self.last_seq):
+        """Finals after :attr:`last_seq` from the store (the snapshot, or what a gap lost), each
+        followed by its alerts; then stored alerts of earlier finals not sent yet (lost live)."""
+        store = self.hub.store
+        finals = await store.finals(self.call_sid, after_seq=self.last_seq)
+        by_seq: dict[int, list[events.Alert]] = {}
+        for alert in await store.alerts(self.call_sid):
+            by_seq.setdefault(alert.seq, []).append(alert)
+        for final in finals:
             if up_to is not None and final.seq > up_to:
                 break
             if final.seq > self.last_seq:
                 self.last_seq = final.seq
                 yield Delivery(final)
+                for alert in by_seq.pop(final.seq, ()):
+                    if self._new_alert(alert):
+                        yield Delivery(alert)
+        for seq in sorted(s for s in by_seq if 0 < s <= self.last_seq):
+            for alert in by_seq[seq]:
+                if self._new_alert(alert):
+                    yield Delivery(alert)
 
     async def _ended(self) -> events.CallEnded | None:
         info = await self.hub.store.get_call(self.call_sid)
@@ -203,6 +231,8 @@ class Subscription:
                     async for final in self._catch_up(up_to=event.seq - 1):
                         yield final
                 self.last_seq = event.seq
+            elif isinstance(event, events.Alert) and not self._new_alert(event):
+                continue  # sent with the snapshot, or about a final before the resume position
             elif isinstance(event, events.CallEnded) and event.seq > self.last_seq:
                 # On a Redis Cluster the call's finals and its end are published through different
                 # nodes, so the end can overtake them: its seq says how many there are; read the rest.

@@ -7,10 +7,11 @@ name in :mod:`bridge.store.keys`:
 - :mod:`~bridge.store.finals`: the durable, numbered transcript, and live events (pub/sub);
 - :mod:`~bridge.store.jobs`: the recording jobs queue (stream, consumer group, retries, dead letters);
 - :mod:`~bridge.store.results`: the batch pass's transcript and quality figures;
+- :mod:`~bridge.store.compliance`: live alerts and compliance reports;
 - :mod:`~bridge.store.writeback`: the write-behind the call path talks to (never waits on Redis);
 - :mod:`~bridge.store.redis_embedded`: the redis-server started when no ``REDIS_URL`` is given.
 
-:class:`Store` is all of the first four over one client, the way redis-py's client is built from
+:class:`Store` is all of the first five over one client, the way redis-py's client is built from
 command mixins.
 """
 
@@ -29,6 +30,7 @@ from redis.backoff import NoBackoff
 from bridge.settings import Settings
 from bridge.store.calls import CallInfo, CallRecords
 from bridge.store.client import STORE_ERRORS, UNAVAILABLE, Client, client_from_url, pubsub_of
+from bridge.store.compliance import ComplianceLog
 from bridge.store.finals import FinalLog
 from bridge.store.jobs import Backlog, JobQueue, RecordingJob
 from bridge.store.keys import Keys
@@ -37,7 +39,7 @@ from bridge.store.results import BatchResults
 from bridge.store.writeback import FinalsWriter
 
 
-class Store(CallRecords, FinalLog, BatchResults):
+class Store(CallRecords, FinalLog, BatchResults, ComplianceLog):
     """The bridge's Redis store. All methods raise redis errors when Redis is unreachable.
 
     ``client`` is a single server's client or a Redis Cluster's (``url``: the one it was made from,

@@ -31,10 +31,15 @@ key                                    type        content
 ``P:call:{<sid>}:redactions``          string      spans masked and silenced by the batch pass
                                                    (JSON list of transcripts.Redaction)
 ``P:call:{<sid>}:compliance``          string      the call's compliance report (JSON)
+``P:call:{<sid>}:alerts``              hash        ``<final id>|<rule>`` -> events.Alert JSON (live
+                                                   alerts, each raised once per rule and final)
 ``P:{calls}:active``                   zset        CallSids of calls in progress, scored by start time
 ``P:{calls}:recent``                   zset        CallSids of ended calls, scored by end time
                                                    (trimmed to the retention window)
 ``P:{calls}:flagged``                  zset        CallSids whose live transcript diverges, by WER
+``P:{calls}:compliance``               zset        CallSids with a compliance report, by report time
+                                                   (trimmed to the retention window)
+``P:{calls}:compliance:failed``        zset        the same for the reports that failed a rule
 ``P:{jobs}:recordings``                stream      recording jobs (flat string fields, jobs.RecordingJob)
 ``P:{jobs}:recordings:dead``           stream      recording jobs that failed too often
 ``P:{jobs}:recordings:attempts``       hash        recording job entry id -> failed attempts so far
@@ -91,6 +96,10 @@ class Keys:
         """string: the call's compliance report (JSON), written after the batch pass."""
         return f"{self.call(call_sid)}:compliance"
 
+    def alerts(self, call_sid: str) -> str:
+        """hash: ``<final id>|<rule>`` -> the live alert raised for that final (events.Alert JSON)."""
+        return f"{self.call(call_sid)}:alerts"
+
     def call_keys(self, call_sid: str) -> list[str]:
         """Every key that holds data of one call (they share its retention, and its slot)."""
         return [
@@ -102,6 +111,7 @@ class Keys:
             self.quality(call_sid),
             self.redactions(call_sid),
             self.compliance(call_sid),
+            self.alerts(call_sid),
         ]
 
     # -- the call indexes: one slot ({calls}) ------------------------------------------------------
@@ -122,6 +132,16 @@ class Keys:
     def flagged_calls(self) -> str:
         """zset: CallSids whose live transcript diverges from the batch one, scored by WER."""
         return f"{self._calls}:flagged"
+
+    @property
+    def compliance_calls(self) -> str:
+        """zset: CallSids with a compliance report, scored by when it was made (unix seconds)."""
+        return f"{self._calls}:compliance"
+
+    @property
+    def compliance_failed(self) -> str:
+        """zset: CallSids whose compliance report failed a rule, scored by when it was made."""
+        return f"{self._calls}:compliance:failed"
 
     # -- the recording jobs queue: one slot ({jobs}) -----------------------------------------------
 
