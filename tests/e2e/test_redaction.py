@@ -32,6 +32,8 @@ CALL_SID = "CA" + "c4" * 16
 
 #: What the caller says that must not survive anywhere, written or spoken.
 _TOKENS = re.compile(r"[a-z0-9/']+")
+#: Clock times (subtitle cues 00:00:24.737, log lines 06:13:26,737) are not speech.
+_CUE_TIMES = re.compile(r"\d{2}:\d{2}:\d{2}[.,]\d{3}")
 _DIGIT_TRACES = ("4111", "1111")
 _EXACT_TRACES = {"0928", "09/28", "9/28", "928", "737"}
 _PHRASES = ("one one one", "four one one", "oh nine", "twenty eight", "seven three seven")
@@ -39,6 +41,7 @@ _PHRASES = ("one one one", "four one one", "oh nine", "twenty eight", "seven thr
 
 def traces(text: str) -> list[str]:
     """Pieces of the card number, expiry or CVV in ``text`` (digits or number words)."""
+    text = _CUE_TIMES.sub(" ", text)
     words = _TOKENS.findall(text.lower().replace("-", " ").replace(",", " "))
     found = [w for w in words if any(t in w for t in _DIGIT_TRACES) or w in _EXACT_TRACES]
     joined = " " + " ".join(words) + " "
@@ -140,9 +143,13 @@ async def test_a_card_read_on_a_call_leaves_no_trace_and_is_silent_in_the_record
                 assert batch is not None, f"no batch transcript:\n{worker.log()}"
             exports = [
                 (await client.get(f"/calls/{CALL_SID}/transcript", params=p)).text
-                for p in ({"format": "json"}, {"format": "text"}, {"source": "batch", "format": "json"},
-                          {"source": "batch", "format": "text"})
+                for p in ({"format": "json"}, {"format": "text"}, {"format": "vtt"}, {"format": "srt"},
+                          {"source": "batch", "format": "json"}, {"source": "batch", "format": "text"},
+                          {"source": "batch", "format": "vtt"}, {"source": "batch", "format": "srt"})
             ]  # fmt: skip
+            compliance = await client.get(f"/calls/{CALL_SID}/compliance")
+            assert compliance.status_code == 200, compliance.text
+            exports.append(compliance.text)
             served = await client.get(f"/calls/{CALL_SID}/recording")
             assert served.status_code == 200 and served.headers["content-type"] == "audio/wav"
             stored = await _redis_strings(redis_url, redis_prefix)
@@ -189,6 +196,8 @@ async def test_a_card_read_on_a_call_leaves_no_trace_and_is_silent_in_the_record
     caller, caller_after = original.channel_bytes(0), redacted.channel_bytes(0)
     ref = json.loads((FIXTURES / "calls" / "card_call.json").read_text())
     assert spans and {s.track for s in spans} == {"inbound"}
+    reported = json.loads(exports[-1])["redactions"]
+    assert {(r["track"], r["kind"]) for r in reported} == {(s.track, s.kind) for s in spans}
     outside = np.ones(len(caller), dtype=bool)
     for s in spans:
         outside[int(s.start * 8000) : int(np.ceil(s.end * 8000))] = False
