@@ -215,3 +215,48 @@ async def test_a_card_read_on_a_call_leaves_no_trace_and_is_silent_in_the_record
         else:
             kept = np.frombuffer(caller_after, np.uint8)[span] == np.frombuffer(caller, np.uint8)[span]
             assert kept[speech].mean() > 0.95, f"caller turn {turn['text']!r} damaged"
+
+
+async def test_a_card_split_across_two_finals_never_reaches_redis_or_a_subscriber_in_clear(
+    redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    """The trap of live redaction: a recognizer ends a final in the middle of the number. Each window of
+    the scripted recognizer is one final, its partials growing word by word."""
+    import dataclasses
+
+    from bridge.server import running_bridge
+    from bridge.settings import Settings
+    from bridge.testing import ScriptedDeepgramServer, TwilioStream
+    from tests.support.calls import send, speech
+
+    sid = "CA" + "5b" * 16
+    script = ["my card is", "4111 1111", "1111 1111", "thanks bye"]
+    async with ScriptedDeepgramServer(script=script, partial_seconds=0.1) as scripted:
+        settings = dataclasses.replace(
+            Settings(), port=0, redis_url=redis_url, redis_prefix=redis_prefix, twilio_auth_token=TWILIO_TOKEN,
+            recording_dir=tmp_path, recognizer="deepgram", recognizer_url=scripted.url, recognizer_api_key="k",
+        )  # fmt: skip
+        received: list[events.LiveEvent] = []
+        async with running_bridge(settings) as (_app, http):
+            ws = http.replace("http://", "ws://")
+            async with TwilioStream(f"{ws}/twilio/media", sid, auth_token=TWILIO_TOKEN) as stream:
+                async with websockets.connect(f"{ws}/calls/{sid}/live") as sub:
+                    await send(stream, speech(4.0, 5))
+                    await stream.stop()
+                    async for raw in sub:
+                        received.append(events.decode(raw))
+                        if isinstance(received[-1], events.CallEnded):
+                            break
+            stored = await _redis_strings(redis_url, redis_prefix)
+    cleanup = client_from_url(redis_url)
+    keys = [k async for k in cleanup.scan_iter(match=f"{redis_prefix}:*", count=500)]
+    if keys:
+        await cleanup.delete(*keys)
+    await cleanup.aclose()
+
+    finals = [e.text for e in received if isinstance(e, events.Final)]
+    assert finals == ["my card is", "[card number]", "[card number]", "thanks bye"]
+    partials = [e.text for e in received if isinstance(e, events.Partial)]
+    assert "my card is" in partials and "thanks bye" in partials  # partials did flow
+    shown = [s for e in received for s in strings(events.encode(e))] + [s for v in stored.values() for s in v]
+    assert not [s for s in shown if "1111" in s or "4111" in s]
