@@ -317,7 +317,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     s.add_argument("--down-for", type=float, default=0.3, help="seconds the recognizer stays dead")
     s.set_defaults(func=_soak)
 
-    bench = sub.add_parser("bench", help="benchmarks: recognizer, batch, e2e, load, outage, fanout")
+    bench = sub.add_parser("bench", help="benchmarks: recognizer, batch, e2e, load, outage, fanout, redaction")
     kinds = bench.add_subparsers(dest="kind", required=True, metavar="KIND")
 
     r = kinds.add_parser("recognizer", help="the embedded recognizer: live vs batch WER, latency, capacity")

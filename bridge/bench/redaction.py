@@ -25,6 +25,7 @@ from bridge.audio import MULAW_SILENCE, mulaw_to_float, parse_wav, read_wav
 from bridge.redact.audio import silence_spans
 from bridge.redact.batch import redact_transcript
 from bridge.redact.live import LiveRedactor
+from bridge.transcripts import BatchEngine
 
 DEFAULT_TEXTS = Path("fixtures") / "redaction" / "texts.toml"
 ALL_KINDS = frozenset({"card", "ssn"})
@@ -126,13 +127,13 @@ def _loud(channel: bytes) -> np.ndarray:
     return np.asarray(np.abs(mulaw_to_float(np.frombuffer(channel, dtype=np.uint8))) > 0.02)
 
 
-async def score_call(wav: Path, engine: object) -> AudioScore:
+async def score_call(wav: Path, engine: BatchEngine) -> AudioScore:
     from bridge.batch.engine import transcribe_recording
 
     ref = json.loads(wav.with_suffix(".json").read_text())
     recording = read_wav(wav)
     transcript = await transcribe_recording(
-        engine, recording, call_sid="CA" + "0" * 32, tracks=["inbound", "outbound"], path=str(wav)  # type: ignore[arg-type]
+        engine, recording, call_sid="CA" + "0" * 32, tracks=["inbound", "outbound"], path=str(wav)
     )
     _, spans = redact_transcript(transcript, ALL_KINDS)
     raw, _ = silence_spans(recording.raw, spans, transcript.tracks)
