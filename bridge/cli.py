@@ -317,7 +317,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     s.add_argument("--down-for", type=float, default=0.3, help="seconds the recognizer stays dead")
     s.set_defaults(func=_soak)
 
-    bench = sub.add_parser("bench", help="benchmarks: recognizer, batch, e2e, load, outage, fanout")
+    bench = sub.add_parser("bench", help="benchmarks: recognizer, batch, e2e, load, outage, fanout, redaction")
     kinds = bench.add_subparsers(dest="kind", required=True, metavar="KIND")
 
     r = kinds.add_parser("recognizer", help="the embedded recognizer: live vs batch WER, latency, capacity")
@@ -401,6 +401,11 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     f.add_argument("--redis-url", default=None)
     f.add_argument("--out", default=None)
     f.set_defaults(func=_bench("fanout"))
+    rd = kinds.add_parser("redaction", help="card data found (precision/recall) and silenced in the fixture calls")
+    rd.add_argument("--fixtures", default="fixtures", help="the repository's fixtures directory")
+    rd.add_argument("--model", default="base", help="whisper model of the audio part")
+    rd.add_argument("--no-audio", action="store_true", help="only the text cases")
+    rd.set_defaults(func=_bench("redaction"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,8 @@ parameter         value
 ``endpointing``   milliseconds of silence that end an utterance (10-10000), or ``false``
 ``utterance_end`` milliseconds for the utterance-end event (1000-5000)
 ``keyterms``      comma-separated words or phrases to bias recognition toward
-``redact``        comma-separated redaction categories (``pci``, ``pii``…); carried, not applied here
+``redact``        comma-separated redaction categories (``pci``, ``ssn``, ``pii``…) added to ``BRIDGE_REDACT``
+                  (bridge/redact/; unknown ones carried and ignored)
 ================  =============================================================================
 """
 
@@ -52,7 +53,7 @@ class CallOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     endpointing: int | bool | None = None
     utterance_end: int | None = None
     keyterms: tuple[str, ...] = ()
-    #: Redaction categories for the redaction step (built elsewhere); validated and carried only.
+    #: Redaction categories: those bridge/redact knows add to ``BRIDGE_REDACT``'s kinds for this call.
     redact: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:

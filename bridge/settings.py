@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from bridge.compliance.rules import RulesError, RuleSet, default_rules
 from bridge.compliance.rules import load as load_rules
 from bridge.options import CallOptions, OptionsError, load_profiles
+from bridge.redact.detector import KINDS as REDACT_KINDS
 
 RecognizerKind = Literal["embedded", "deepgram", "elevenlabs"]
 StreamMode = Literal["start", "connect"]
@@ -66,6 +67,22 @@ def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str,
     if value not in allowed:
         raise SettingsError(f"{name}={value!r} must be one of {', '.join(allowed)}")
     return value
+
+
+def _redact(env: Mapping[str, str]) -> tuple[str, ...]:
+    """``BRIDGE_REDACT``: comma-separated kinds (``pci`` is ``card``), or ``none``."""
+    raw = env.get("BRIDGE_REDACT")
+    if raw is None or not raw.strip():
+        return ("card",)
+    items = [i.strip().lower() for i in raw.split(",") if i.strip()]
+    if items == ["none"]:
+        return ()
+    kinds = {"pci": "card"}
+    out = tuple(dict.fromkeys(kinds.get(i, i) for i in items))
+    bad = [i for i in out if i not in REDACT_KINDS]
+    if bad:
+        raise SettingsError(f"BRIDGE_REDACT={raw!r}: unknown kind {bad[0]!r} (use {', '.join(REDACT_KINDS)} or none)")
+    return out
 
 
 def _vendor_key(env: Mapping[str, str], kind: str | None) -> str:
@@ -163,6 +180,11 @@ class Settings:
     #: Hosts (and their subdomains) whose recording URLs are accepted and get the account's credentials.
     recording_hosts: tuple[str, ...] = ("twilio.com",)
 
+    # Redaction (bridge/redact/, docs/redaction.md)
+    #: Entity kinds masked live, in the batch transcript and silenced in the recording (empty: none).
+    redact: tuple[str, ...] = ("card",)
+    #: Keep each recording's unredacted original beside it (``<sid>.unredacted.wav``): tests only.
+    keep_unredacted: bool = False
     #: Compliance rules (``BRIDGE_COMPLIANCE_RULES``; the shipped default without it): see docs/compliance.md.
     compliance_rules: RuleSet = dataclasses.field(default_factory=default_rules)
 
@@ -269,6 +291,10 @@ class Settings:
                        "of each request; set the public https:// URL in production")  # fmt: skip
         elif self.public_url.startswith("http://"):
             out.append("BRIDGE_PUBLIC_URL is http://: Twilio only streams media to wss:// URLs")
+        if not self.redact:
+            out.append("BRIDGE_REDACT=none: card numbers are stored, sent and recorded in clear")
+        if self.keep_unredacted:
+            out.append("BRIDGE_KEEP_UNREDACTED=true: unredacted recordings are kept on disk (tests only)")
         if "*" in [e.strip() for e in self.forwarded_allow_ips.split(",")]:
             out.append("BRIDGE_FORWARDED_ALLOW_IPS=*: any client can forge X-Forwarded-* headers")
         return out
@@ -355,6 +381,8 @@ class Settings:
             recording_hosts=tuple(
                 h.strip().lower() for h in e.get("BRIDGE_RECORDING_HOSTS", "twilio.com").split(",") if h.strip()
             ),
+            redact=_redact(e),
+            keep_unredacted=_bool(e, "BRIDGE_KEEP_UNREDACTED", False),
             subscriber_queue=_int(e, "BRIDGE_SUBSCRIBER_QUEUE", cls.subscriber_queue),
             subscriber_secret=e.get("BRIDGE_SUBSCRIBER_SECRET", ""),
             log_level=e.get("BRIDGE_LOG_LEVEL", cls.log_level).lower(),

@@ -106,6 +106,10 @@ def test_the_cycle_check_finds_a_cycle() -> None:
         ("bridge.compliance", "bridge.call"),  # the rules serve the call path and the worker; they run neither
         ("bridge.compliance", "bridge.batch"),
         ("bridge.compliance", "bridge.live"),
+        ("bridge.redact", "bridge.call"),  # redaction serves the call path, the worker and the API; it runs none
+        ("bridge.redact", "bridge.batch"),
+        ("bridge.redact", "bridge.live"),
+        ("bridge.redact", "bridge.api"),
     ],
 )
 def test_imports_point_down_the_flow(low: str, high: str) -> None:

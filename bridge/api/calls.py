@@ -1,4 +1,5 @@
-"""``GET /calls``, ``/calls/{sid}``, ``/calls/{sid}/transcript`` and ``/calls/{sid}/quality``.
+"""``GET /calls``, ``/calls/{sid}``, ``/calls/{sid}/transcript``, ``/calls/{sid}/quality`` and
+``/calls/{sid}/recording``.
 
 A transcript comes as JSON, text, or subtitles (``?format=vtt|srt``, :mod:`bridge.api.formats`).
 
@@ -10,14 +11,18 @@ before anything reads Redis. Redis being away, or refusing a command, is a 503, 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from bridge import events, transcripts
 from bridge.api import formats
+from bridge.audio import WavError
+from bridge.files import UnsafePath, recording_file
 from bridge.live.auth import Denied, authorize
+from bridge.redact.audio import wav_seconds
 from bridge.responses import error, json_response, log_refused, refuse_bad_call_sid, store_failure
 from bridge.store import STORE_ERRORS, CallInfo, Store
 
@@ -133,11 +138,41 @@ async def get_quality(request: Request) -> Response:
     return json_response(quality)
 
 
+async def get_recording(request: Request) -> Response:
+    """The call's recording, only once the batch pass has silenced its card data (docs/redaction.md):
+    404 while there is none, 409 while the call is live or the file has not been redacted yet."""
+    info = await _call_or_error(request)
+    if isinstance(info, Response):
+        return info
+    store: Store = request.app.state.store
+    directory: Path = request.app.state.settings.recording_dir
+    try:
+        batch = await store.batch_transcript(info.call_sid)
+    except STORE_ERRORS as exc:
+        return store_failure(request, info.call_sid, exc)
+    try:
+        path = recording_file(directory, Path(batch.recording).name if batch else f"{info.call_sid}.wav")
+    except UnsafePath:
+        return error(404, "no recording")
+    if not path.is_file():
+        return error(404, "no recording")
+    # The batch transcript is stored after the recording is redacted; a call that came back since
+    # appended unredacted audio to the file (its own pass redacts it).
+    try:
+        grown = batch is not None and wav_seconds(path) > batch.duration + 1.0
+    except (OSError, WavError):
+        return error(404, "no recording")
+    if info.active or batch is None or grown:
+        return error(409, "recording not redacted yet (the batch pass has not run)")
+    return FileResponse(path, media_type="audio/wav", headers={"Cache-Control": "no-store"})
+
+
 routes: list[Route] = [
     Route("/calls", list_calls, methods=["GET"]),
     Route("/calls/{call_sid}", get_call, methods=["GET"]),
     Route("/calls/{call_sid}/transcript", get_transcript, methods=["GET"]),
     Route("/calls/{call_sid}/quality", get_quality, methods=["GET"]),
+    Route("/calls/{call_sid}/recording", get_recording, methods=["GET"]),
 ]
 
-__all__ = ["get_call", "get_quality", "get_transcript", "list_calls", "routes", "transcript_text"]
+__all__ = ["get_call", "get_quality", "get_recording", "get_transcript", "list_calls", "routes", "transcript_text"]

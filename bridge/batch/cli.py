@@ -16,6 +16,8 @@ from typing import Any
 
 from bridge.audio import WavError, read_wav
 from bridge.batch.engine import make_engine, transcribe_recording
+from bridge.redact.batch import redact_transcript
+from bridge.settings import Settings, SettingsError
 from bridge.transcripts import BatchEngine, EngineError, json_path, write_json
 
 
@@ -81,13 +83,16 @@ class Progress:
         self.stream.flush()
 
 
-async def _run_batch(engine: BatchEngine, files: list[Path], out: str | None, stream: Any) -> int:
+async def _run_batch(
+    engine: BatchEngine, files: list[Path], out: str | None, stream: Any, redact: tuple[str, ...] = ("card",)
+) -> int:
     progress = Progress(len(files), sum(_wav_seconds(f) for f in files), stream)
     failures = 0
     for f in files:
         try:
             rec = read_wav(f)
             transcript = await transcribe_recording(engine, rec, call_sid=f.stem, path=str(f))
+            transcript, _ = redact_transcript(transcript, frozenset(redact))  # BRIDGE_REDACT, as the worker
             write_json(transcript, json_path(f, out))
             seconds = rec.duration
         except (WavError, EngineError, OSError) as exc:
@@ -112,7 +117,12 @@ def main(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"bridge batch: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_run_batch(engine, files, args.out, sys.stderr))
+    try:
+        redact = Settings.from_env().redact
+    except SettingsError as exc:
+        print(f"bridge batch: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_run_batch(engine, files, args.out, sys.stderr, redact))
 
 
 __all__ = ["Progress", "main"]

@@ -37,6 +37,7 @@ from bridge.batch.engine import make_engine, transcribe_recording
 from bridge.batch.quality import DEFAULT_WER_THRESHOLD, compute_quality
 from bridge.compliance.report import ComplianceMetrics, file_report
 from bridge.compliance.rules import RuleSet, default_rules
+from bridge.redact.batch import redact_recording
 from bridge.retry import Backoff
 from bridge.store import Backlog, JobQueue, RecordingJob, Store
 from bridge.transcripts import BatchEngine, EngineError, json_path, write_json
@@ -138,6 +139,8 @@ class Worker:
         recording_hosts: tuple[str, ...] = ("twilio.com",),
         metrics: WorkerMetrics | None = None,
         backlog_interval_s: float = 15.0,
+        redact: tuple[str, ...] = ("card",),
+        keep_unredacted: bool = False,
         rules: RuleSet | None = None,
     ) -> None:
         self.store = store
@@ -161,6 +164,9 @@ class Worker:
         #: Seconds between two measurements of the queue's backlog (about Prometheus's scrape interval).
         self.backlog_interval_s = backlog_interval_s
         self.in_hand: str | None = None
+        #: Entity kinds masked in the transcript and silenced in the recording (``BRIDGE_REDACT``).
+        self.redact = frozenset(redact)
+        self.keep_unredacted = keep_unredacted
         #: The compliance rules every batch transcript is judged by (the report is filed before the ack).
         self.rules = rules or default_rules()
         self.compliance = ComplianceMetrics(self.metrics.registry)
@@ -289,6 +295,9 @@ class Worker:
             raise DownloadError(f"Twilio served {recording.channels} channel(s) of a {job.channels}-channel recording")
         transcript = await transcribe_recording(
             self.engine, recording, call_sid=sid, tracks=job.tracks, path=str(path), job_key=key
+        )
+        transcript = await redact_recording(
+            self.store, transcript, path, transcript.tracks, kinds=self.redact, keep_original=self.keep_unredacted
         )
         if self.write_json:
             try:
@@ -424,6 +433,8 @@ async def _amain(args: argparse.Namespace) -> int:
                 recording_hosts=settings.recording_hosts,
                 http=http,
                 metrics=metrics,
+                redact=settings.redact,
+                keep_unredacted=settings.keep_unredacted,
                 rules=settings.compliance_rules,
             )  # fmt: skip
             await worker.run(stop)

@@ -37,6 +37,8 @@ from bridge.metrics import Metrics
 from bridge.options import CallOptions
 from bridge.recognizers.base import Recognizer, StreamOptions
 from bridge.recognizers.resilience import RetryPolicy
+from bridge.redact.detector import kinds_for
+from bridge.redact.live import LiveRedactor
 from bridge.settings import Settings
 from bridge.store.jobs import RecordingJob
 
@@ -135,7 +137,8 @@ class StreamHandle:
             self._frame_handling.observe(time.perf_counter() - t0)
 
     async def on_dtmf(self, digit: str) -> None:
-        log.info("dtmf %s", digit, extra={"call_sid": self.session.call_sid})
+        # Never the digit: a caller may key in a card number (docs/redaction.md).
+        log.debug("dtmf digit received", extra={"call_sid": self.session.call_sid})
 
     async def on_mark(self, name: str) -> None:
         log.debug("mark %s", name, extra={"call_sid": self.session.call_sid})
@@ -174,6 +177,8 @@ class CallSession:
         self.alerts = live_alerts(manager.settings.compliance_rules)
         self._grace: asyncio.TimerHandle | None = None
         self._ending: asyncio.Task[None] | None = None
+        #: Masks card data before anything is stored or sent; finals may come out later (hold-back).
+        self.redactor = LiveRedactor(frozenset(manager.settings.redact), self._store_final)
 
     @property
     def clock(self) -> float:
@@ -251,6 +256,7 @@ class CallSession:
         info = start.start
         if options is not None:
             self.options = options
+            self.redactor.kinds |= kinds_for(options.redact)  # a call may add kinds, never remove them
         tracks: list[Track] = [t for t in ("inbound", "outbound") if t in info.tracks] or ["inbound"]
         first = not self.streams
         # A new stream starts "now" on the call clock, and never before audio already heard.
@@ -300,9 +306,16 @@ class CallSession:
         )  # fmt: skip
 
     def emit(self, event: events.LiveEvent) -> None:
-        self.manager.writer.publish(event)
+        shown = self.redactor.partial(event) if isinstance(event, events.Partial) else event
+        if shown is not None:
+            self.manager.writer.publish(shown)
 
     def emit_final(self, final: events.Final) -> None:
+        self.redactor.final(final)
+
+    def _store_final(self, final: events.Final) -> None:
+        """A final the redactor released (masked): the only way a final reaches Redis, subscribers and
+        the alert rules."""
         m = self.manager
         m.writer.submit(final)
         for alert in self.alerts.match(final):  # compliance alert rules, after the final (its seq)
@@ -360,6 +373,7 @@ class CallSession:
         except Exception:
             log.exception("ending the call failed; marking it ended anyway", extra={"call_sid": self.call_sid})
         finally:
+            self.redactor.flush()  # finals held back for an open digit run go out before the call ends
             self.ended = True
             ended_at = time.time()
             audio_end = round(self.audio_end, 3)

@@ -169,7 +169,9 @@ class WebSocketStream:
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     consecutive_garbage += 1
                     self.garbage_count += 1
-                    logger.warning("unparseable %s message (%s): %.200r", self.vendor, exc, data, extra=self._log_extra)
+                    # Its size, never its content: a transcript message may hold card data (docs/redaction.md).
+                    logger.warning("unparseable %s message (%s), %d bytes", self.vendor, exc, len(data),
+                                   extra=self._log_extra)  # fmt: skip
                     if consecutive_garbage >= self._max_garbage:
                         end = RecognizerProtocolError(
                             f"{consecutive_garbage} unparseable messages in a row from {self.vendor}"

@@ -103,8 +103,13 @@ class ScriptedDeepgramServer:
         api_key: str | None = None,
         ingest_rate: float | None = None,
         ingest_burst_seconds: float = 1.0,
+        script: list[str] | None = None,
     ) -> None:
         self.port = port
+        #: What is "said" in each window of a connection, in order (then the checksum words): a final
+        #: carries the window's words, a partial the share of them heard so far (like a streaming
+        #: recognizer's growing hypothesis). Lets a test put chosen words, digits say, on the wire.
+        self.script = list(script or [])
         self.window_seconds = window_seconds
         self.partial_seconds = partial_seconds
         #: NET-0001: close 1011 when neither audio nor KeepAlive arrives for this long.
@@ -376,9 +381,18 @@ class ScriptedSession:
     async def _send(self, message: wire.ServerMessage) -> None:
         await self.ws.send(wire.encode(message).decode())
 
+    def _said(self, start: int, data: bytes) -> list[str]:
+        index = start // self.window_bytes
+        script = self.server.script
+        if index >= len(script):
+            return [window_word(data)]
+        words = script[index].split()
+        return words[: max(1, -(-len(words) * len(data) // self.window_bytes))]
+
     def _results(self, start: int, data: bytes, *, is_final: bool, from_finalize: bool = False) -> wire.Results:
-        word = window_word(data)
+        said = self._said(start, data)
         t0, t1 = start / self.bps, (start + len(data)) / self.bps
+        step = (t1 - t0) / len(said)
         return wire.Results(
             channel_index=[0, 1],
             duration=t1 - t0,
@@ -388,9 +402,10 @@ class ScriptedSession:
             channel=wire.DGChannel(
                 alternatives=[
                     wire.DGAlternative(
-                        transcript=word,
+                        transcript=" ".join(said),
                         confidence=1.0,
-                        words=[wire.DGWord(word=word, start=t0, end=t1, confidence=1.0, punctuated_word=word)],
+                        words=[wire.DGWord(word=w, start=t0 + i * step, end=t0 + (i + 1) * step, confidence=1.0,
+                                           punctuated_word=w) for i, w in enumerate(said)],
                     )
                 ]
             ),

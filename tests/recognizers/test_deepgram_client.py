@@ -354,3 +354,39 @@ async def test_a_hung_server_is_detected_by_websocket_pings() -> None:
         assert info.value.retryable and info.value.code == 1006  # the ping timed out: no close handshake
         with pytest.raises(RecognizerConnectError):
             await recognizer.open(OPTIONS)  # new upgrades never complete either
+
+
+async def test_deepgram_is_asked_to_redact_what_the_bridge_redacts_and_the_embedded_recognizer_is_not() -> None:
+    """Deepgram's own redaction is a second line of defence (the bridge masks anyway); the embedded
+    recognizer refuses parameters it does not honour, so it is never sent one."""
+    from bridge.recognizers.factory import make_recognizer
+
+    async with ScriptedDeepgramServer() as server:
+        recognizer = make_recognizer("deepgram", server.url, api_key="k", redact=("card", "ssn"))
+        stream = await recognizer.open(OPTIONS)
+        await stream.close(timeout=5)
+    assert [v for k, v in server.connections[0].query_items if k == "redact"] == ["pci", "ssn"]
+    embedded = make_recognizer("embedded", "ws://h", redact=("card",))
+    assert "redact" not in embedded.listen_url(OPTIONS)  # type: ignore[attr-defined]
+
+
+async def test_an_unparseable_vendor_message_is_logged_without_its_content(caplog: pytest.LogCaptureFixture) -> None:
+    """Regression: the garbage warning quoted the message, and a malformed transcript message carries
+    what the caller said (a card number) into the logs."""
+    garbled = '{"type":"Results","duration":"long","channel":{"alternatives":[{"transcript":"4111 1111 1111 1111"}]}}'
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(garbled)
+        async for message in ws:
+            if message == '{"type":"CloseStream"}':
+                break
+        await ws.close()
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        url = f"ws://127.0.0.1:{next(iter(server.sockets)).getsockname()[1]}"
+        stream = await DeepgramRecognizer(url).open(OPTIONS)
+        reader = asyncio.create_task(collect(stream))
+        await stream.close(timeout=5)
+        await reader
+    assert stream.garbage_count == 1
+    assert "unparseable" in caplog.text and "4111" not in caplog.text

@@ -58,10 +58,11 @@ def keyterm_param(model: str) -> KeytermParam:
 
 
 def listen_query(
-    options: StreamOptions, model: str, extra: dict[str, str] | None = None, *, keyterms_as: KeytermParam = "keyterm"
+    options: StreamOptions, model: str, extra: dict[str, str] | None = None, *, keyterms_as: KeytermParam = "keyterm",
+    redact: tuple[str, ...] = (),
 ) -> str:
     """The ``/v1/listen`` query string for ``options`` (booleans lowercase, as Deepgram's SDK sends);
-    keyterms go out as one repeated parameter each, as the SDK sends lists."""
+    keyterms and ``redact`` values go out as one repeated parameter each, as the SDK sends lists."""
     params: dict[str, str] = {}
     if model:
         params["model"] = model
@@ -83,6 +84,7 @@ def listen_query(
     if extra:
         params.update(extra)
     pairs = list(params.items()) + [(keyterms_as, term) for term in options.keyterms]
+    pairs += [("redact", r) for r in redact]
     return urlencode(pairs)
 
 
@@ -135,6 +137,7 @@ class DeepgramRecognizer:
         ping_interval: float | None = 5.0,
         ping_timeout: float | None = 5.0,
         max_garbage: int = 10,
+        redact: tuple[str, ...] = (),
     ) -> None:
         self.url = url.rstrip("/")
         self.api_key = api_key
@@ -149,10 +152,13 @@ class DeepgramRecognizer:
         self.ping_timeout = ping_timeout
         #: Consecutive unparseable server messages tolerated before the stream fails.
         self.max_garbage = max_garbage
+        #: Deepgram's own redaction (``pci``, ``ssn``): a second line of defence, never the only one.
+        self.redact = redact
 
     def listen_url(self, options: StreamOptions) -> str:
         model = options.model or self.model
-        query = listen_query(options, model, self.extra_params, keyterms_as=self.keyterms_as or keyterm_param(model))
+        query = listen_query(options, model, self.extra_params, keyterms_as=self.keyterms_as or keyterm_param(model),
+                             redact=self.redact)  # fmt: skip
         return f"{self.url}/v1/listen?{query}"
 
     async def open(self, options: StreamOptions) -> DeepgramStream:
