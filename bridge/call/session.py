@@ -41,6 +41,7 @@ from bridge.redact.detector import kinds_for
 from bridge.redact.live import LiveRedactor
 from bridge.settings import Settings
 from bridge.store.jobs import RecordingJob
+from bridge.webhooks import CallEndedData, WebhookOutbox, new_event_id
 
 if TYPE_CHECKING:
     from bridge.store import Store
@@ -381,6 +382,10 @@ class CallSession:
             m.writer.call(
                 sid, "call_ended", lambda: store.call_ended(sid, ended_at=ended_at, reason=reason, audio_end=audio_end)
             )
+            ended = CallEndedData(started_at=self.started_at, ended_at=ended_at, duration=round(duration, 3),
+                                  reason=reason)  # fmt: skip
+            outbox, event_id = WebhookOutbox(store, m.settings.webhook_urls), new_event_id(f"ended:{sid}:{ended_at}")
+            m.writer.call(sid, "webhook", lambda: outbox.enqueue("call.ended", sid, ended, event_id=event_id))
             m.forget(self)
         if not await m.writer.flush(m.close_timeout):
             log.warning("Redis is behind: this call's last writes are still queued", extra={"call_sid": self.call_sid})
