@@ -203,4 +203,13 @@ async def sweeping(store: Store, settings: Settings, *,
             await task
 
 
-__all__ = ["SweepReport", "Sweeper", "call_files", "call_of", "delete_files", "sweeping"]
+async def sweep_now(settings: Settings) -> SweepReport:
+    """``bridge sweep``: one pass over ``BRIDGE_RECORDING_DIR`` (no call is carried by this process)."""
+    store = await Store.open(settings)
+    try:
+        return await Sweeper(store, settings.recording_dir, settings.retention_seconds).sweep_once()
+    finally:
+        await store.close()
+
+
+__all__ = ["SweepReport", "Sweeper", "call_files", "call_of", "delete_files", "sweep_now", "sweeping"]
