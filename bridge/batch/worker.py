@@ -281,7 +281,7 @@ class Worker:
         sid = job.call_sid
         key = job_key(job)
         if await self.store.call_deleted(sid):
-            await self.queue.ack(entry_id)
+            await self.queue.discard(entry_id)
             logger.info("job %s is of an erased call; acked without running", entry_id, extra={"call_sid": sid})
             return "erased"
         existing = await self.store.batch_transcript(sid)

@@ -219,6 +219,13 @@ class JobQueue:
             self.ack_in(tx, entry_id)
             await tx.execute()
 
+    async def discard(self, entry_id: str) -> None:
+        """Settle ``entry_id`` and delete it from the stream (an erased call's entry leaves no trace)."""
+        async with self.client.pipeline(transaction=True) as tx:
+            self.ack_in(tx, entry_id)
+            tx.xdel(self.q.stream, entry_id)
+            await tx.execute()
+
     async def heartbeat(self, entry_id: str, consumer: str) -> None:
         """Reset the entry's idle time so nobody takes it over while we work on it."""
         await self.client.xclaim(self.q.stream, self.q.group, consumer, 0, [entry_id],

@@ -124,7 +124,7 @@ class WebhookSender:
             await self._dead(entry_id, fields, f"malformed delivery: {exc}", 1)
             return True
         if await self.store.call_deleted(delivery.call_sid):
-            await self.queue.ack(entry_id)
+            await self.queue.discard(entry_id)
             self.metrics.deliveries.labels("dropped").inc()
             log.info("webhook %s %s dropped: the call was erased", delivery.type, delivery.event_id,
                      extra={"call_sid": delivery.call_sid})  # fmt: skip
