@@ -143,3 +143,17 @@ async def test_a_deleted_call_leaves_no_key_and_no_file_and_stays_gone(
         if keys:
             await store.client.delete(*keys)
         await store.client.aclose()
+
+
+async def test_erasure_is_disabled_without_an_admin_token(
+    redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer
+) -> None:
+    env = bridge_env(redis_url, redis_prefix, scripted.url, BRIDGE_ADMIN_TOKEN="")
+    async with (
+        BridgeProcess(tmp_path / "bridge", env) as bridge,
+        httpx.AsyncClient(base_url=bridge.url, timeout=10) as client,
+    ):
+        refused = await client.delete(f"/calls/{SID}", headers={"Authorization": "Bearer anything"})
+        assert refused.status_code == 404
+        assert (await client.get("/healthz")).status_code == 200
+    assert any("erasure disabled" in line and SID in line for line in bridge.log().splitlines())

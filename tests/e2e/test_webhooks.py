@@ -115,3 +115,42 @@ async def test_every_event_reaches_the_receiver_across_a_bridge_restart(
         if keys:
             await store.client.delete(*keys)
         await store.client.aclose()
+
+
+async def test_a_delivery_in_flight_when_the_bridge_stops_is_delivered_by_the_next_one(
+    redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer
+) -> None:
+    """A slow receiver: the stopping bridge hands its delivery back at once (not after the 60 s claim)."""
+    receiver = WebhookReceiver(free_port())
+    receiver.release.clear()  # every request hangs until released
+    env = bridge_env(redis_url, redis_prefix, scripted.url, BRIDGE_WEBHOOK_URLS=receiver.url,
+                     BRIDGE_WEBHOOK_SECRET=SECRET)  # fmt: skip
+    store = Store(client_from_url(redis_url), prefix=redis_prefix, retention_seconds=3600)
+    try:
+        async with receiver:
+            async with BridgeProcess(tmp_path / "first", env) as first:
+                event_id = await WebhookOutbox(store, (receiver.url,)).enqueue(
+                    "compliance.failed", SID, ComplianceFailed(["r2"])
+                )
+
+                async def in_flight() -> bool:
+                    return receiver.arrived >= 1
+
+                await poll(in_flight, "the first attempt to reach the receiver")
+                assert await first.metric("bridge_webhook_deliveries_total", result="delivered") == 0
+            assert first.exit_code == 0
+            receiver.release.set()  # the receiver is back to answering at once
+            async with BridgeProcess(tmp_path / "second", env) as second:
+
+                async def delivered() -> bool:
+                    return await second.metric("bridge_webhook_deliveries_total", result="delivered") >= 1
+
+                await poll(delivered, "the delivery by the second bridge", seconds=30)
+        assert receiver.ids() == {event_id}  # once or twice: the receiver de-duplicates by id
+        assert all(documented_verify()(SECRET, r.headers, r.body) for r in receiver.received)
+    finally:
+        receiver.stop()
+        keys = [k async for k in store.client.scan_iter(match=store.keys.pattern(), count=500)]
+        if keys:
+            await store.client.delete(*keys)
+        await store.client.aclose()

@@ -1,6 +1,7 @@
 """A webhook receiver for tests: a real HTTP server on 127.0.0.1 (a thread) that records every POST.
 
-It answers 204, or (``fail=True``) 500; ``hang`` holds each request until released (a slow receiver).
+It answers 204, or (``fail=True``) 500; with ``release`` cleared it holds each request until the event is
+set again (a slow receiver).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class WebhookReceiver:
         self.port = port
         self.fail = fail
         self.received: list[Received] = []
+        #: Requests that reached the handler (``received`` has them once they are answered).
+        self.arrived = 0
         self.release = threading.Event()
         self.release.set()
         self._server: ThreadingHTTPServer | None = None
@@ -44,6 +47,7 @@ class WebhookReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                receiver.arrived += 1
                 receiver.release.wait(30)
                 receiver.received.append(Received(self.path, dict(self.headers.items()), body))
                 self.send_response(500 if receiver.fail else 204)
