@@ -151,6 +151,8 @@ class CallManager:
     async def _erased(self, call_sid: str) -> bool:
         """True when the call was erased (``DELETE /calls/{sid}``): a new stream must not record it again.
         Unknown (Redis away) counts as not erased: its writes still meet the tombstone in Redis."""
+        if getattr(self.writer, "redis_down", False):
+            return False
         try:
             async with asyncio.timeout(_RESUME_LOOKUP_SECONDS):
                 return await self.store.call_deleted(call_sid)
