@@ -16,7 +16,7 @@ from bridge.store import Store, client_from_url
 from bridge.store.jobs import JobQueue
 from bridge.testing import ScriptedDeepgramServer, TwilioStream
 from bridge.webhooks import EVENT_TYPES, BatchCompletedData, WebhookEvent, WebhookOutbox
-from tests.support.bridges import TWILIO_TOKEN, BridgeProcess, bridge_env
+from tests.support.bridges import TWILIO_TOKEN, BridgeProcess, bridge_env, metric, worker_process
 from tests.support.calls import poll, send, speech
 from tests.support.nginx import free_port
 from tests.support.receiver import WebhookReceiver
@@ -150,6 +150,35 @@ async def test_a_delivery_in_flight_when_the_bridge_stops_is_delivered_by_the_ne
         assert all(documented_verify()(SECRET, r.headers, r.body) for r in receiver.received)
     finally:
         receiver.stop()
+        keys = [k async for k in store.client.scan_iter(match=store.keys.pattern(), count=500)]
+        if keys:
+            await store.client.delete(*keys)
+        await store.client.aclose()
+
+
+async def test_bridge_worker_delivers_webhooks_and_exports_their_metrics(
+    redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    """``bridge worker`` runs a sender too (a deployment may raise events where no bridge serves)."""
+    env = {"REDIS_URL": redis_url, "BRIDGE_REDIS_PREFIX": redis_prefix, "BRIDGE_WEBHOOK_SECRET": SECRET,
+           "BRIDGE_RECORDING_DIR": str(tmp_path / "recordings")}  # fmt: skip
+    store = Store(client_from_url(redis_url), prefix=redis_prefix, retention_seconds=3600)
+    try:
+        async with WebhookReceiver(free_port()) as receiver:
+            env["BRIDGE_WEBHOOK_URLS"] = receiver.url
+            nowhere = f"http://127.0.0.1:{free_port()}"
+            async with worker_process(tmp_path / "worker", env, "--engine", "deepgram", "--base-url", nowhere) as w:
+                event_id = await WebhookOutbox(store, (receiver.url,)).enqueue("alert", SID, ComplianceFailed([]))
+
+                async def delivered() -> bool:
+                    return metric(await w.metrics(), "bridge_webhook_deliveries_total", result="delivered") == 1
+
+                await poll(delivered, "the worker's delivery")
+                assert receiver.ids() == {event_id}
+                page = await w.metrics()
+                assert metric(page, "bridge_webhook_dead_letters") == 0
+                assert "bridge_webhook_backlog" in page
+    finally:
         keys = [k async for k in store.client.scan_iter(match=store.keys.pattern(), count=500)]
         if keys:
             await store.client.delete(*keys)
