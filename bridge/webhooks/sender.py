@@ -103,6 +103,10 @@ class WebhookSender:
                     log.warning("webhook sender: Redis error (%s); retrying", exc)
                     await asyncio.sleep(Backoff(base=0.5, cap=10.0).delay(failures))
                     failures += 1
+                except Exception:  # a bug must not stop deliveries for good; the entry stays pending
+                    log.exception("webhook sender: unexpected error; retrying")
+                    await asyncio.sleep(Backoff(base=0.5, cap=10.0).delay(failures))
+                    failures += 1
 
     async def refresh_backlog(self) -> None:
         backlog = await self.queue.backlog()
