@@ -17,6 +17,9 @@ failures) and a move to the dead letters are each one transaction, also on a Red
 
 :meth:`JobQueue.backlog` measures what is not done yet from the stream and its group alone (XINFO
 GROUPS, XPENDING, XRANGE), so any worker can export it and it survives worker restarts.
+
+The webhook outbox (:mod:`bridge.webhooks`) is a :class:`JobQueue` over its own keys
+(``Keys.webhook_queue``, hash tag ``{webhooks}``), with the same guarantees.
 """
 
 from __future__ import annotations
@@ -140,6 +143,13 @@ class JobQueue:
         """Append an entry of flat string fields; returns its id."""
         entry = await self.client.xadd(self.q.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
         return text(entry)
+
+    async def add_all(self, entries: list[dict[str, str]]) -> None:
+        """Append several entries in one transaction (all of them or none)."""
+        async with self.client.pipeline(transaction=True) as tx:
+            for fields in entries:
+                tx.xadd(self.q.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+            await tx.execute()
 
     async def purge(self, call_sid: str, *, chunk: int = 1000) -> int:
         """Remove every entry about ``call_sid`` (field ``call_sid``), queued, pending or dead; returns

@@ -47,11 +47,7 @@ class WebhookOutbox:
         body = _encoder.encode(event).decode()
         deliveries = [Delivery(event_id=event.id, type=event_type, call_sid=call_sid, url=url, body=body)
                       for url in self.urls]  # fmt: skip
-        stream = self.store.keys.webhooks
-        async with self.store.client.pipeline(transaction=True) as tx:
-            for delivery in deliveries:
-                tx.xadd(stream, delivery.to_fields(), maxlen=self.queue.maxlen, approximate=True)  # type: ignore[arg-type]
-            await tx.execute()
+        await self.queue.add_all([d.to_fields() for d in deliveries])
         return event.id
 
 
