@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 CLAIM_IDLE_MS = 60_000
 #: Seconds one delivery attempt may take (connect, send, answer).
 ATTEMPT_TIMEOUT = 10.0
+#: Deliveries one sender attempts at once.
+LANES = 4
 
 
 class WebhookMetrics:
@@ -86,27 +88,38 @@ class WebhookSender:
         self.backlog_interval_s = backlog_interval_s
 
     async def run(self) -> None:
-        """Deliver until cancelled (an attempt in flight is released for the next sender)."""
+        """Deliver until cancelled, :data:`LANES` deliveries at a time (so one slow receiver does not
+        hold up the others); an attempt in flight when cancelled is released for the next sender."""
         async with contextlib.AsyncExitStack() as stack:
             if self.http is None:
                 self.http = await stack.enter_async_context(httpx.AsyncClient(timeout=ATTEMPT_TIMEOUT))
-            failures = 0
-            next_backlog = 0.0
-            while True:
-                try:
-                    if time.monotonic() >= next_backlog:
-                        await self.refresh_backlog()
-                        next_backlog = time.monotonic() + self.backlog_interval_s
-                    await self.deliver_one()
-                    failures = 0
-                except STORE_ERRORS as exc:
-                    log.warning("webhook sender: Redis error (%s); retrying", exc)
-                    await asyncio.sleep(Backoff(base=0.5, cap=10.0).delay(failures))
-                    failures += 1
-                except Exception:  # a bug must not stop deliveries for good; the entry stays pending
-                    log.exception("webhook sender: unexpected error; retrying")
-                    await asyncio.sleep(Backoff(base=0.5, cap=10.0).delay(failures))
-                    failures += 1
+            async with asyncio.TaskGroup() as lanes:  # cancelled: waits for every lane's release
+                lanes.create_task(self._watch_backlog())
+                for _ in range(LANES):
+                    lanes.create_task(self._lane())
+
+    async def _lane(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self.deliver_one()
+                failures = 0
+            except STORE_ERRORS as exc:
+                log.warning("webhook sender: Redis error (%s); retrying", exc)
+                await asyncio.sleep(Backoff(base=0.5, cap=10.0).delay(failures))
+                failures += 1
+            except Exception:  # a bug must not stop deliveries for good; the entry stays pending
+                log.exception("webhook sender: unexpected error; retrying")
+                await asyncio.sleep(Backoff(base=0.5, cap=10.0).delay(failures))
+                failures += 1
+
+    async def _watch_backlog(self) -> None:
+        while True:
+            try:
+                await self.refresh_backlog()
+            except STORE_ERRORS as exc:
+                log.warning("cannot measure the webhook backlog: %s", exc)
+            await asyncio.sleep(self.backlog_interval_s)
 
     async def refresh_backlog(self) -> None:
         backlog = await self.queue.backlog()
@@ -136,8 +149,7 @@ class WebhookSender:
         try:
             error = await self._attempt(delivery)
         except asyncio.CancelledError:
-            with contextlib.suppress(*STORE_ERRORS):  # stopping: let the next sender have it at once
-                await asyncio.shield(self.queue.release(entry_id, self.consumer, idle_ms=self.claim_idle_ms))
+            await asyncio.shield(self._release(entry_id, delivery.call_sid))
             raise
         if error is None:
             await self.queue.ack(entry_id)
@@ -172,6 +184,15 @@ class WebhookSender:
             return None
         return f"HTTP {response.status_code}"
 
+    async def _release(self, entry_id: str, call_sid: str) -> None:
+        """Stopping mid-attempt: hand the delivery to the next sender at once (not after the claim time)."""
+        try:
+            await self.queue.release(entry_id, self.consumer, idle_ms=self.claim_idle_ms)
+            log.info("webhook delivery %s released", entry_id, extra={"call_sid": call_sid})
+        except STORE_ERRORS as exc:
+            log.warning("cannot release webhook delivery %s (%s): it is claimed after %d s", entry_id, exc,
+                        self.claim_idle_ms // 1000, extra={"call_sid": call_sid})  # fmt: skip
+
     async def _dead(self, entry_id: str, fields: dict[str, str], reason: str, attempts: int) -> None:
         await self.queue.dead_letter(entry_id, fields, reason, attempts=attempts, consumer=self.consumer)
         self.metrics.deliveries.labels("dead").inc()
@@ -197,4 +218,4 @@ async def sending(store: Store, settings: Settings, registry: CollectorRegistry)
             await task
 
 
-__all__ = ["ATTEMPT_TIMEOUT", "CLAIM_IDLE_MS", "WebhookMetrics", "WebhookSender", "sending"]
+__all__ = ["ATTEMPT_TIMEOUT", "CLAIM_IDLE_MS", "LANES", "WebhookMetrics", "WebhookSender", "sending"]

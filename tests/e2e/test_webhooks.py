@@ -16,6 +16,7 @@ from bridge.store import Store, client_from_url
 from bridge.store.jobs import JobQueue
 from bridge.testing import ScriptedDeepgramServer, TwilioStream
 from bridge.webhooks import EVENT_TYPES, BatchCompletedData, WebhookEvent, WebhookOutbox
+from bridge.webhooks.sender import CLAIM_IDLE_MS
 from tests.support.bridges import TWILIO_TOKEN, BridgeProcess, bridge_env, metric, worker_process
 from tests.support.calls import poll, send, speech
 from tests.support.nginx import free_port
@@ -139,6 +140,10 @@ async def test_a_delivery_in_flight_when_the_bridge_stops_is_delivered_by_the_ne
                 await poll(in_flight, "the first attempt to reach the receiver")
                 assert await first.metric("bridge_webhook_deliveries_total", result="delivered") == 0
             assert first.exit_code == 0
+            # Handed back: still pending (not acked), but idle as long as a dead sender's, so claimable now.
+            q = store.keys.webhook_queue
+            (pending,) = await store.client.xpending_range(q.stream, q.group, "-", "+", 10)
+            assert pending["time_since_delivered"] >= CLAIM_IDLE_MS
             receiver.release.set()  # the receiver is back to answering at once
             async with BridgeProcess(tmp_path / "second", env) as second:
 
