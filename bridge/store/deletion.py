@@ -59,6 +59,16 @@ class CallDeletion(StoreBase):
         """True when the call was erased (within the retention window)."""
         return bool(await self.client.exists(self.keys.tombstone(call_sid)))
 
+    async def _ttl(self, call_sid: str) -> int:
+        """The call's remaining retention when it has one (the call ended), else the full retention."""
+        ttl = int(await self.client.ttl(self.keys.call(call_sid)))
+        return ttl if ttl > 0 else max(1, int(self.retention_seconds))
+
+    async def save_call_documents(self, call_sid: str, documents: Mapping[str, bytes | str]) -> bool:
+        """Set documents of a call (e.g. the compliance report) so that they expire with the call: its
+        remaining retention once it ended, else the full one. ``False``: the call was erased, nothing set."""
+        return await self.set_call_documents(call_sid, documents, await self._ttl(call_sid))
+
     async def set_call_documents(self, call_sid: str, documents: Mapping[str, bytes | str], ttl: int) -> bool:
         """Set keys of one call (``documents``: key -> value) with ``ttl``, unless the call was erased
         (then nothing is written and the answer is ``False``)."""

@@ -38,11 +38,6 @@ class BatchResults(CallDeletion):
         """The recording jobs queue."""
         return JobQueue(self.client, self.keys)
 
-    async def _ttl(self, call_sid: str) -> int:
-        """The call's remaining retention when it has one (the call ended), else the full retention."""
-        ttl = int(await self.client.ttl(self.keys.call(call_sid)))
-        return ttl if ttl > 0 else max(1, int(self.retention_seconds))
-
     async def save_batch_result(
         self, transcript: BatchTranscript, quality: CallQuality, *, ack_entry: str | None = None
     ) -> bool:

@@ -110,3 +110,15 @@ async def test_batch_documents_stored_after_the_end_expire_with_the_call(store: 
         assert 0 < await store.client.ttl(key) <= 600
     for key in store.keys.call_keys(SID):
         assert await store.client.ttl(key) in (-2, *range(1, store.retention_seconds + 1))  # absent, or expiring
+
+
+async def test_a_document_saved_after_the_end_expires_with_the_call_unless_erased(store: Store) -> None:
+    """What the compliance report uses: the call's remaining retention, and the tombstone check."""
+    await store.call_started(OTHER, stream_sid="MZ" + "1" * 32, tracks=["inbound"], started_at=time.time())
+    await store.call_ended(OTHER, ended_at=time.time(), reason="stop")
+    await store.client.expire(store.keys.call(OTHER), 300)
+    assert await store.save_call_documents(OTHER, {store.keys.compliance(OTHER): b"{}"})
+    assert 0 < await store.client.ttl(store.keys.compliance(OTHER)) <= 300
+    await store.delete_call(SID)
+    assert not await store.save_call_documents(SID, {store.keys.compliance(SID): b"{}"})
+    assert await store.client.exists(store.keys.compliance(SID)) == 0
