@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from bridge.audio import WavError, read_wav
 from bridge.batch.engine import make_engine, transcribe_recording
 from bridge.batch.quality import DEFAULT_WER_THRESHOLD, compute_quality
-from bridge.compliance.report import ComplianceMetrics, file_report
+from bridge.compliance.report import ComplianceMetrics, announce_failure, file_report
 from bridge.compliance.rules import RuleSet, default_rules
 from bridge.redact.batch import redact_recording
 from bridge.retry import Backoff
@@ -288,7 +288,9 @@ class Worker:
         if existing is not None and existing.job_key == key:
             report = await self.store.compliance(sid)
             if report is None or report.job_key != key:  # stopped between the transcript and its report
-                await file_report(self.store, existing, self.rules, self.compliance)
+                await file_report(self.store, existing, self.rules, self.compliance, self.outbox)
+            elif not report.passed:  # its webhook may not have been queued (the same event id again)
+                await announce_failure(self.outbox, report)
             if (quality := await self.store.quality(sid)) is not None:  # its webhook may not have been queued
                 await self._announce(existing, quality)
             await self.queue.ack(entry_id)
@@ -316,7 +318,7 @@ class Worker:
         live = await self.store.transcript(sid)
         quality = compute_quality(sid, live, transcript, threshold=self.wer_threshold)
         if await self.store.save_batch_result(transcript, quality):
-            await file_report(self.store, transcript, self.rules, self.compliance)
+            await file_report(self.store, transcript, self.rules, self.compliance, self.outbox)
             await self._announce(transcript, quality)
         await self.queue.ack(entry_id)
         self.metrics.audio_seconds.inc(recording.duration)

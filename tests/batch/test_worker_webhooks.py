@@ -1,6 +1,6 @@
 """The worker and the erasure and webhook features (issue #13), on Redis and on a Redis Cluster:
-``batch.completed`` is queued once the result is stored (the same event id when the job runs again),
-and the job of an erased call is dropped without being run."""
+``batch.completed`` (and ``compliance.failed`` for a failing report) is queued once the result is
+stored (the same event id when the job runs again), and the job of an erased call is dropped unrun."""
 
 from __future__ import annotations
 
@@ -51,10 +51,16 @@ async def test_batch_completed_is_queued_with_one_id_however_often_the_job_runs(
     assert await worker.process_one() and await worker.process_one()
     assert engine.calls == 1
     sent = await _webhooks(redis, keys)
-    assert [e.type for e in sent] == ["batch.completed", "batch.completed"]
-    assert sent[0].id == sent[1].id and sent[0].call_sid == SID  # receivers see one event
-    data = msgspec.json.decode(sent[0].data)
+    batch = [e for e in sent if e.type == "batch.completed"]
+    assert len(batch) == 2 and batch[0].id == batch[1].id and batch[0].call_sid == SID  # receivers see one event
+    data = msgspec.json.decode(batch[0].data)
     assert data["engine"] == "fake" and data["utterances"] == 2 and data["flagged"] is False
+    # The fake transcript has no recording disclosure: the default rules fail it, once per id too.
+    failed = [e for e in sent if e.type == "compliance.failed"]
+    assert len(failed) == 2 and failed[0].id == failed[1].id
+    report = msgspec.json.decode(failed[0].data)
+    assert report["passed"] is False and "recording_disclosure" in {r["id"] for r in report["rules"] if not r["passed"]}
+    assert {e.type for e in sent} == {"batch.completed", "compliance.failed"}
 
 
 async def test_the_job_of_an_erased_call_is_dropped_unrun(redis: aioredis.Redis, keys: Keys, tmp_path: Path) -> None:

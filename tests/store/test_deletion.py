@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from bridge import events
+from bridge.compliance.models import ComplianceReport, RuleResult
 from bridge.store import Store
 from bridge.store.jobs import JobQueue, RecordingJob
 from bridge.transcripts import BatchTranscript, CallQuality, Redaction
@@ -32,14 +33,27 @@ async def _keys_naming(store: Store, call_sid: str) -> list[str]:
     return sorted(k for k in found if call_sid in k)
 
 
+def _alert(call_sid: str, final: events.Final) -> events.Alert:
+    return events.Alert(call_sid=call_sid, rule="lawyer", track="inbound", text=final.text, start=final.start,
+                        end=final.end, final_id=final.id)  # fmt: skip
+
+
+def _report(call_sid: str) -> ComplianceReport:
+    rules = [RuleResult(id="recording_disclosure", kind="required", passed=False, evidence=[])]
+    return ComplianceReport(call_sid=call_sid, passed=False, rules=rules, evaluated_at=time.time())
+
+
 async def _a_whole_call(store: Store, call_sid: str) -> None:
     await store.call_started(call_sid, stream_sid="MZ" + "1" * 32, tracks=["inbound"], started_at=time.time())
-    await store.add_final(_final(call_sid, 0.5, "my card number is four two"))
+    said = _final(call_sid, 0.5, "my card number is four two, I want my lawyer")
+    await store.add_final(said)
+    assert await store.add_alert(_alert(call_sid, said))
     await store.update_call(call_sid, {"call_status": "completed"})
     await store.call_ended(call_sid, ended_at=time.time(), reason="stop")
     assert await store.enqueue_recording(RecordingJob(call_sid=call_sid, path=f"/r/{call_sid}.wav"))
     await store.save_batch_result(*_batch(call_sid))
     await store.save_redactions(call_sid, [Redaction(track="inbound", start=0.5, end=1.5, kind="card")])
+    assert await store.save_compliance(_report(call_sid))
 
 
 async def test_a_deleted_call_leaves_no_key_index_entry_nor_job(store: Store) -> None:
@@ -55,14 +69,15 @@ async def test_a_deleted_call_leaves_no_key_index_entry_nor_job(store: Store) ->
     webhooks = JobQueue(store.client, store.keys, queue=store.keys.webhook_queue)
     await webhooks.add({"call_sid": SID, "body": "{}"})
     await webhooks.add({"call_sid": OTHER, "body": "{}"})
-    assert len(await _keys_naming(store, SID)) >= 7
+    assert len(await _keys_naming(store, SID)) >= 9
 
     erased = await store.delete_call(SID)
 
     assert await _keys_naming(store, SID) == [store.keys.tombstone(SID)]
     assert 0 < await store.client.ttl(store.keys.tombstone(SID)) <= store.retention_seconds
-    assert set(erased.keys) >= {store.keys.call(SID), store.keys.finals(SID), store.keys.batch_transcript(SID)}
-    assert erased.index_entries == 2  # recent and flagged
+    assert set(erased.keys) >= {store.keys.call(SID), store.keys.finals(SID), store.keys.batch_transcript(SID),
+                                store.keys.alerts(SID), store.keys.compliance(SID)}  # fmt: skip
+    assert erased.index_entries == 4  # recent, flagged, compliance and compliance failed
     assert erased.jobs == 2 and erased.webhooks == 1
     for index in store.keys.call_indexes:
         assert await store.client.zscore(index, SID) is None
@@ -83,7 +98,10 @@ async def test_late_writes_never_bring_a_deleted_call_back(store: Store) -> None
     assert await store.call_deleted(SID) and not await store.call_deleted(OTHER)
 
     # A late final, status callback, recognizer state, new stream, end, recording job and batch result.
-    assert await store.add_final(_final(SID, 9.0, "late words")) is None
+    late = _final(SID, 9.0, "late words, lawyer")
+    assert await store.add_final(late) is None
+    assert await store.add_alert(_alert(SID, late)) is False
+    assert await store.save_compliance(_report(SID)) is False
     await store.update_call(SID, {"call_status": "completed"})
     await store.set_recognizer_state(SID, "inbound", "closed")
     await store.call_started(SID, stream_sid="MZ" + "2" * 32, tracks=["inbound"], started_at=time.time())
@@ -96,6 +114,7 @@ async def test_late_writes_never_bring_a_deleted_call_back(store: Store) -> None
     assert await store.get_call(SID) is None
     assert await store.list_calls() == []
     assert await store.flagged_calls() == []
+    assert await store.compliance_calls() == [] and await store.compliance_calls(failed=True) == []
     assert await store.client.xlen(store.keys.recordings) == 0
 
 
