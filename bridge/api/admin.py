@@ -4,7 +4,8 @@ Disabled (404) unless ``BRIDGE_ADMIN_TOKEN`` is set; then it needs ``Authorizati
 (401 without one, 403 for another, compared in constant time), and a path shaped like a CallSid (400).
 Every erasure writes one audit line (logger ``bridge.audit``) naming the token by its fingerprint
 (never the token), the call and what was erased; every refusal is logged with the call id.
-Erasing a call this process still carries leaves its open recording to the sweeper, once it ends.
+A call this process still carries is erased all the same: its later writes meet the tombstone, and
+what its recording writes after the erasure is deleted by the sweeper once the call ends.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ async def delete_call(request: Request) -> Response:
         "call erased by admin token %s: %d keys (%s), %d index entries, %d recording jobs, %d webhook deliveries, "
         "%d files (%s)%s", fingerprint(settings.admin_token), len(r.keys), ", ".join(r.keys), r.index_entries, r.jobs,
         r.webhooks, len(erasure.files), ", ".join(erasure.files),
-        "; still carried here: its recording goes when the call ends" if carried else "",
+        "; still carried here: the sweeper deletes what it records until it ends" if carried else "",
         extra={"call_sid": call_sid},
     )  # fmt: skip
     return json_response({"call_sid": call_sid, "erased": erasure, "carried": carried})

@@ -14,6 +14,7 @@ import httpx
 
 from bridge import events
 from bridge.batch.worker import Worker
+from bridge.retention.files import Sweeper
 from bridge.store import Store, client_from_url
 from bridge.store.jobs import RecordingJob
 from bridge.testing import ScriptedDeepgramServer, TwilioStream
@@ -157,3 +158,49 @@ async def test_erasure_is_disabled_without_an_admin_token(
         assert refused.status_code == 404
         assert (await client.get("/healthz")).status_code == 200
     assert any("erasure disabled" in line and SID in line for line in bridge.log().splitlines())
+
+
+async def test_a_call_erased_while_it_is_carried_stays_gone_and_its_files_are_swept(
+    redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer
+) -> None:
+    """Finals, a recording and a call end that come after the erasure bring nothing back; the sweep
+    after the call ended deletes what the recording wrote since."""
+    recordings = tmp_path / "recordings"
+    env = bridge_env(redis_url, redis_prefix, scripted.url, BRIDGE_ADMIN_TOKEN=ADMIN,
+                     BRIDGE_RECORDING_DIR=str(recordings))  # fmt: skip
+    store = Store(client_from_url(redis_url), prefix=redis_prefix, retention_seconds=3600)
+    try:
+        async with (
+            BridgeProcess(tmp_path / "bridge", env) as bridge,
+            httpx.AsyncClient(base_url=bridge.url, timeout=10) as client,
+        ):
+            async with TwilioStream(f"{bridge.ws}/twilio/media", SID, auth_token=TWILIO_TOKEN) as stream:
+                await send(stream, speech(2.0, 7))
+
+                async def has_finals() -> bool:
+                    r = await client.get(f"/calls/{SID}")
+                    return r.status_code == 200 and r.json()["finals"] > 0
+
+                await poll(has_finals, "the first finals")
+                erased = await client.delete(f"/calls/{SID}", headers={"Authorization": f"Bearer {ADMIN}"})
+                assert erased.status_code == 200 and erased.json()["carried"] is True
+                assert erased.json()["erased"]["files"] == [f"{SID}.wav"]  # the open recording too
+                await send(stream, speech(2.0, 8), start_ms=2000)  # more audio, hence finals, after the erasure
+                await stream.stop()
+
+            async def ended() -> bool:
+                return await bridge.metric("bridge_active_calls") == 0
+
+            await poll(ended, "the call to end")
+            assert await _keys_naming(store, SID) == [store.keys.tombstone(SID)]
+            assert await _jobs_of(store, SID) == 0
+            assert (await client.get(f"/calls/{SID}")).status_code == 404
+            assert {p.name.split(".")[0] for p in recordings.iterdir()} <= {SID}
+            report = await Sweeper(store, recordings, 3600).sweep_once()  # whatever it wrote since: erased too
+            assert set(report.deleted) <= {SID}
+            assert list(recordings.iterdir()) == []
+    finally:
+        keys = [k async for k in store.client.scan_iter(match=store.keys.pattern(), count=500)]
+        if keys:
+            await store.client.delete(*keys)
+        await store.client.aclose()
