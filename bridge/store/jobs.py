@@ -236,6 +236,10 @@ class JobQueue:
             tx.xdel(self.q.stream, entry_id)
             await tx.execute()
 
+    async def trim_dead(self, before: float) -> int:
+        """Delete the dead letters added before unix time ``before`` (past the retention); how many."""
+        return int(await self.client.xtrim(self.q.dead, minid=f"{int(before * 1000)}-0", approximate=False))
+
     async def heartbeat(self, entry_id: str, consumer: str) -> None:
         """Reset the entry's idle time so nobody takes it over while we work on it."""
         await self.client.xclaim(self.q.stream, self.q.group, consumer, 0, [entry_id],

@@ -6,7 +6,8 @@ guarantees (:class:`bridge.store.jobs.JobQueue`): an entry is acked only once it
 ``BRIDGE_WEBHOOK_MAX_ATTEMPTS``; an entry left pending by a sender that died is claimed by another
 after :data:`CLAIM_IDLE_MS`, and one in flight when its process stops is released at once. Each
 attempt is signed afresh (:mod:`bridge.webhooks.signing`). The deliveries of an erased call are
-dropped (they may carry transcript text, e.g. an ``alert``).
+dropped (they may carry transcript text, e.g. an ``alert``); a delivered entry is deleted from the
+stream, and dead letters older than the retention are trimmed.
 
 ``bridge serve`` (every worker process) and ``bridge worker`` run one sender each (:func:`sending`).
 """
@@ -116,6 +117,7 @@ class WebhookSender:
     async def _watch_backlog(self) -> None:
         while True:
             try:
+                await self.queue.trim_dead(time.time() - self.store.retention_seconds)  # personal data, too
                 await self.refresh_backlog()
             except STORE_ERRORS as exc:
                 log.warning("cannot measure the webhook backlog: %s", exc)
@@ -152,7 +154,7 @@ class WebhookSender:
             await asyncio.shield(self._release(entry_id, delivery.call_sid))
             raise
         if error is None:
-            await self.queue.ack(entry_id)
+            await self.queue.discard(entry_id)  # delivered: its body (an alert's text…) is not kept
             self.metrics.deliveries.labels("delivered").inc()
             log.info("webhook %s %s delivered to %s", delivery.type, delivery.event_id, delivery.url,
                      extra={"call_sid": delivery.call_sid})  # fmt: skip
