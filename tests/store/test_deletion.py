@@ -119,13 +119,16 @@ async def test_late_writes_never_bring_a_deleted_call_back(store: Store) -> None
 
 
 async def test_batch_documents_stored_after_the_end_expire_with_the_call(store: Store) -> None:
-    """The batch pass finishing after the call ended: its documents get the call's remaining retention."""
+    """The batch pass finishing after the call ended: its documents (transcript, quality, redactions,
+    compliance report) get the call's remaining retention."""
     await store.call_started(SID, stream_sid="MZ" + "1" * 32, tracks=["inbound"], started_at=time.time())
     await store.call_ended(SID, ended_at=time.time(), reason="stop")
     await store.client.expire(store.keys.call(SID), 600)  # most of the retention has passed
     await store.save_batch_result(*_batch(SID))
     await store.save_redactions(SID, [])
-    for key in (store.keys.batch_transcript(SID), store.keys.quality(SID), store.keys.redactions(SID)):
+    assert await store.save_compliance(_report(SID))
+    for key in (store.keys.batch_transcript(SID), store.keys.quality(SID), store.keys.redactions(SID),
+                store.keys.compliance(SID)):  # fmt: skip
         assert 0 < await store.client.ttl(key) <= 600
     for key in store.keys.call_keys(SID):
         assert await store.client.ttl(key) in (-2, *range(1, store.retention_seconds + 1))  # absent, or expiring
