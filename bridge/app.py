@@ -26,6 +26,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from bridge import api
+from bridge.api import admin
 from bridge.call.admission import Admission
 from bridge.call.manager import CallManager
 from bridge.files import check_writable
@@ -35,10 +36,12 @@ from bridge.metrics import Metrics
 from bridge.recognizers.base import Recognizer
 from bridge.recognizers.factory import fallback_recognizer, primary_recognizer, recognizer_endpoint
 from bridge.recognizers.resilience import RetryPolicy
+from bridge.retention.files import sweeping
 from bridge.settings import Settings
 from bridge.store import FinalsWriter, Store
 from bridge.twilio import webhooks
 from bridge.twilio.media import media_route
+from bridge.webhooks.sender import sending
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -225,6 +228,8 @@ def create_app(
             await admission.start()
             stack.push_async_callback(admission.stop)
             app.state.admission = admission
+            await stack.enter_async_context(sweeping(store, settings, local_calls=lambda: calls.sessions.keys()))
+            await stack.enter_async_context(sending(store, settings, metrics.registry))
             try:
                 yield
             finally:
@@ -238,6 +243,7 @@ def create_app(
         *webhooks.routes,
         media_route,
         *api.routes,
+        *admin.routes,
         *live_endpoints.routes,
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -116,6 +116,17 @@ def _compliance(args: argparse.Namespace) -> int:
     return cli.main(args, Settings.from_env())
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from bridge.retention.files import sweep_now
+
+    settings = Settings.from_env()
+    logs.setup(settings.log_level, as_json=settings.log_json)
+    report = asyncio.run(sweep_now(settings))
+    print(f"{report.files} files of {len(report.deleted)} calls deleted ({report.scanned} scanned, "
+          f"{report.kept_active} kept for active calls){'; more are due' if report.truncated else ''}")  # fmt: skip
+    return 0
+
+
 def _token(args: argparse.Namespace) -> int:
     from bridge.live import auth
 
@@ -270,6 +281,9 @@ def _add_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     k.add_argument("--calls", default="*", help="comma-separated CallSids, or * for every call")
     k.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid")
     k.set_defaults(func=_token)
+
+    w = sub.add_parser("sweep", help="delete recordings and batch files past BRIDGE_RETENTION_SECONDS (one pass)")
+    w.set_defaults(func=_sweep)
 
     d = sub.add_parser("demo", help="bridge + embedded recognizer + embedded Redis, a shipped call replayed")
     d.add_argument("--file", default=None, help="a WAV to replay instead of the shipped demo call")

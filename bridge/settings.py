@@ -194,6 +194,20 @@ class Settings:
     #: Shared secret for subscriber tokens. Empty: subscriber endpoints are open (development only).
     subscriber_secret: str = ""
 
+    # Retention, deletion and webhooks (docs/retention-and-webhooks.md)
+    #: Bearer token of ``DELETE /calls/{sid}``. Empty: the route answers 404 (erasure disabled).
+    admin_token: str = ""
+    #: Seconds between two passes of the file sweeper (recordings and batch files past the retention).
+    sweep_interval_seconds: float = 300.0
+    #: Receivers of the signed event webhooks (empty: none are sent).
+    webhook_urls: tuple[str, ...] = ()
+    #: HMAC-SHA256 key of ``X-Bridge-Signature`` (required with :attr:`webhook_urls`).
+    webhook_secret: str = ""
+    #: Attempts per delivery before it goes to the dead letters.
+    webhook_max_attempts: int = 10
+    #: First retry delay of a failed delivery (doubles each time, capped at 10 minutes).
+    webhook_backoff_seconds: float = 5.0
+
     log_level: str = "info"
     log_json: bool = False
 
@@ -250,15 +264,24 @@ class Settings:
             ("BRIDGE_MAX_CALLS", self.max_calls, 0),
             ("BRIDGE_WORKERS", self.serve_workers, 1),
             ("BRIDGE_ADMISSION_LAG_MS", self.admission_lag_ms, 0),
+            ("BRIDGE_WEBHOOK_MAX_ATTEMPTS", self.webhook_max_attempts, 1),
         ):
             if value < low:
                 raise SettingsError(f"{name}={value} must be at least {low}")
         for name, seconds in (
             ("BRIDGE_MEDIA_START_TIMEOUT", self.media_start_timeout),
             ("BRIDGE_MEDIA_IDLE_TIMEOUT", self.media_idle_timeout),
+            ("BRIDGE_SWEEP_INTERVAL_SECONDS", self.sweep_interval_seconds),
+            ("BRIDGE_WEBHOOK_BACKOFF_SECONDS", self.webhook_backoff_seconds),
         ):
             if not seconds > 0:
                 raise SettingsError(f"{name}={seconds} must be a positive number of seconds")
+        for url in self.webhook_urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("https", "http") or not parts.hostname:
+                raise SettingsError(f"BRIDGE_WEBHOOK_URLS: {url!r} is not an absolute http(s):// URL")
+        if self.webhook_urls and not self.webhook_secret:
+            raise SettingsError("BRIDGE_WEBHOOK_URLS needs BRIDGE_WEBHOOK_SECRET (every delivery is signed)")
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise SettingsError(f"BRIDGE_LOG_LEVEL={self.log_level!r} must be debug, info, warning or error")
         for entry in self.forwarded_allow_ips.split(","):
@@ -385,6 +408,12 @@ class Settings:
             keep_unredacted=_bool(e, "BRIDGE_KEEP_UNREDACTED", False),
             subscriber_queue=_int(e, "BRIDGE_SUBSCRIBER_QUEUE", cls.subscriber_queue),
             subscriber_secret=e.get("BRIDGE_SUBSCRIBER_SECRET", ""),
+            admin_token=e.get("BRIDGE_ADMIN_TOKEN", "").strip(),
+            sweep_interval_seconds=_float(e, "BRIDGE_SWEEP_INTERVAL_SECONDS", cls.sweep_interval_seconds),
+            webhook_urls=tuple(u.strip() for u in e.get("BRIDGE_WEBHOOK_URLS", "").split(",") if u.strip()),
+            webhook_secret=e.get("BRIDGE_WEBHOOK_SECRET", ""),
+            webhook_max_attempts=_int(e, "BRIDGE_WEBHOOK_MAX_ATTEMPTS", cls.webhook_max_attempts),
+            webhook_backoff_seconds=_float(e, "BRIDGE_WEBHOOK_BACKOFF_SECONDS", cls.webhook_backoff_seconds),
             log_level=e.get("BRIDGE_LOG_LEVEL", cls.log_level).lower(),
             log_json=_bool(e, "BRIDGE_LOG_JSON", False),
         ).validate()

@@ -35,13 +35,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from bridge.audio import WavError, read_wav
 from bridge.batch.engine import make_engine, transcribe_recording
 from bridge.batch.quality import DEFAULT_WER_THRESHOLD, compute_quality
-from bridge.compliance.report import ComplianceMetrics, file_report
+from bridge.compliance.report import ComplianceMetrics, announce_failure, file_report
 from bridge.compliance.rules import RuleSet, default_rules
 from bridge.redact.batch import redact_recording
 from bridge.retry import Backoff
 from bridge.store import Backlog, JobQueue, RecordingJob, Store
-from bridge.transcripts import BatchEngine, EngineError, json_path, write_json
+from bridge.transcripts import BatchEngine, BatchTranscript, CallQuality, EngineError, json_path, write_json
 from bridge.twilio.recordings import DownloadError, download_recording
+from bridge.webhooks import BatchCompletedData, WebhookOutbox, new_event_id
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class WorkerMetrics:
         r = self.registry = registry if registry is not None else CollectorRegistry()
         self.jobs = Counter(
             "bridge_batch_jobs_total",
-            "Recording jobs handled, by outcome (done, duplicate, retry, dead, released)",
+            "Recording jobs handled, by outcome (done, duplicate, erased, retry, dead, released)",
             ["outcome"],
             registry=r,
         )
@@ -142,8 +143,10 @@ class Worker:
         redact: tuple[str, ...] = ("card",),
         keep_unredacted: bool = False,
         rules: RuleSet | None = None,
+        webhook_urls: tuple[str, ...] = (),
     ) -> None:
         self.store = store
+        self.outbox = WebhookOutbox(store, webhook_urls)
         self.queue: JobQueue = store.jobs
         self.engine = engine
         self.consumer = consumer or consumer_name()
@@ -277,11 +280,19 @@ class Worker:
     async def _process(self, entry_id: str, job: RecordingJob) -> str:
         sid = job.call_sid
         key = job_key(job)
+        if await self.store.call_deleted(sid):
+            await self.queue.discard(entry_id)
+            logger.info("job %s is of an erased call; acked without running", entry_id, extra={"call_sid": sid})
+            return "erased"
         existing = await self.store.batch_transcript(sid)
         if existing is not None and existing.job_key == key:
             report = await self.store.compliance(sid)
             if report is None or report.job_key != key:  # stopped between the transcript and its report
-                await file_report(self.store, existing, self.rules, self.compliance)
+                await file_report(self.store, existing, self.rules, self.compliance, self.outbox)
+            elif not report.passed:  # its webhook may not have been queued (the same event id again)
+                await announce_failure(self.outbox, report)
+            if (quality := await self.store.quality(sid)) is not None:  # its webhook may not have been queued
+                await self._announce(existing, quality)
             await self.queue.ack(entry_id)
             logger.info("job %s already has a stored result; acked", entry_id, extra={"call_sid": sid})
             return "duplicate"
@@ -306,8 +317,9 @@ class Worker:
                 logger.warning("cannot write %s: %s", json_path(path), exc, extra={"call_sid": sid})
         live = await self.store.transcript(sid)
         quality = compute_quality(sid, live, transcript, threshold=self.wer_threshold)
-        await self.store.save_batch_result(transcript, quality)
-        await file_report(self.store, transcript, self.rules, self.compliance)
+        if await self.store.save_batch_result(transcript, quality):
+            await file_report(self.store, transcript, self.rules, self.compliance, self.outbox)
+            await self._announce(transcript, quality)
         await self.queue.ack(entry_id)
         self.metrics.audio_seconds.inc(recording.duration)
         if quality.wer is not None:
@@ -326,6 +338,13 @@ class Worker:
             transcript.engine, transcript.model, extra={"call_sid": sid},
         )  # fmt: skip
         return "done"
+
+    async def _announce(self, transcript: BatchTranscript, quality: CallQuality) -> None:
+        """Queue ``batch.completed`` (before the ack; the same event id however often it is raised)."""
+        data = BatchCompletedData(engine=transcript.engine, model=transcript.model, duration=transcript.duration,
+                                  utterances=len(transcript.utterances), wer=quality.wer, flagged=quality.flagged)
+        event_id = new_event_id(f"batch:{transcript.call_sid}:{transcript.job_key}")
+        await self.outbox.enqueue("batch.completed", transcript.call_sid, data, event_id=event_id)
 
     async def _local_audio(self, job: RecordingJob) -> Path:
         if job.source != "twilio":
@@ -396,7 +415,9 @@ class Worker:
 
 
 async def _amain(args: argparse.Namespace) -> int:
+    from bridge.retention.files import sweeping
     from bridge.settings import Settings
+    from bridge.webhooks.sender import sending
 
     settings = Settings.from_env()
     kind = args.engine
@@ -436,8 +457,10 @@ async def _amain(args: argparse.Namespace) -> int:
                 redact=settings.redact,
                 keep_unredacted=settings.keep_unredacted,
                 rules=settings.compliance_rules,
+                webhook_urls=settings.webhook_urls,
             )  # fmt: skip
-            await worker.run(stop)
+            async with sweeping(store, settings), sending(store, settings, metrics.registry):
+                await worker.run(stop)
     finally:
         await store.close()
     return 0

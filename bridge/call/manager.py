@@ -24,7 +24,7 @@ from bridge.recognizers.base import Recognizer
 from bridge.recognizers.resilience import RetryPolicy
 from bridge.settings import Settings
 from bridge.store import Store
-from bridge.twilio.media import WS_INVALID_PAYLOAD, StreamHandler, StreamRejected
+from bridge.twilio.media import WS_INVALID_PAYLOAD, WS_POLICY_VIOLATION, StreamHandler, StreamRejected
 from bridge.twilio.models import Start
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,9 @@ class CallManager:
         except OptionsError as exc:
             log.warning("refusing media stream: invalid stream parameter %s", exc, extra={"call_sid": call_sid})
             raise StreamRejected(WS_INVALID_PAYLOAD, f"invalid stream parameter {exc}") from None
+        if call_sid not in self.sessions and await self._erased(call_sid):
+            log.warning("refusing media stream: the call was erased", extra={"call_sid": call_sid})
+            raise StreamRejected(WS_POLICY_VIOLATION, "call was erased")
         session = await self._session(call_sid)
         try:
             return await session.attach(start, options)
@@ -144,6 +147,17 @@ class CallManager:
         started_at, audio_end = point
         log.info("call comes back under its CallSid: continuing at %.1f s", audio_end, extra={"call_sid": call_sid})
         return Resume(started_at=started_at, audio_end=audio_end)
+
+    async def _erased(self, call_sid: str) -> bool:
+        """True when the call was erased (``DELETE /calls/{sid}``): a new stream must not record it again.
+        Unknown (Redis away) counts as not erased: its writes still meet the tombstone in Redis."""
+        if getattr(self.writer, "redis_down", False):
+            return False
+        try:
+            async with asyncio.timeout(_RESUME_LOOKUP_SECONDS):
+                return await self.store.call_deleted(call_sid)
+        except (TimeoutError, redis.exceptions.RedisError, OSError):
+            return False
 
     def forget(self, session: CallSession) -> None:
         if self.sessions.get(session.call_sid) is session:

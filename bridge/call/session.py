@@ -41,6 +41,7 @@ from bridge.redact.detector import kinds_for
 from bridge.redact.live import LiveRedactor
 from bridge.settings import Settings
 from bridge.store.jobs import RecordingJob
+from bridge.webhooks import CallEndedData, WebhookOutbox, new_event_id
 
 if TYPE_CHECKING:
     from bridge.store import Store
@@ -175,6 +176,8 @@ class CallSession:
         self.ended = False
         #: The compliance alert rules, run on each final.
         self.alerts = live_alerts(manager.settings.compliance_rules)
+        #: Where the call's ``call.ended`` and ``alert`` webhooks are raised (nowhere without receivers).
+        self.outbox = WebhookOutbox(manager.store, manager.settings.webhook_urls)
         self._grace: asyncio.TimerHandle | None = None
         self._ending: asyncio.Task[None] | None = None
         #: Masks card data before anything is stored or sent; finals may come out later (hold-back).
@@ -320,7 +323,7 @@ class CallSession:
         m.writer.submit(final)
         for alert in self.alerts.match(final):  # compliance alert rules, after the final (its seq)
             m.metrics.alerts.labels(alert.rule).inc()
-            m.writer.call(self.call_sid, "alert", functools.partial(raise_alert, m.store, alert))
+            m.writer.call(self.call_sid, "alert", functools.partial(raise_alert, m.store, alert, self.outbox))
 
     async def stream_stopped(self, handle: StreamHandle, *, clean: bool, reason: str) -> None:
         # Keep this stream's last words in any case; the call ends with its last open stream.
@@ -381,6 +384,10 @@ class CallSession:
             m.writer.call(
                 sid, "call_ended", lambda: store.call_ended(sid, ended_at=ended_at, reason=reason, audio_end=audio_end)
             )
+            ended = CallEndedData(started_at=self.started_at, ended_at=ended_at, duration=round(duration, 3),
+                                  reason=reason)  # fmt: skip
+            event_id = new_event_id(f"ended:{sid}:{ended_at}")
+            m.writer.call(sid, "webhook", lambda: self.outbox.enqueue("call.ended", sid, ended, event_id=event_id))
             m.forget(self)
         if not await m.writer.flush(m.close_timeout):
             log.warning("Redis is behind: this call's last writes are still queued", extra={"call_sid": self.call_sid})

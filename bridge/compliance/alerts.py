@@ -14,6 +14,7 @@ from typing import Protocol
 from bridge import events
 from bridge.compliance.matcher import RuleMatcher, tokens
 from bridge.compliance.rules import RuleSet
+from bridge.webhooks import WebhookOutbox, new_event_id
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +61,21 @@ def live_alerts(rules: RuleSet) -> LiveAlerts:
     return hit[1]
 
 
-async def raise_alert(store: AlertSink, alert: events.Alert) -> bool:
-    """THE place a live alert is raised: stored and published once per rule and final.
+async def raise_alert(store: AlertSink, alert: events.Alert, outbox: WebhookOutbox | None = None) -> bool:
+    """THE place a live alert is raised: stored and published once per rule and final, and queued as
+    the ``alert`` webhook (one event id per rule and final).
 
-    Returns ``False`` for a repeat (a retried write). Anything that must happen once per alert (the
-    ``alert`` webhook) belongs here, after ``add_alert`` returned ``True``.
+    Returns ``False`` for a repeat (a retried write, or an erased call). The webhook is queued for a
+    repeat too: the write may be retried because queuing it failed (receivers see one event); the
+    sender drops the deliveries of an erased call.
     """
-    if not await store.add_alert(alert):
-        return False
-    log.info("alert %s on %s at %.1f s", alert.rule, alert.track, alert.start, extra={"call_sid": alert.call_sid})
-    return True
+    raised = await store.add_alert(alert)
+    if outbox is not None:
+        event_id = new_event_id(f"alert:{alert.call_sid}:{alert.final_id}|{alert.rule}")
+        await outbox.enqueue("alert", alert.call_sid, alert, event_id=event_id)
+    if raised:
+        log.info("alert %s on %s at %.1f s", alert.rule, alert.track, alert.start, extra={"call_sid": alert.call_sid})
+    return raised
 
 
 __all__ = ["AlertSink", "LiveAlerts", "live_alerts", "raise_alert"]

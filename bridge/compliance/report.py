@@ -16,6 +16,7 @@ from bridge.compliance.evaluate import evaluate
 from bridge.compliance.models import ComplianceReport
 from bridge.compliance.rules import RuleSet
 from bridge.transcripts import BatchTranscript, Redaction
+from bridge.webhooks import WebhookOutbox, new_event_id
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ class ReportStore(Protocol):
 
     async def alerts(self, call_sid: str) -> list[events.Alert]: ...
     async def redactions(self, call_sid: str) -> list[Redaction] | None: ...
-    async def save_compliance(self, report: ComplianceReport) -> None: ...
+    async def save_compliance(self, report: ComplianceReport) -> bool: ...
 
 
 class ComplianceMetrics:
@@ -51,29 +52,40 @@ class ComplianceMetrics:
 
 
 async def file_report(
-    store: ReportStore, transcript: BatchTranscript, rules: RuleSet, metrics: ComplianceMetrics | None = None
+    store: ReportStore, transcript: BatchTranscript, rules: RuleSet, metrics: ComplianceMetrics | None = None,
+    outbox: WebhookOutbox | None = None,
 ) -> ComplianceReport:
     """Evaluate the rules on the batch transcript and store the report with the call's alerts and
-    redactions (``[]`` when the batch pass stored none)."""
+    redactions (``[]`` when the batch pass stored none); a failing one is raised as ``compliance.failed``
+    (nothing is stored nor raised for an erased call)."""
     sid = transcript.call_sid
     alerts = await store.alerts(sid)
     redactions = await store.redactions(sid) or []
     report = evaluate(transcript, rules, alerts=alerts, redactions=redactions)
-    await store.save_compliance(report)
+    if not await store.save_compliance(report):
+        return report
     if metrics is not None:
         metrics.count(report)
     if report.passed:
         log.info("compliance report: passed (%d rules)", len(report.rules), extra={"call_sid": sid})
     else:
         compliance_failed(report)
+        if outbox is not None:
+            await announce_failure(outbox, report)
     return report
 
 
 def compliance_failed(report: ComplianceReport) -> None:
-    """THE place a failing report is known (stored just before): the ``compliance.failed`` webhook
-    belongs here. Called once per report filed (a job redone files, and calls this, again)."""
+    """THE place a failing report is known (stored just before). Called once per report filed (a job
+    redone files, and calls this, again)."""
     failed = ", ".join(r.id for r in report.failed_rules)
     log.warning("compliance report: FAILED %s", failed, extra={"call_sid": report.call_sid})
 
 
-__all__ = ["ComplianceMetrics", "ReportStore", "compliance_failed", "file_report"]
+async def announce_failure(outbox: WebhookOutbox, report: ComplianceReport) -> None:
+    """The ``compliance.failed`` webhook, with one event id per report (however often it is raised)."""
+    event_id = new_event_id(f"compliance:{report.call_sid}:{report.job_key}")
+    await outbox.enqueue("compliance.failed", report.call_sid, report, event_id=event_id)
+
+
+__all__ = ["ComplianceMetrics", "ReportStore", "announce_failure", "compliance_failed", "file_report"]

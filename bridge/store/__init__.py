@@ -8,6 +8,7 @@ name in :mod:`bridge.store.keys`:
 - :mod:`~bridge.store.jobs`: the recording jobs queue (stream, consumer group, retries, dead letters);
 - :mod:`~bridge.store.results`: the batch pass's transcript and quality figures;
 - :mod:`~bridge.store.compliance`: live alerts and compliance reports;
+- :mod:`~bridge.store.deletion`: erasing a call, and the tombstone every writer of a call checks;
 - :mod:`~bridge.store.writeback`: the write-behind the call path talks to (never waits on Redis);
 - :mod:`~bridge.store.redis_embedded`: the redis-server started when no ``REDIS_URL`` is given.
 
@@ -31,6 +32,7 @@ from bridge.settings import Settings
 from bridge.store.calls import CallInfo, CallRecords
 from bridge.store.client import STORE_ERRORS, UNAVAILABLE, Client, client_from_url, pubsub_of
 from bridge.store.compliance import ComplianceLog
+from bridge.store.deletion import Erased
 from bridge.store.finals import FinalLog
 from bridge.store.jobs import Backlog, JobQueue, RecordingJob
 from bridge.store.keys import Keys
@@ -113,7 +115,10 @@ class Store(CallRecords, FinalLog, BatchResults, ComplianceLog):
         return aioredis.Redis(connection_pool=aioredis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
 
     async def enqueue_recording(self, job: RecordingJob) -> str:
-        """Queue a call's recording for the batch pass; returns the job's entry id."""
+        """Queue a call's recording for the batch pass; returns the job's entry id ("" when the call
+        was erased: nothing is queued)."""
+        if await self.call_deleted(job.call_sid):
+            return ""
         return await self.jobs.enqueue(job)
 
 
@@ -124,6 +129,7 @@ __all__ = [
     "CallInfo",
     "Client",
     "EmbeddedRedis",
+    "Erased",
     "FinalsWriter",
     "JobQueue",
     "Keys",

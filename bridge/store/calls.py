@@ -7,7 +7,8 @@ change is two transactions: the call's record first, then the index that points 
 ``call_ended`` live events themselves (on the call's channel and on the all-calls channel); callers
 do not publish them again. Everything of a call gets the retention TTL when the call ends, and a
 record that is not an active call never goes without one (a status callback for a call that never
-streamed creates a record that expires like any other).
+streamed creates a record that expires like any other). No write brings back an erased call
+(:mod:`bridge.store.deletion`): each one checks the call's tombstone in its own transaction.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import time
 from typing import TypeVar
 
@@ -24,6 +26,7 @@ from redis.commands.core import AsyncScript
 from bridge import events
 from bridge.store.client import StoreBase, as_mapping, text, text_dict
 
+logger = logging.getLogger(__name__)
 TRACK_ORDER = {"inbound": 0, "outbound": 1}
 T = TypeVar("T")
 
@@ -47,9 +50,13 @@ _CUSTOM_PREFIX = "custom."
 #: The hash field the finals script keeps the count in (see :mod:`bridge.store.finals`).
 FINALS_FIELD = _F_FINALS
 
-# KEYS: call hash. ARGV: retention seconds, then field, value, field, value…
-# Sets the fields; a record that is not an active call and has no TTL gets the retention TTL.
+# KEYS: call hash, its tombstone. ARGV: retention seconds, then field, value, field, value…
+# Sets the fields (none for an erased call); a record that is not an active call and has no TTL gets
+# the retention TTL.
 _UPDATE_CALL = """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 if redis.call('TTL', KEYS[1]) == -1 and redis.call('HGET', KEYS[1], 'status') ~= 'active' then
   redis.call('EXPIRE', KEYS[1], ARGV[1])
@@ -170,6 +177,7 @@ class CallRecords(StoreBase):
         for name, value in (custom or {}).items():
             fields[_CUSTOM_PREFIX + name] = value
         async with self.client.pipeline(transaction=True) as pipe:
+            pipe.exists(k.tombstone(call_sid))
             pipe.hsetnx(key, _F_STARTED, repr(float(started_at)))
             pipe.hset(key, mapping=as_mapping(fields))
             pipe.hdel(key, _F_ENDED, _F_REASON)
@@ -180,6 +188,9 @@ class CallRecords(StoreBase):
             pipe.hget(key, _F_STARTED)
             pipe.hget(key, _F_FINALS)
             res = await pipe.execute()
+        if res[0]:
+            await self._undo_erased(call_sid)
+            return
         # The index lives in another slot: its own transaction, after the record it points to.
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.zrem(k.recent_calls, call_sid)
@@ -209,7 +220,7 @@ class CallRecords(StoreBase):
         args: list[str | int] = [max(1, int(self.retention_seconds))]
         for name, value in fields.items():
             args += [name, value]
-        await self._update_call_script(keys=[self.keys.call(call_sid)], args=args)
+        await self._update_call_script(keys=[self.keys.call(call_sid), self.keys.tombstone(call_sid)], args=args)
 
     async def resume_point(self, call_sid: str) -> tuple[float, float] | None:
         """(first start, call-clock second to continue at) of a call that streamed before, else ``None``.
@@ -260,11 +271,15 @@ class CallRecords(StoreBase):
         if audio_end is not None:
             fields[_F_AUDIO_END] = repr(float(audio_end))
         async with self.client.pipeline(transaction=True) as pipe:
+            pipe.exists(k.tombstone(call_sid))
             pipe.hset(k.call(call_sid), mapping=as_mapping(fields))
             for name in k.call_keys(call_sid):
                 pipe.expire(name, ttl)
             pipe.hmget(k.call(call_sid), [_F_STARTED, _F_FINALS])
             res = await pipe.execute()
+        if res[0]:
+            await self._undo_erased(call_sid)
+            return
         async with self.client.pipeline(transaction=True) as pipe:  # the index: its own slot
             pipe.zrem(k.active_calls, call_sid)
             pipe.zadd(k.recent_calls, {call_sid: ended_at})
@@ -280,6 +295,15 @@ class CallRecords(StoreBase):
             reason=reason,
         )
         await self._publish_call_event(event)
+
+    async def _undo_erased(self, call_sid: str) -> None:
+        """A write found the call's tombstone in its own transaction (it ran after the erasure): take
+        back what it created. Nothing else can have written the call since, so it all goes."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            for name in self.keys.call_keys(call_sid):
+                pipe.delete(name)
+            await pipe.execute()
+        logger.warning("write to an erased call refused", extra={"call_sid": call_sid})
 
     async def _publish_call_event(self, event: events.CallStarted | events.CallEnded) -> None:
         data = events.encode(event)

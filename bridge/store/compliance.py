@@ -20,14 +20,16 @@ from redis.commands.core import AsyncScript
 from bridge import events
 from bridge.compliance import models
 from bridge.compliance.models import ComplianceReport
-from bridge.store.client import StoreBase, text
+from bridge.store.client import text
+from bridge.store.deletion import CallDeletion
 
 logger = logging.getLogger(__name__)
 
-# KEYS: alerts, final_ids, call (one call: one slot). ARGV: field, alert JSON without seq, final id,
-# channel. Returns 1 when stored and published, nil when this rule already alerted on this final.
+# KEYS: alerts, final_ids, call, tombstone (one call: one slot). ARGV: field, alert JSON without seq,
+# final id, channel. Returns 1 when stored and published, nil when this rule already alerted on this
+# final or the call was erased.
 _ADD_ALERT = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+if redis.call('EXISTS', KEYS[4]) == 1 or redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   return false
 end
 local seq = tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '0')
@@ -51,7 +53,7 @@ def alert_order(alert: events.Alert) -> tuple[int, float, str]:
     return (alert.seq, alert.start, alert.rule)
 
 
-class ComplianceLog(StoreBase):
+class ComplianceLog(CallDeletion):
     """Alerts and compliance reports."""
 
     @functools.cached_property
@@ -63,7 +65,7 @@ class ComplianceLog(StoreBase):
         k, sid = self.keys, alert.call_sid
         doc = events.encode(msgspec.structs.replace(alert, seq=0))
         result = await self._add_alert_script(
-            keys=[k.alerts(sid), k.final_ids(sid), k.call(sid)],
+            keys=[k.alerts(sid), k.final_ids(sid), k.call(sid), k.tombstone(sid)],
             args=[f"{alert.final_id}|{alert.rule}", doc, alert.final_id, k.channel(sid)],
         )  # fmt: skip
         return result is not None
@@ -79,8 +81,9 @@ class ComplianceLog(StoreBase):
                 logger.error("a stored alert is unreadable", extra={"call_sid": call_sid})
         return sorted(out, key=alert_order)
 
-    async def save_compliance(self, report: ComplianceReport) -> None:
-        """Store a call's report (overwritten as a whole) with the call's retention, and index it."""
+    async def save_compliance(self, report: ComplianceReport) -> bool:
+        """Store a call's report (overwritten as a whole) with the call's retention, and index it;
+        ``False`` when the call was erased (nothing stored, nor indexed)."""
         sid, k = report.call_sid, self.keys
         retention = max(1, int(self.retention_seconds))
         ttl = int(await self.client.ttl(k.call(sid)))
@@ -95,7 +98,14 @@ class ComplianceLog(StoreBase):
             tx.zremrangebyscore(k.compliance_calls, "-inf", horizon)
             tx.zremrangebyscore(k.compliance_failed, "-inf", horizon)
             await tx.execute()
-        await self.client.set(k.compliance(sid), models.encode(report), ex=ttl)
+        if await self.set_call_documents(sid, {k.compliance(sid): models.encode(report)}, ttl):
+            return True
+        async with self.client.pipeline(transaction=True) as tx:
+            tx.zrem(k.compliance_calls, sid)
+            tx.zrem(k.compliance_failed, sid)
+            await tx.execute()
+        logger.warning("compliance report of an erased call discarded", extra={"call_sid": sid})
+        return False
 
     async def compliance(self, call_sid: str) -> ComplianceReport | None:
         """The call's compliance report, or ``None`` before the batch pass made one."""

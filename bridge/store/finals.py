@@ -22,10 +22,11 @@ from bridge.store.client import StoreBase, pubsub_of
 
 logger = logging.getLogger(__name__)
 
-# KEYS: final_ids, finals, call (one call: one cluster slot). ARGV: final id, final JSON without seq,
-# channel (not a key: pub/sub reaches every node). Returns the new seq, or nil when the id is stored.
+# KEYS: final_ids, finals, call, tombstone (one call: one cluster slot). ARGV: final id, final JSON
+# without seq, channel (not a key: pub/sub reaches every node). Returns the new seq, or nil when the id
+# is stored or the call was erased (a late final never brings an erased call back).
 _ADD_FINAL = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+if redis.call('EXISTS', KEYS[4]) == 1 or redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   return false
 end
 local seq = redis.call('LLEN', KEYS[2]) + 1
@@ -56,11 +57,13 @@ class FinalLog(StoreBase):
         return self.client.register_script(_ADD_FINAL)
 
     async def add_final(self, final: events.Final) -> int | None:
-        """Store a final once per id, publish it, and return its seq (``None`` if already stored)."""
+        """Store a final once per id, publish it, and return its seq (``None`` if already stored, or
+        if the call was erased)."""
         k = self.keys
         doc = events.encode(msgspec.structs.replace(final, seq=0))
         result = await self._add_final_script(
-            keys=[k.final_ids(final.call_sid), k.finals(final.call_sid), k.call(final.call_sid)],
+            keys=[k.final_ids(final.call_sid), k.finals(final.call_sid), k.call(final.call_sid),
+                  k.tombstone(final.call_sid)],
             args=[final.id, doc, k.channel(final.call_sid)],
         )  # fmt: skip
         return None if result is None else int(result)

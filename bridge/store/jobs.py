@@ -17,6 +17,9 @@ failures) and a move to the dead letters are each one transaction, also on a Red
 
 :meth:`JobQueue.backlog` measures what is not done yet from the stream and its group alone (XINFO
 GROUPS, XPENDING, XRANGE), so any worker can export it and it survives worker restarts.
+
+The webhook outbox (:mod:`bridge.webhooks`) is a :class:`JobQueue` over its own keys
+(``Keys.webhook_queue``, hash tag ``{webhooks}``), with the same guarantees.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import msgspec
 import redis.exceptions
 
 from bridge.store.client import Client, text
-from bridge.store.keys import Keys
+from bridge.store.keys import Keys, QueueKeys
 
 JobSource = Literal["stream", "twilio"]
 
@@ -121,27 +124,61 @@ def _entries(raw: Any) -> list[Entry]:
 
 
 class JobQueue:
-    """The recording jobs stream, its consumer group, retries and dead letters."""
+    """The recording jobs stream, its consumer group, retries and dead letters (or, with ``queue``,
+    another stream with the same guarantees: the webhook outbox)."""
 
-    def __init__(self, client: Client, keys: Keys, *, maxlen: int = 100_000) -> None:
+    def __init__(self, client: Client, keys: Keys, *, maxlen: int = 100_000, queue: QueueKeys | None = None) -> None:
         self.client = client
         self.keys = keys
+        self.q = queue if queue is not None else keys.recording_queue
         self.maxlen = maxlen
         self._group_ready = False
         self._claim_cursor = "0-0"
 
     async def enqueue(self, job: RecordingJob) -> str:
         """Append a job; returns the entry id."""
-        entry = await self.client.xadd(
-            self.keys.recordings, job.to_fields(), maxlen=self.maxlen, approximate=True  # type: ignore[arg-type]
-        )
+        return await self.add(job.to_fields())
+
+    async def add(self, fields: dict[str, str]) -> str:
+        """Append an entry of flat string fields; returns its id."""
+        entry = await self.client.xadd(self.q.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
         return text(entry)
+
+    async def add_all(self, entries: list[dict[str, str]]) -> None:
+        """Append several entries in one transaction (all of them or none)."""
+        async with self.client.pipeline(transaction=True) as tx:
+            for fields in entries:
+                tx.xadd(self.q.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+            await tx.execute()
+
+    async def purge(self, call_sid: str, *, chunk: int = 1000) -> int:
+        """Remove every entry about ``call_sid`` (field ``call_sid``), queued, pending or dead; returns
+        how many. Walks both streams in chunks: an erasure, not a hot path."""
+        q, c = self.q, self.client
+        removed = 0
+        for stream in (q.stream, q.dead):
+            start = "-"
+            while True:
+                batch = _entries(await c.xrange(stream, min=start, count=chunk))
+                ids = [i for i, fields in batch if fields.get("call_sid") == call_sid]
+                if ids:
+                    async with c.pipeline(transaction=True) as tx:
+                        if stream == q.stream:
+                            for entry_id in ids:
+                                self.ack_in(tx, entry_id)
+                        tx.xdel(stream, *ids)
+                        await tx.execute()
+                    removed += len(ids)
+                if len(batch) < chunk:
+                    break
+                start = "(" + batch[-1][0]
+        return removed
 
     async def ensure_group(self) -> None:
         if self._group_ready:
             return
         try:
-            await self.client.xgroup_create(self.keys.recordings, self.keys.recordings_group, id="0", mkstream=True)
+            await self.client.xgroup_create(self.q.stream, self.q.group, id="0", mkstream=True)
         except redis.exceptions.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -154,27 +191,27 @@ class JobQueue:
         ``None`` when nothing came within ``block_ms``.
         """
         await self.ensure_group()
-        k, c = self.keys, self.client
+        q, c = self.q, self.client
         now = time.time()
-        for raw_id in await c.zrangebyscore(k.recordings_retry, "-inf", now, start=0, num=1):
+        for raw_id in await c.zrangebyscore(q.retry, "-inf", now, start=0, num=1):
             entry_id = text(raw_id)
-            if await c.zrem(k.recordings_retry, entry_id):
-                claimed: Any = await c.xclaim(k.recordings, k.recordings_group, consumer, 0, [entry_id])
+            if await c.zrem(q.retry, entry_id):
+                claimed: Any = await c.xclaim(q.stream, q.group, consumer, 0, [entry_id])
                 for cid, fields in _entries(claimed):
                     if fields:
                         return (cid, fields), False
-                await c.hdel(k.recordings_attempts, entry_id)  # the entry is gone (trimmed)
+                await c.hdel(q.attempts, entry_id)  # the entry is gone (trimmed)
         result: Any = await c.xautoclaim(
-            k.recordings, k.recordings_group, consumer, claim_idle_ms, start_id=self._claim_cursor, count=1
+            q.stream, q.group, consumer, claim_idle_ms, start_id=self._claim_cursor, count=1
         )
         self._claim_cursor = text(result[0])
         for entry_id, fields in _entries(result[1]):
-            score = await c.zscore(k.recordings_retry, entry_id)
+            score = await c.zscore(q.retry, entry_id)
             if score is not None and float(score) > now:
                 continue  # failed before and waiting out its backoff: not abandoned
             if fields:
                 return (entry_id, fields), True
-        read: Any = await c.xreadgroup(k.recordings_group, consumer, {k.recordings: ">"}, count=1, block=block_ms)
+        read: Any = await c.xreadgroup(q.group, consumer, {q.stream: ">"}, count=1, block=block_ms)
         for _stream, entries in read or []:
             for entry in _entries(entries):
                 return entry, False
@@ -182,33 +219,44 @@ class JobQueue:
 
     def ack_in(self, tx: Any, entry_id: str) -> None:
         """Queue the commands that settle ``entry_id`` on a pipeline (ack, forget attempts and retry)."""
-        k = self.keys
-        tx.xack(k.recordings, k.recordings_group, entry_id)
-        tx.hdel(k.recordings_attempts, entry_id)
-        tx.zrem(k.recordings_retry, entry_id)
+        q = self.q
+        tx.xack(q.stream, q.group, entry_id)
+        tx.hdel(q.attempts, entry_id)
+        tx.zrem(q.retry, entry_id)
 
     async def ack(self, entry_id: str) -> None:
         async with self.client.pipeline(transaction=True) as tx:
             self.ack_in(tx, entry_id)
             await tx.execute()
 
+    async def discard(self, entry_id: str) -> None:
+        """Settle ``entry_id`` and delete it from the stream (an erased call's entry leaves no trace)."""
+        async with self.client.pipeline(transaction=True) as tx:
+            self.ack_in(tx, entry_id)
+            tx.xdel(self.q.stream, entry_id)
+            await tx.execute()
+
+    async def trim_dead(self, before: float) -> int:
+        """Delete the dead letters added before unix time ``before`` (past the retention); how many."""
+        return int(await self.client.xtrim(self.q.dead, minid=f"{int(before * 1000)}-0", approximate=False))
+
     async def heartbeat(self, entry_id: str, consumer: str) -> None:
         """Reset the entry's idle time so nobody takes it over while we work on it."""
-        await self.client.xclaim(self.keys.recordings, self.keys.recordings_group, consumer, 0, [entry_id],
+        await self.client.xclaim(self.q.stream, self.q.group, consumer, 0, [entry_id],
                                  justid=True)  # fmt: skip
 
     async def release(self, entry_id: str, consumer: str, *, idle_ms: int) -> None:
         """Give a job back: it stays pending but looks idle, so another worker claims it at once."""
-        await self.client.xclaim(self.keys.recordings, self.keys.recordings_group, consumer, 0, [entry_id],
+        await self.client.xclaim(self.q.stream, self.q.group, consumer, 0, [entry_id],
                                  idle=idle_ms, justid=True)  # fmt: skip
 
     async def failed(self, entry_id: str) -> int:
         """Count one more failure of ``entry_id``; returns the failures so far."""
-        return int(await self.client.hincrby(self.keys.recordings_attempts, entry_id, 1))
+        return int(await self.client.hincrby(self.q.attempts, entry_id, 1))
 
     async def retry_at(self, entry_id: str, due: float) -> None:
         """Hand ``entry_id`` out again (to any consumer) at unix time ``due``."""
-        await self.client.zadd(self.keys.recordings_retry, {entry_id: due})
+        await self.client.zadd(self.q.retry, {entry_id: due})
 
     async def dead_letter(self, entry_id: str, fields: dict[str, str], reason: str, *, attempts: int,
                           consumer: str) -> None:  # fmt: skip
@@ -216,38 +264,38 @@ class JobQueue:
         doc = {**fields, "job_id": entry_id, "reason": reason[:2000], "attempts": str(attempts),
                "failed_at": repr(time.time()), "consumer": consumer}  # fmt: skip
         async with self.client.pipeline(transaction=True) as tx:
-            tx.xadd(self.keys.recordings_dead, doc)  # type: ignore[arg-type]
+            tx.xadd(self.q.dead, doc)  # type: ignore[arg-type]
             self.ack_in(tx, entry_id)
             await tx.execute()
 
     async def backlog(self, *, now: float | None = None) -> Backlog:
         """How many jobs wait, and for how long the oldest has (see :class:`Backlog`)."""
-        k, c = self.keys, self.client
+        q, c = self.q, self.client
         now = time.time() if now is None else now
-        dead = int(await c.xlen(k.recordings_dead))
+        dead = int(await c.xlen(q.dead))
         try:
-            groups: Any = await c.xinfo_groups(k.recordings)
+            groups: Any = await c.xinfo_groups(q.stream)
         except redis.exceptions.ResponseError as exc:
             if "no such key" not in str(exc):
                 raise
             return Backlog(queued=0, pending=0, oldest_seconds=0.0, dead=dead)
-        group = next((g for g in groups if text(g["name"]) == k.recordings_group), None)
+        group = next((g for g in groups if text(g["name"]) == q.group), None)
         oldest: list[str] = []
         if group is None:  # no worker has started yet: everything waits
-            queued = int(await c.xlen(k.recordings))
+            queued = int(await c.xlen(q.stream))
             pending = 0
-            first = _entries(await c.xrange(k.recordings, count=1))
+            first = _entries(await c.xrange(q.stream, count=1))
         else:
             pending = int(group["pending"])
             after = "(" + text(group["last-delivered-id"])
-            first = _entries(await c.xrange(k.recordings, min=after, count=1))
+            first = _entries(await c.xrange(q.stream, min=after, count=1))
             lag = group.get("lag")
             if lag is not None:
                 queued = int(lag)
             else:  # entries were deleted inside the unread range: count them (bounded)
-                queued = len(_entries(await c.xrange(k.recordings, min=after, count=_LAG_SCAN_LIMIT)))
+                queued = len(_entries(await c.xrange(q.stream, min=after, count=_LAG_SCAN_LIMIT)))
             if pending:
-                summary: Any = await c.xpending(k.recordings, k.recordings_group)
+                summary: Any = await c.xpending(q.stream, q.group)
                 if summary.get("min") is not None:
                     oldest.append(text(summary["min"]))
         oldest += [entry_id for entry_id, _ in first]
@@ -255,7 +303,7 @@ class JobQueue:
         return Backlog(queued=queued, pending=pending, oldest_seconds=age, dead=dead)
 
     async def dead_letters(self, count: int = 100) -> list[Entry]:
-        return _entries(await self.client.xrange(self.keys.recordings_dead, count=count))
+        return _entries(await self.client.xrange(self.q.dead, count=count))
 
 
 __all__ = ["Backlog", "Entry", "JobQueue", "JobSource", "RecordingJob", "entry_time"]

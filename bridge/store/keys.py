@@ -33,6 +33,11 @@ key                                    type        content
 ``P:call:{<sid>}:compliance``          string      the call's compliance report (JSON)
 ``P:call:{<sid>}:alerts``              hash        ``<final id>|<rule>`` -> events.Alert JSON (live
                                                    alerts, each raised once per rule and final)
+``P:call:{<sid>}:deleted``             string      tombstone of a call erased by ``DELETE /calls/{sid}``
+                                                   (the unix time it was erased; no call data). Every
+                                                   writer of the call checks it in the call's slot,
+                                                   so nothing late brings the call back; it keeps
+                                                   the retention TTL
 ``P:{calls}:active``                   zset        CallSids of calls in progress, scored by start time
 ``P:{calls}:recent``                   zset        CallSids of ended calls, scored by end time
                                                    (trimmed to the retention window)
@@ -44,21 +49,45 @@ key                                    type        content
 ``P:{jobs}:recordings:dead``           stream      recording jobs that failed too often
 ``P:{jobs}:recordings:attempts``       hash        recording job entry id -> failed attempts so far
 ``P:{jobs}:recordings:retry``          zset        job entry ids waiting for a retry, scored by due time
+``P:{webhooks}:events``                stream      webhook deliveries, one entry per event and URL
+                                                   (flat string fields, webhooks.Delivery)
+``P:{webhooks}:events:dead``           stream      webhook deliveries that failed too often
+``P:{webhooks}:events:attempts``       hash        delivery entry id -> failed attempts so far
+``P:{webhooks}:events:retry``          zset        delivery entry ids waiting for a retry, by due time
 ``P:live:<sid>``                       channel     pub/sub: the call's live events (events.LiveEvent)
 ``P:live:calls``                       channel     pub/sub: call_started / call_ended of every call
 =====================================  ==========  ==================================================
 
-Consumer group of the recording stream: ``recording-workers`` (:attr:`Keys.recordings_group`).
+Consumer group of the recording stream: ``recording-workers`` (:attr:`Keys.recordings_group`); of the
+webhook stream: ``webhook-senders`` (:attr:`Keys.webhooks_group`). Both streams are driven by
+:class:`bridge.store.jobs.JobQueue` over their :class:`QueueKeys`.
 Every ``P:call:{<sid>}*`` key gets the retention TTL when the call ends (transcripts are personal data).
 """
 
 from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueKeys:
+    """The keys of one at-least-once queue (a stream with a consumer group), all in one slot."""
+
+    stream: str
+    group: str
+    #: stream: entries that failed too often, with the reason.
+    dead: str
+    #: hash: entry id -> failed attempts so far.
+    attempts: str
+    #: zset: entry ids waiting for a retry, scored by due time (unix seconds).
+    retry: str
 
 
 class Keys:
     """Key names under one prefix."""
 
     recordings_group = "recording-workers"
+    webhooks_group = "webhook-senders"
 
     def __init__(self, prefix: str = "bridge") -> None:
         if "{" in prefix or "}" in prefix:
@@ -99,6 +128,10 @@ class Keys:
     def alerts(self, call_sid: str) -> str:
         """hash: ``<final id>|<rule>`` -> the live alert raised for that final (events.Alert JSON)."""
         return f"{self.call(call_sid)}:alerts"
+
+    def tombstone(self, call_sid: str) -> str:
+        """string: the call was erased (not one of :meth:`call_keys`: it outlives them, holding no data)."""
+        return f"{self.call(call_sid)}:deleted"
 
     def call_keys(self, call_sid: str) -> list[str]:
         """Every key that holds data of one call (they share its retention, and its slot)."""
@@ -143,6 +176,11 @@ class Keys:
         """zset: CallSids whose compliance report failed a rule, scored by when it was made."""
         return f"{self._calls}:compliance:failed"
 
+    @property
+    def call_indexes(self) -> list[str]:
+        """Every index of calls (zsets of CallSids): an erased call leaves every one of them."""
+        return [self.active_calls, self.recent_calls, self.flagged_calls, self.compliance_calls, self.compliance_failed]
+
     # -- the recording jobs queue: one slot ({jobs}) -----------------------------------------------
 
     @property
@@ -163,6 +201,23 @@ class Keys:
         """zset: recording job entry ids waiting for a retry, scored by due time (unix seconds)."""
         return f"{self.recordings}:retry"
 
+    @property
+    def recording_queue(self) -> QueueKeys:
+        return QueueKeys(self.recordings, self.recordings_group, self.recordings_dead, self.recordings_attempts,
+                         self.recordings_retry)  # fmt: skip
+
+    # -- the webhook outbox: one slot ({webhooks}) -------------------------------------------------
+
+    @property
+    def webhooks(self) -> str:
+        """stream: webhook deliveries (one entry per event and receiver URL)."""
+        return f"{self.prefix}:{{webhooks}}:events"
+
+    @property
+    def webhook_queue(self) -> QueueKeys:
+        w = self.webhooks
+        return QueueKeys(w, self.webhooks_group, f"{w}:dead", f"{w}:attempts", f"{w}:retry")
+
     # -- channels (not keys) -----------------------------------------------------------------------
 
     def channel(self, call_sid: str) -> str:
@@ -177,4 +232,4 @@ class Keys:
         return f"{self.prefix}:*"
 
 
-__all__ = ["Keys"]
+__all__ = ["Keys", "QueueKeys"]

@@ -18,7 +18,8 @@ from typing import Any
 import msgspec
 
 from bridge import transcripts
-from bridge.store.client import StoreBase, text
+from bridge.store.client import text
+from bridge.store.deletion import CallDeletion
 from bridge.store.jobs import JobQueue
 from bridge.transcripts import BatchTranscript, CallQuality, Redaction
 
@@ -29,7 +30,7 @@ _redactions_encoder = msgspec.json.Encoder()
 _redactions_decoder: msgspec.json.Decoder[list[Redaction]] = msgspec.json.Decoder(list[Redaction])
 
 
-class BatchResults(StoreBase):
+class BatchResults(CallDeletion):
     """What the batch worker stores and the API reads back."""
 
     @functools.cached_property
@@ -37,15 +38,13 @@ class BatchResults(StoreBase):
         """The recording jobs queue."""
         return JobQueue(self.client, self.keys)
 
-    async def _ttl(self, call_sid: str) -> int:
-        """The call's remaining retention when it has one (the call ended), else the full retention."""
-        ttl = int(await self.client.ttl(self.keys.call(call_sid)))
-        return ttl if ttl > 0 else max(1, int(self.retention_seconds))
-
     async def save_batch_result(
         self, transcript: BatchTranscript, quality: CallQuality, *, ack_entry: str | None = None
-    ) -> None:
-        """Store the batch transcript and its quality, then ack the job that made them (see above)."""
+    ) -> bool:
+        """Store the batch transcript and its quality, then ack the job that made them (see above).
+
+        ``False`` when the call was erased meanwhile: nothing is stored (the job is acked all the same).
+        """
         sid = transcript.call_sid
         k = self.keys
         ttl = await self._ttl(sid)
@@ -53,12 +52,17 @@ class BatchResults(StoreBase):
             await self.client.zadd(k.flagged_calls, {sid: quality.wer})
         else:
             await self.client.zrem(k.flagged_calls, sid)
-        async with self.client.pipeline(transaction=True) as tx:
-            tx.set(k.batch_transcript(sid), transcripts.encode(transcript), ex=ttl)
-            tx.set(k.quality(sid), transcripts.encode(quality), ex=ttl)
-            await tx.execute()
+        documents: dict[str, bytes | str] = {
+            k.batch_transcript(sid): transcripts.encode(transcript),
+            k.quality(sid): transcripts.encode(quality),
+        }
+        stored = await self.set_call_documents(sid, documents, ttl)
+        if not stored:
+            await self.client.zrem(k.flagged_calls, sid)
+            logger.warning("batch result of an erased call discarded", extra={"call_sid": sid})
         if ack_entry is not None:
             await self.jobs.ack(ack_entry)
+        return stored
 
     async def batch_transcript(self, call_sid: str) -> BatchTranscript | None:
         """The call's compliance transcript, or ``None`` when the batch pass has not stored one."""
@@ -74,7 +78,8 @@ class BatchResults(StoreBase):
     async def save_redactions(self, call_sid: str, redactions: list[Redaction]) -> None:
         """Store the spans the batch pass masked and silenced (overwritten as a whole)."""
         ttl = await self._ttl(call_sid)
-        await self.client.set(self.keys.redactions(call_sid), _redactions_encoder.encode(redactions), ex=ttl)
+        doc = {self.keys.redactions(call_sid): _redactions_encoder.encode(redactions)}
+        await self.set_call_documents(call_sid, doc, ttl)
 
     async def redactions(self, call_sid: str) -> list[Redaction] | None:
         """The spans the batch pass masked and silenced, or ``None`` before it ran."""

@@ -51,7 +51,9 @@ class CallStore(Protocol):
 
     async def update_call(self, call_sid: str, fields: dict[str, str]) -> None: ...
 
-    async def enqueue_recording(self, job: RecordingJob) -> str: ...
+    async def enqueue_recording(self, job: RecordingJob) -> str:
+        """The job's entry id; "" when the call was erased (nothing queued)."""
+        ...
 
 
 class _Reject(Exception):
@@ -295,6 +297,9 @@ async def recording_status(request: Request) -> Response:
     except Exception as exc:  # Redis down: Twilio retries on a 5xx
         logger.error("cannot queue twilio recording: %s", exc, extra={"call_sid": status.call_sid})
         return PlainTextResponse("queue unavailable", status_code=503)
+    if not entry:  # the store queues nothing for an erased call
+        logger.warning("twilio recording of an erased call: not queued", extra={"call_sid": status.call_sid})
+        return Response(status_code=204)
     logger.info("twilio recording queued as job %s", entry, extra={"call_sid": status.call_sid})
     return Response(status_code=204)
 
