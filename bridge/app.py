@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from bridge import api
+from bridge import api, browser
 from bridge.api import admin
 from bridge.call.admission import Admission
 from bridge.call.manager import CallManager
@@ -245,6 +245,7 @@ def create_app(
         *api.routes,
         *admin.routes,
         *live_endpoints.routes,
+        *browser.routes,
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.settings = settings
