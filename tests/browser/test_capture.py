@@ -18,7 +18,7 @@ from bridge.server import running_bridge
 from bridge.settings import Settings
 from bridge.store import Keys, RecordingJob, client_from_url
 from bridge.testing import ScriptedDeepgramServer, scripted_finals
-from tests.browser.conftest import AUDIO, close_of, open_capture, started, until
+from tests.support.capture import AUDIO, close_of, open_capture, started, until
 
 SECRET = "capture-secret"
 
