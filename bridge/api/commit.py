@@ -5,9 +5,9 @@ Body ``{"track": "inbound"|"outbound"}``. Authorized like every call endpoint: a
 that grants the call (the capture page holds one for its own call). Answers 200
 ``{"call_sid", "track", "at"}`` (``at``: the call-clock second the segment closes at; its final follows
 on the live feed and is stored once), 400 bad CallSid or body, 401/403 token, 404 unknown or ended
-call or no such open track, 409 the call is carried by another instance (the client retries there:
-this instance cannot reach another's recognizer connection) or the track is not being transcribed,
-503 Redis away while finding out where the call is.
+call or no such open track, 409 the track is not being transcribed, or the call is carried by another
+instance that did not answer (a call on another instance is committed there:
+:mod:`bridge.call.control`), 503 Redis away while finding out where the call is.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from bridge.call.control import CommitRouter, commit_here
 from bridge.live.auth import Denied, authorize
 from bridge.responses import error, json_response, log_refused, refuse_bad_call_sid, store_failure
 from bridge.store import STORE_ERRORS, Store
@@ -76,26 +77,24 @@ async def commit_call(request: Request) -> Response:
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return _refuse(request, call_sid, 400, f'body must be {{"track": "inbound"|"outbound"}}: {exc}')
     calls: CallManager = request.app.state.calls
-    session = calls.sessions.get(call_sid)
-    if session is None or session.ending:
+    answer = await commit_here(calls, call_sid, track)
+    if answer is None:  # not carried here: is it carried at all, and where?
         store: Store = request.app.state.store
         try:
             info = await store.get_call(call_sid)
         except STORE_ERRORS as exc:
             _count(request, "503")
             return store_failure(request, call_sid, exc)
-        if info is None or not info.active or session is not None:
+        if info is None or not info.active:
             return _refuse(request, call_sid, 404, "unknown or ended call")
-        return _refuse(request, call_sid, 409, "call is carried by another bridge instance")
-    pipelines = [h.pipelines[track] for h in session.open_streams if track in h.pipelines]
-    if not pipelines:
-        return _refuse(request, call_sid, 404, f"call has no open {track} track")
-    at = await pipelines[-1].commit()
-    if at is None:
-        return _refuse(request, call_sid, 409, f"the {track} track is not being transcribed")
-    logger.info("manual commit of the %s track at %.3f s", track, at, extra={"call_sid": call_sid})
+        router: CommitRouter | None = getattr(request.app.state, "commit_router", None)
+        answer = await router.ask(call_sid, track) if router is not None else None
+        if answer is None:
+            return _refuse(request, call_sid, 409, "call is carried by another bridge instance that did not answer")
+    if answer.status != 200 or answer.at is None:
+        return _refuse(request, call_sid, answer.status, answer.error)
     _count(request, "200")
-    return json_response(Committed(call_sid=call_sid, track=track, at=at))
+    return json_response(Committed(call_sid=call_sid, track=track, at=answer.at))
 
 
 routes = [Route("/calls/{call_sid}/commit", commit_call, methods=["POST"])]

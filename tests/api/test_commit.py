@@ -38,6 +38,11 @@ async def bridge(settings: Settings) -> AsyncIterator[str]:
         yield http
 
 
+async def call_info(http: str, call_sid: str) -> bool:
+    async with httpx.AsyncClient(base_url=http) as client:
+        return (await client.get(f"/calls/{call_sid}")).status_code == 200
+
+
 async def finals_of(http: str, call_sid: str, token: str = "") -> list[dict[str, object]]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with httpx.AsyncClient(base_url=http, headers=headers) as client:
@@ -160,17 +165,41 @@ async def test_unknown_ended_or_trackless_calls_and_bad_sids(bridge: str) -> Non
     await until(gone)
 
 
-async def test_a_call_on_another_instance_is_a_409(settings: Settings) -> None:
+async def test_a_call_on_another_instance_is_committed_there_and_stored_once(
+    settings: Settings, scripted: ScriptedDeepgramServer
+) -> None:
     async with running_bridge(settings) as (_a, carrier), running_bridge(settings) as (_b, other):
         ws = await open_capture(carrier)
         call_sid = (await started(ws))["call_sid"]
         await send(ws, HALF)
 
-        async def listed() -> bool:
-            return (await commit(other, call_sid)).status_code != 404  # its record reached Redis
+        async def ready() -> bool:  # its record reached Redis, all of HALF reached the recognizer
+            return scripted.received_bytes >= len(HALF) and await call_info(other, call_sid)
 
-        await until(listed)
-        r = await commit(other, call_sid)
-        assert (r.status_code, r.json()) == (409, {"error": "call is carried by another bridge instance"})
-        assert (await commit(carrier, call_sid)).status_code == 200
-        await ws.close()
+        await until(ready)
+        r = await commit(other, call_sid)  # routed through Redis to the carrier
+        assert (r.status_code, r.json()) == (200, {"call_sid": call_sid, "track": "inbound", "at": 0.5})
+        finals = await until(lambda: finals_of(other, call_sid))
+        assert [(f["start"], f["end"]) for f in finals] == [(0.0, 0.5)]
+        r = await commit(other, call_sid, {"track": "outbound"})
+        assert (r.status_code, r.json()) == (404, {"error": "call has no open outbound track"})
+        await ws.send('{"type": "stop"}')
+        await close_of(ws)
+    assert scripted.connections[0].controls.count("Finalize") == 2  # the commit's, and close's
+
+
+async def test_an_active_call_nobody_carries_is_a_409(settings: Settings, redis_url: str) -> None:
+    from bridge.store import Store, client_from_url
+
+    call_sid = "CA" + "e" * 32  # marked active by an instance that died
+    client = client_from_url(redis_url)
+    try:
+        await Store(client, prefix=settings.redis_prefix, retention_seconds=60).call_started(
+            call_sid, stream_sid="MZ" + "0" * 32, tracks=["inbound"], started_at=1.0
+        )
+    finally:
+        await client.aclose()
+    async with running_bridge(settings) as (_app, http):
+        r = await commit(http, call_sid)
+    assert r.status_code == 409
+    assert r.json() == {"error": "call is carried by another bridge instance that did not answer"}
