@@ -99,10 +99,12 @@ async def test_try_page_transcribes_the_microphone_and_a_commit_closes_the_sente
             at = answer["at"]
             committed = page.locator(".line.final .text").first
             await committed.wait_for(timeout=60000)
-            assert heard(await committed.inner_text(), words)
+            first = heard(await committed.inner_text(), words)
+            assert first
 
-            # The speaker goes on: a new segment (partials again), closed by Stop with the call.
-            await page.wait_for_function(SPEAKING, arg=sorted(words), timeout=60000)
+            # The speaker goes on: a new segment (partials of words not in the first final), closed by
+            # Stop with the call.
+            await page.wait_for_function(SPEAKING, arg=sorted(words - first), timeout=60000)
             await page.locator("#stop").click()
             await page.locator(".notice", has_text="Call ended").wait_for(timeout=60000)
             assert await page.locator("#error").is_hidden()
@@ -118,7 +120,7 @@ async def test_try_page_transcribes_the_microphone_and_a_commit_closes_the_sente
     assert call["extra"]["source"] == "browser"
     assert call["status"] == "ended" and call["tracks"] == ["inbound"]
     assert call["finals"] == len(transcript) >= 2
-    assert len(heard(shown, words)) >= 3
+    assert len(heard(shown, words)) >= 2
     assert " ".join(f["text"] for f in transcript) == shown  # what the page showed is what was stored
     # The commit's final: exactly one stored final ends where the commit closed the segment.
     assert len([f for f in transcript if abs(f["end"] - at) < 0.001]) == 1
