@@ -131,6 +131,19 @@ async def test_a_bad_frame_closes_with_its_code_and_reason_and_ends_the_call_wit
     await again.close()
 
 
+async def test_call_options_come_from_the_query_and_a_bad_one_is_refused_with_its_reason(
+    bridge: str, scripted: ScriptedDeepgramServer
+) -> None:
+    code, reason = await close_of(await open_capture(bridge, query="?endpointing=5"))
+    assert (code, reason.split(":")[0]) == (1007, "invalid stream parameter endpointing")
+    ws = await open_capture(bridge, query="?language=es&endpointing=800")
+    await started(ws)
+    await ws.send('{"type": "stop"}')
+    await close_of(ws)
+    query = scripted.connections[-1].query
+    assert (query["language"], query["endpointing"]) == ("es", "800")
+
+
 async def test_audio_faster_than_real_time_is_refused(bridge: str) -> None:
     ws = await open_capture(bridge)
     await started(ws)
