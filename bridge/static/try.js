@@ -6,7 +6,7 @@
 // with the call's own read token, used for the live feed and the Commit button.
 
 const TOKEN_KEY = "bridge.capture-token";
-const OPTIONS = ["recognizer", "language", "endpointing", "utterance_end", "keyterms"];
+const OPTIONS = ["recognizer", "language", "endpointing", "utterance_end", "keyterms", "redact"];
 const $ = (id) => document.getElementById(id);
 const state = { ws: null, live: null, ctx: null, media: null, node: null, callSid: "", readToken: "", lastSeq: 0, partial: null };
 

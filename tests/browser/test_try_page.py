@@ -22,6 +22,7 @@ from bridge.audio import mulaw_to_float, read_wav
 from bridge.server import running_bridge
 from bridge.settings import Settings
 from bridge.store import Keys, RecordingJob, client_from_url
+from bridge.testing import ScriptedDeepgramServer
 from tests.support import FIXTURES
 
 CHROMIUM = "/usr/bin/chromium"
@@ -135,3 +136,40 @@ async def test_try_page_transcribes_the_microphone_and_a_commit_closes_the_sente
         await client.aclose()
     jobs = [RecordingJob.from_fields(f) for _id, f in entries]
     assert [(j.call_sid, j.tracks) for j in jobs] == [(call_sid, ["inbound"])]
+
+
+@pytest.mark.parametrize(
+    ("flags", "permissions", "secret", "message"),
+    [
+        # No fake device: the box has no microphone.
+        (["--use-fake-ui-for-media-stream"], None, "", "No microphone found"),
+        # A microphone, but the user says no (the context grants nothing).
+        (["--use-fake-device-for-media-stream"], [], "", "Microphone permission denied"),
+        # The bridge wants a capture token and the page has none: the close code and reason, in words.
+        (["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"], None, "try-secret",
+         "The server refused the capture (4401: missing capture token (bridge token --capture))"),
+    ],
+)  # fmt: skip
+async def test_try_page_says_what_went_wrong(
+    redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer,
+    flags: list[str], permissions: list[str] | None, secret: str, message: str,
+) -> None:  # fmt: skip
+    from playwright.async_api import async_playwright
+
+    settings = dataclasses.replace(
+        Settings(), port=0, redis_url=redis_url, redis_prefix=redis_prefix, recording_dir=tmp_path,
+        recognizer="deepgram", recognizer_url=scripted.url, subscriber_secret=secret,
+    )  # fmt: skip
+    async with running_bridge(settings) as (_app, http), async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=[*FLAGS[:4], *flags])
+        try:
+            context = await browser.new_context(permissions=permissions)
+            page = await context.new_page()
+            await page.goto(f"{http}/try?autostart=1")
+            error = page.locator("#error")
+            await error.wait_for(state="visible", timeout=20000)
+            assert (await error.inner_text()).startswith(message)
+            assert await page.locator("#start").is_enabled()  # the user can try again
+            assert await page.locator("#commit").is_disabled()
+        finally:
+            await browser.close()
