@@ -203,3 +203,12 @@ async def test_an_active_call_nobody_carries_is_a_409(settings: Settings, redis_
         r = await commit(http, call_sid)
     assert r.status_code == 409
     assert r.json() == {"error": "call is carried by another bridge instance that did not answer"}
+
+
+async def test_a_track_whose_recognizer_refused_it_is_a_409(bridge: str, scripted: ScriptedDeepgramServer) -> None:
+    scripted.reject(401)  # a bad key: the track is not transcribed (its audio waits for the batch pass)
+    ws = await open_capture(bridge)
+    call_sid = (await started(ws))["call_sid"]
+    r = await commit(bridge, call_sid)
+    assert (r.status_code, r.json()) == (409, {"error": "the inbound track is not being transcribed"})
+    await ws.close()

@@ -228,3 +228,13 @@ async def test_with_a_secret_only_a_capture_token_opens_a_capture(settings: Sett
             other = await client.get(f"/calls/CA{'0' * 32}", headers={"Authorization": f"Bearer {hello['token']}"})
         assert (as_capture.status_code, as_capture.json()) == (403, {"error": "a capture token cannot read calls"})
         assert other.status_code == 403
+
+
+async def test_a_full_instance_refuses_a_new_capture_with_its_reason(settings: Settings) -> None:
+    async with running_bridge(dataclasses.replace(settings, max_calls=1)) as (_app, http):
+        first = await open_capture(http)
+        await started(first)
+        code, reason = await close_of(await open_capture(http))
+        assert (code, reason) == (1013, "1 calls in progress (BRIDGE_MAX_CALLS=1): try again later")
+        await first.send('{"type": "stop"}')
+        await close_of(first)
