@@ -12,7 +12,6 @@ instance that did not answer (a call on another instance is committed there:
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Literal
 
 import msgspec
@@ -27,8 +26,6 @@ from bridge.store import STORE_ERRORS, Store
 
 if TYPE_CHECKING:
     from bridge.call.manager import CallManager
-
-logger = logging.getLogger(__name__)
 
 #: Largest request body read.
 MAX_BODY = 1024

@@ -20,27 +20,24 @@ import asyncio
 import logging
 import math
 import secrets
-from typing import Any, Protocol
+from collections.abc import Collection
+from typing import Any
 
 import msgspec
 from starlette.routing import WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from bridge.browser import access, wire
 from bridge.live.auth import mint
 from bridge.options import PARAMETERS
 from bridge.settings import Settings
 from bridge.twilio import models as tm
-from bridge.twilio.media import StreamHandler, StreamOpener, StreamRejected
+from bridge.twilio.media import AdmissionLike, StreamHandler, StreamOpener, StreamRejected
 
 logger = logging.getLogger(__name__)
 
 #: Audio may run ahead of the wall clock by this much (the page's frames come in bursts).
 REALTIME_SLACK_SECONDS = 3.0
-
-
-class _Admission(Protocol):
-    def refuse(self, where: Any) -> Any: ...
 
 
 class _Ended(Exception):
@@ -87,7 +84,7 @@ async def capture_endpoint(websocket: WebSocket) -> None:
 
 
 async def _open(
-    websocket: WebSocket, settings: Settings, offered: Any, client: str, call_sid: str
+    websocket: WebSocket, settings: Settings, offered: Collection[str], client: str, call_sid: str
 ) -> StreamHandler:
     """The call's stream handler, or :class:`access.Refused` saying why there is none."""
     if wire.CAPTURE_SUBPROTOCOL not in offered:
@@ -97,7 +94,7 @@ async def _open(
         raise access.Refused(access.CLOSE_RATE_LIMITED,
                              f"too many captures from this address: retry in {math.ceil(wait)} s")  # fmt: skip
     access.check_capture(websocket, settings)
-    admission: _Admission | None = getattr(websocket.app.state, "admission", None)
+    admission: AdmissionLike | None = getattr(websocket.app.state, "admission", None)
     refusal = admission.refuse("media") if admission is not None else None
     if refusal is not None:
         raise access.Refused(1013, f"{refusal.detail}: try again later")
@@ -144,6 +141,9 @@ class _Capture:
                        extra={"call_sid": self.call_sid})  # fmt: skip
             _count(self.ws, str(end.code))
             await _close(self.ws, end.code, end.reason, self.call_sid)
+        except WebSocketDisconnect as gone:  # the page left while we were sending to it
+            reason = f"browser closed the socket ({gone.code})"
+            logger.info("browser capture closed by the page (%s)", gone.code, extra={"call_sid": self.call_sid})
         except Exception:
             logger.exception("browser capture failed", extra={"call_sid": self.call_sid})
             reason = "internal error"

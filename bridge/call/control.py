@@ -55,10 +55,12 @@ class CommitAnswer(msgspec.Struct, kw_only=True, frozen=True):
 
 
 async def commit_here(calls: CallManager, call_sid: str, track: Track) -> CommitAnswer | None:
-    """Commit on this instance; ``None`` when this instance does not carry the call."""
+    """Commit on this instance; ``None`` when this instance does not carry the call (nor is ending it)."""
     session = calls.sessions.get(call_sid)
-    if session is None or session.ending:
+    if session is None:
         return None
+    if session.ending:
+        return CommitAnswer(status=404, error="unknown or ended call")
     pipelines = [h.pipelines[track] for h in session.open_streams if track in h.pipelines]
     if not pipelines:
         return CommitAnswer(status=404, error=f"call has no open {track} track")

@@ -115,6 +115,12 @@ function stopAudio() {
 
 async function start() {
   showError("");
+  // A new capture is a new call: forget the last one (its live feed, its transcript).
+  if (state.live) { const old = state.live; state.live = null; old.close(1000); }
+  Object.assign(state, { callSid: "", readToken: "", lastSeq: 0, partial: null });
+  delete document.body.dataset.callSid;
+  $("call").textContent = "";
+  $("transcript").replaceChildren();
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia || !window.AudioWorkletNode) {
     showError("This browser cannot capture here: the microphone needs https (or localhost) and AudioWorklet support.");
     return;
