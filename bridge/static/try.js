@@ -113,6 +113,19 @@ function stopAudio() {
   $("level").value = 0;
 }
 
+// Browsers may keep audio suspended until the user interacts with the page (autoplay policy; an
+// autostarted kiosk page has had no click yet): then the first click anywhere starts it.
+async function resumeAudio() {
+  const ctx = state.ctx;
+  if (ctx.state !== "suspended") return;
+  await Promise.race([ctx.resume(), new Promise((r) => setTimeout(r, 500))]);
+  if (ctx.state === "running") return;
+  showError("The browser holds the microphone's audio until you click: click anywhere on the page.");
+  document.addEventListener("click", () => {
+    if (state.ctx === ctx) ctx.resume().then(() => showError(""));
+  }, { once: true });
+}
+
 async function start() {
   showError("");
   // A new capture is a new call: forget the last one (its live feed, its transcript).
@@ -145,7 +158,7 @@ async function start() {
     const mute = state.ctx.createGain();
     mute.gain.value = 0; // pulled by the destination so the worklet runs; nothing is played back
     source.connect(state.node).connect(mute).connect(state.ctx.destination);
-    if (state.ctx.state === "suspended") await state.ctx.resume();
+    await resumeAudio();
   } catch (err) {
     stopAudio();
     setRunning(false);

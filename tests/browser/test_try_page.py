@@ -180,3 +180,4 @@ async def test_try_page_says_what_went_wrong(
             assert await page.locator("#commit").is_disabled()
         finally:
             await browser.close()
+
