@@ -13,6 +13,7 @@ import pytest
 from bridge.live import auth
 from bridge.server import running_bridge
 from bridge.settings import Settings
+from bridge.store import Store
 from bridge.testing import ScriptedDeepgramServer
 from bridge.testing.deepgram import window_word
 from bridge.testing.elevenlabs import ScriptedScribeServer
@@ -25,7 +26,10 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def settings(redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer) -> Settings:
+def settings(
+    redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer, store: Store
+) -> Settings:
+    """A bridge on the test's Redis prefix (``store`` deletes its keys afterwards)."""
     return dataclasses.replace(
         Settings(), port=0, redis_url=redis_url, redis_prefix=redis_prefix, recording_dir=tmp_path,
         recognizer="deepgram", recognizer_url=scripted.url,
@@ -188,17 +192,9 @@ async def test_a_call_on_another_instance_is_committed_there_and_stored_once(
     assert scripted.connections[0].controls.count("Finalize") == 2  # the commit's, and close's
 
 
-async def test_an_active_call_nobody_carries_is_a_409(settings: Settings, redis_url: str) -> None:
-    from bridge.store import Store, client_from_url
-
+async def test_an_active_call_nobody_carries_is_a_409(settings: Settings, store: Store) -> None:
     call_sid = "CA" + "e" * 32  # marked active by an instance that died
-    client = client_from_url(redis_url)
-    try:
-        await Store(client, prefix=settings.redis_prefix, retention_seconds=60).call_started(
-            call_sid, stream_sid="MZ" + "0" * 32, tracks=["inbound"], started_at=1.0
-        )
-    finally:
-        await client.aclose()
+    await store.call_started(call_sid, stream_sid="MZ" + "0" * 32, tracks=["inbound"], started_at=1.0)
     async with running_bridge(settings) as (_app, http):
         r = await commit(http, call_sid)
     assert r.status_code == 409

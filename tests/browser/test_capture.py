@@ -16,7 +16,7 @@ from bridge.audio import read_wav
 from bridge.live import auth
 from bridge.server import running_bridge
 from bridge.settings import Settings
-from bridge.store import Keys, RecordingJob, client_from_url
+from bridge.store import Keys, RecordingJob, Store, client_from_url
 from bridge.testing import ScriptedDeepgramServer, scripted_finals
 from tests.support.capture import AUDIO, close_of, open_capture, started, until
 
@@ -26,7 +26,10 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def settings(redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer) -> Settings:
+def settings(
+    redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer, store: Store
+) -> Settings:
+    """A bridge on the test's Redis prefix (``store`` deletes its keys afterwards)."""
     return dataclasses.replace(
         Settings(), port=0, redis_url=redis_url, redis_prefix=redis_prefix, recording_dir=tmp_path,
         recognizer="deepgram", recognizer_url=scripted.url,

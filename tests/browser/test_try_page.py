@@ -21,7 +21,7 @@ import pytest
 from bridge.audio import mulaw_to_float, read_wav
 from bridge.server import running_bridge
 from bridge.settings import Settings
-from bridge.store import Keys, RecordingJob, client_from_url
+from bridge.store import Keys, RecordingJob, Store, client_from_url
 from bridge.testing import ScriptedDeepgramServer
 from tests.support import FIXTURES
 
@@ -66,7 +66,7 @@ def heard(text: str, words: set[str]) -> set[str]:
 
 
 async def test_try_page_transcribes_the_microphone_and_a_commit_closes_the_sentence_once(
-    redis_url: str, redis_prefix: str, tmp_path: Path
+    redis_url: str, redis_prefix: str, tmp_path: Path, store: Store
 ) -> None:
     from playwright.async_api import async_playwright
 
@@ -158,7 +158,7 @@ async def test_try_page_transcribes_the_microphone_and_a_commit_closes_the_sente
     ],
 )  # fmt: skip
 async def test_try_page_says_what_went_wrong(
-    redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer,
+    redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer, store: Store,
     flags: list[str], permissions: list[str] | None, secret: str, message: str,
 ) -> None:  # fmt: skip
     from playwright.async_api import async_playwright
