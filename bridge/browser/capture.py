@@ -128,8 +128,9 @@ class _Capture:
 
     async def run(self) -> None:
         s = self.settings
-        token = mint(s.subscriber_secret, [self.call_sid], math.ceil(s.capture_max_seconds) + 3600) \
-            if s.subscriber_secret else ""  # fmt: skip
+        token = ""
+        if s.subscriber_secret:  # the page's own read (and commit) token, for this call only
+            token = mint(s.subscriber_secret, [self.call_sid], math.ceil(s.capture_max_seconds) + 3600)
         reason = "browser stop"
         try:
             await self.ws.send_text(wire.encode(wire.Started(call_sid=self.call_sid, token=token,
@@ -180,7 +181,7 @@ class _Capture:
                 await self._audio(data, loop.time() - began)
                 continue
             text: str = message.get("text") or ""
-            if len(text) > wire.MAX_TEXT_BYTES:
+            if len(text) > wire.MAX_TEXT_BYTES or len(text.encode()) > wire.MAX_TEXT_BYTES:
                 raise _Ended(1009, f"text message larger than {wire.MAX_TEXT_BYTES} bytes")
             try:
                 wire.decode(text)  # the only message is stop
