@@ -169,27 +169,44 @@ async def test_unknown_ended_or_trackless_calls_and_bad_sids(bridge: str) -> Non
     await until(gone)
 
 
+async def routed_commit(carrier: str, other: str, scripted: ScriptedDeepgramServer) -> None:
+    """A capture on ``carrier``, committed through ``other``: answered by the carrier, stored once."""
+    ws = await open_capture(carrier)
+    call_sid = (await started(ws))["call_sid"]
+    await send(ws, HALF)
+
+    async def ready() -> bool:  # its record reached Redis, all of HALF reached the recognizer
+        return scripted.received_bytes >= len(HALF) and await call_info(other, call_sid)
+
+    await until(ready)
+    r = await commit(other, call_sid)  # routed through Redis to the carrier
+    assert (r.status_code, r.json()) == (200, {"call_sid": call_sid, "track": "inbound", "at": 0.5})
+    finals = await until(lambda: finals_of(other, call_sid))
+    assert [(f["start"], f["end"]) for f in finals] == [(0.0, 0.5)]
+    r = await commit(other, call_sid, {"track": "outbound"})
+    assert (r.status_code, r.json()) == (404, {"error": "call has no open outbound track"})
+    await ws.send('{"type": "stop"}')
+    await close_of(ws)
+
+
 async def test_a_call_on_another_instance_is_committed_there_and_stored_once(
     settings: Settings, scripted: ScriptedDeepgramServer
 ) -> None:
     async with running_bridge(settings) as (_a, carrier), running_bridge(settings) as (_b, other):
-        ws = await open_capture(carrier)
-        call_sid = (await started(ws))["call_sid"]
-        await send(ws, HALF)
+        await routed_commit(carrier, other, scripted)
+    assert scripted.connections[-1].controls.count("Finalize") == 2  # the commit's, and close's
 
-        async def ready() -> bool:  # its record reached Redis, all of HALF reached the recognizer
-            return scripted.received_bytes >= len(HALF) and await call_info(other, call_sid)
 
-        await until(ready)
-        r = await commit(other, call_sid)  # routed through Redis to the carrier
-        assert (r.status_code, r.json()) == (200, {"call_sid": call_sid, "track": "inbound", "at": 0.5})
-        finals = await until(lambda: finals_of(other, call_sid))
-        assert [(f["start"], f["end"]) for f in finals] == [(0.0, 0.5)]
-        r = await commit(other, call_sid, {"track": "outbound"})
-        assert (r.status_code, r.json()) == (404, {"error": "call has no open outbound track"})
-        await ws.send('{"type": "stop"}')
-        await close_of(ws)
-    assert scripted.connections[0].controls.count("Finalize") == 2  # the commit's, and close's
+async def test_a_commit_is_routed_across_a_redis_cluster(
+    redis_cluster_url: str, cluster_store: Store, tmp_path: Path, scripted: ScriptedDeepgramServer
+) -> None:
+    settings = dataclasses.replace(
+        Settings(), port=0, redis_url=redis_cluster_url, redis_cluster=True, redis_prefix=cluster_store.keys.prefix,
+        recording_dir=tmp_path, recognizer="deepgram", recognizer_url=scripted.url,
+    )  # fmt: skip
+    async with running_bridge(settings) as (_a, carrier), running_bridge(settings) as (_b, other):
+        await routed_commit(carrier, other, scripted)
+    assert scripted.connections[-1].controls.count("Finalize") == 2  # the commit's, and close's
 
 
 async def test_an_active_call_nobody_carries_is_a_409(settings: Settings, store: Store) -> None:
