@@ -38,5 +38,11 @@ async def test_a_capture_through_nginx_is_committed_from_the_other_instance_once
     assert await until(committed) == [(0.0, 0.5, window_word(HALF))]
     await ws.send('{"type": "stop"}')
     assert await close_of(ws) == (1000, "stopped")
+
+    async def ended() -> bool:  # written after the call's recognizer stream has closed
+        info = await store.get_call(call_sid)
+        return info is not None and info.status == "ended"
+
+    await until(ended)
     assert stack.heard_by_b.received_bytes == 0  # b never carried it: a did the commit
     assert stack.heard_by_a.connections[0].controls.count("Finalize") == 2  # the commit's, and close's
