@@ -11,7 +11,8 @@ subprotocol was not offered, 4401 missing/invalid token, 4403 a token without th
 (``BRIDGE_CAPTURE_MAX_SECONDS``), 1013 the instance is draining or full, 1003 an unknown message,
 1007 a frame that is not JSON or not whole milliseconds of audio, 1008 no audio for
 ``BRIDGE_MEDIA_IDLE_TIMEOUT`` or audio faster than real time, 1009 a frame too big, 1011 a bug,
-1000 after the page's ``stop``. However a capture ends, its call ends with it, its words kept.
+1001 the instance is shutting down (its calls have ended), 1000 after the page's ``stop``. However a
+capture ends, its call ends with it, its words kept.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import logging
 import math
 import secrets
 from collections.abc import Collection
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from starlette.routing import WebSocketRoute
@@ -38,6 +39,12 @@ logger = logging.getLogger(__name__)
 
 #: Audio may run ahead of the wall clock by this much (the page's frames come in bursts).
 REALTIME_SLACK_SECONDS = 3.0
+
+
+class _Draining(Protocol):
+    """What the capture watches of :class:`~bridge.call.manager.CallManager`."""
+
+    draining: bool
 
 
 class _Ended(Exception):
@@ -125,6 +132,7 @@ class _Capture:
         self.handler = handler
         self.call_sid = call_sid
         self.received = 0  # audio bytes so far: the frames' timestamps
+        self.calls: _Draining = websocket.app.state.calls
 
     async def run(self) -> None:
         s = self.settings
@@ -176,6 +184,8 @@ class _Capture:
                 logger.info("browser capture closed by the page (%s)", message.get("code"),
                             extra={"call_sid": self.call_sid})  # fmt: skip
                 return f"browser closed the socket ({message.get('code', 1005)})"
+            if self.calls.draining:  # this instance is shutting down: its calls have ended
+                raise _Ended(1001, "bridge shutting down: start again to reach another instance", logging.INFO)
             data: bytes | None = message.get("bytes")
             if data is not None:
                 await self._audio(data, loop.time() - began)

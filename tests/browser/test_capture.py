@@ -4,6 +4,7 @@ and every refusal or bad frame closes with its code and reason, ends the call an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import re
 from collections.abc import AsyncIterator
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from bridge.audio import read_wav
 from bridge.live import auth
@@ -241,3 +243,19 @@ async def test_a_full_instance_refuses_a_new_capture_with_its_reason(settings: S
         assert (code, reason) == (1013, "1 calls in progress (BRIDGE_MAX_CALLS=1): try again later")
         await first.send('{"type": "stop"}')
         await close_of(first)
+
+
+async def test_a_draining_instance_closes_its_captures_with_their_words_kept(
+    settings: Settings, scripted: ScriptedDeepgramServer
+) -> None:
+    async with running_bridge(settings) as (app, http):
+        ws = await open_capture(http)
+        call_sid = (await started(ws))["call_sid"]
+        await send_audio(ws, AUDIO[:8000])
+        await scripted.wait_for_audio(8000)
+        await app.state.calls.drain(timeout=10)  # what SIGTERM does before the server stops
+        with contextlib.suppress(ConnectionClosed):  # frames still in flight may have been refused already
+            await ws.send(b"\xff" * 160)
+        assert await close_of(ws) == (1001, "bridge shutting down: start again to reach another instance")
+        info = await ended(http, call_sid)
+        assert info["end_reason"] == "bridge shutdown" and info["finals"] == 1
