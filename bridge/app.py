@@ -25,9 +25,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from bridge import api
+from bridge import api, browser
 from bridge.api import admin
 from bridge.call.admission import Admission
+from bridge.call.control import CommitRouter
 from bridge.call.manager import CallManager
 from bridge.files import check_writable
 from bridge.live import endpoints as live_endpoints
@@ -223,6 +224,10 @@ def create_app(
             app.state.recognizer = rec
             app.state.fallback = fb
             app.state.calls = calls
+            router = CommitRouter(store, calls)  # manual commits of calls carried by another instance
+            await router.start()
+            stack.push_async_callback(router.stop)
+            app.state.commit_router = router
             admission = Admission(settings, calls=lambda: len(calls.sessions), draining=lambda: calls.draining,
                                   metrics=metrics)  # fmt: skip
             await admission.start()
@@ -245,6 +250,7 @@ def create_app(
         *api.routes,
         *admin.routes,
         *live_endpoints.routes,
+        *browser.routes,
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.settings = settings

@@ -134,6 +134,9 @@ def _token(args: argparse.Namespace) -> int:
     if not secret:
         print("BRIDGE_SUBSCRIBER_SECRET is not set: subscriber endpoints are open", file=sys.stderr)
         return 2
+    if args.capture:  # opens browser capture connections (/try), reads nothing
+        print(auth.mint(secret, [], args.ttl, scope="capture"))
+        return 0
     calls = [c.strip() for c in args.calls.split(",") if c.strip()]
     print(auth.mint(secret, calls, args.ttl))
     return 0
@@ -280,6 +283,7 @@ def _add_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     k = sub.add_parser("token", help="mint a subscriber token (BRIDGE_SUBSCRIBER_SECRET) for some calls or all")
     k.add_argument("--calls", default="*", help="comma-separated CallSids, or * for every call")
     k.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid")
+    k.add_argument("--capture", action="store_true", help="a capture token for /try (browser microphone), not a reader")
     k.set_defaults(func=_token)
 
     w = sub.add_parser("sweep", help="delete recordings and batch files past BRIDGE_RETENTION_SECONDS (one pass)")

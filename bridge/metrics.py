@@ -33,6 +33,11 @@ class Metrics:
             "bridge_streams_rejected_total", "Media streams closed for bad input", ["reason"], registry=r
         )
         self.finals = Counter("bridge_finals_total", "Finals stored", registry=r)
+        self.captures_refused = Counter(
+            "bridge_captures_refused_total", "Browser captures refused or closed for bad input, by close code",
+            ["code"], registry=r,
+        )  # fmt: skip
+        self.commits = Counter("bridge_commits_total", "Manual commits, by HTTP status", ["status"], registry=r)
         self.admission_refused = Counter(
             "bridge_admission_refused_total", "New calls refused by admission control", ["where", "reason"],
             registry=r,

@@ -207,6 +207,11 @@ class Settings:
     webhook_max_attempts: int = 10
     #: First retry delay of a failed delivery (doubles each time, capped at 10 minutes).
     webhook_backoff_seconds: float = 5.0
+    # Browser capture (``/try``, ``WS /browser/media``: :mod:`bridge.browser`)
+    #: Seconds one browser capture connection may last; then it is closed (4408) and its call ends.
+    capture_max_seconds: float = 600.0
+    #: Capture connections one client address may open per minute (per process); more are closed 4429.
+    capture_per_minute: int = 10
 
     log_level: str = "info"
     log_json: bool = False
@@ -265,6 +270,7 @@ class Settings:
             ("BRIDGE_WORKERS", self.serve_workers, 1),
             ("BRIDGE_ADMISSION_LAG_MS", self.admission_lag_ms, 0),
             ("BRIDGE_WEBHOOK_MAX_ATTEMPTS", self.webhook_max_attempts, 1),
+            ("BRIDGE_CAPTURE_PER_MINUTE", self.capture_per_minute, 1),
         ):
             if value < low:
                 raise SettingsError(f"{name}={value} must be at least {low}")
@@ -273,6 +279,7 @@ class Settings:
             ("BRIDGE_MEDIA_IDLE_TIMEOUT", self.media_idle_timeout),
             ("BRIDGE_SWEEP_INTERVAL_SECONDS", self.sweep_interval_seconds),
             ("BRIDGE_WEBHOOK_BACKOFF_SECONDS", self.webhook_backoff_seconds),
+            ("BRIDGE_CAPTURE_MAX_SECONDS", self.capture_max_seconds),
         ):
             if not seconds > 0:
                 raise SettingsError(f"{name}={seconds} must be a positive number of seconds")
@@ -414,6 +421,8 @@ class Settings:
             webhook_secret=e.get("BRIDGE_WEBHOOK_SECRET", ""),
             webhook_max_attempts=_int(e, "BRIDGE_WEBHOOK_MAX_ATTEMPTS", cls.webhook_max_attempts),
             webhook_backoff_seconds=_float(e, "BRIDGE_WEBHOOK_BACKOFF_SECONDS", cls.webhook_backoff_seconds),
+            capture_max_seconds=_float(e, "BRIDGE_CAPTURE_MAX_SECONDS", cls.capture_max_seconds),
+            capture_per_minute=_int(e, "BRIDGE_CAPTURE_PER_MINUTE", cls.capture_per_minute),
             log_level=e.get("BRIDGE_LOG_LEVEL", cls.log_level).lower(),
             log_json=_bool(e, "BRIDGE_LOG_JSON", False),
         ).validate()

@@ -1,10 +1,10 @@
-"""The read-only REST API over stored calls: calls, transcripts ("as heard" and "after the fact"), quality,
-compliance reports."""
+"""The REST API over stored calls: calls, transcripts ("as heard" and "after the fact"), quality,
+compliance reports; and the one call control, a manual commit (:mod:`bridge.api.commit`)."""
 
 from __future__ import annotations
 
-from bridge.api import calls, compliance
+from bridge.api import calls, commit, compliance
 
-routes = [*calls.routes, *compliance.routes]
+routes = [*calls.routes, *compliance.routes, *commit.routes]
 
 __all__ = ["routes"]

@@ -220,6 +220,11 @@ class TrackPipeline:
                 counter.inc(delta)
                 self._reported[name] = value
 
+    async def commit(self) -> float | None:
+        """A manual commit: the recognizer closes the current segment now; the call-clock second it
+        closes at (``None``: this track is not being transcribed)."""
+        return None if self.failed else await self.stream.commit()
+
     async def close(self, timeout: float) -> None:
         """Finalize and wait (bounded) for the last finals, so a call's last words are kept."""
         if not self.failed:

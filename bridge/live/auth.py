@@ -11,6 +11,10 @@ subprotocol (``new WebSocket(url, ["bridge.live", "bridge.token." + token])``; t
 ``bridge.live``), so it stays out of URLs, proxy logs and browser history. The ``token`` query
 parameter is still read, for clients that have no other way (``EventSource``).
 A token that is not ASCII, not three parts or badly signed is simply invalid: 401, never an error.
+
+A token's ``scope`` says what it is for: ``subscribe`` (the default, left out of the claims so every
+earlier token keeps its bytes) reads calls; ``capture`` (``bridge token --capture``) only opens
+browser capture connections (:mod:`bridge.browser`) and is refused by every subscriber endpoint.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import binascii
 import hashlib
 import hmac
 import time
+from typing import Literal
 
 import msgspec
 from starlette.requests import HTTPConnection
@@ -31,15 +36,17 @@ ALL_CALLS = "*"
 #: The subprotocol the live WebSocket speaks, and the prefix of the one that carries a token.
 LIVE_SUBPROTOCOL = "bridge.live"
 TOKEN_SUBPROTOCOL_PREFIX = "bridge.token."
+Scope = Literal["subscribe", "capture"]
 
 
 class TokenError(ValueError):
     """The token is malformed, badly signed or expired."""
 
 
-class Claims(msgspec.Struct, kw_only=True, frozen=True):
+class Claims(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     calls: list[str]
     exp: int
+    scope: Scope = "subscribe"
 
     def allows(self, call_sid: str) -> bool:
         return ALL_CALLS in self.calls or call_sid in self.calls
@@ -61,12 +68,12 @@ def _sign(secret: str, message: bytes) -> str:
     return _b64(hmac.new(secret.encode(), message, hashlib.sha256).digest())
 
 
-def mint(secret: str, calls: list[str], ttl: int, *, now: float | None = None) -> str:
+def mint(secret: str, calls: list[str], ttl: int, *, now: float | None = None, scope: Scope = "subscribe") -> str:
     """A token for ``calls`` (``["*"]`` for all) valid for ``ttl`` seconds."""
     if not secret:
         raise ValueError("cannot mint a token without a secret")
     issued = time.time() if now is None else now
-    body = _b64(msgspec.json.encode(Claims(calls=list(calls), exp=int(issued + ttl))))
+    body = _b64(msgspec.json.encode(Claims(calls=list(calls), exp=int(issued + ttl), scope=scope)))
     message = f"{_VERSION}.{body}"
     return f"{message}.{_sign(secret, message.encode())}"
 
@@ -91,9 +98,10 @@ def parse(secret: str, token: str, *, now: float | None = None) -> Claims:
 
 
 def verify(secret: str, token: str, call_sid: str) -> bool:
-    """True when ``token`` is valid and grants ``call_sid``."""
+    """True when ``token`` is a valid subscriber token that grants ``call_sid``."""
     try:
-        return parse(secret, token).allows(call_sid)
+        claims = parse(secret, token)
+        return claims.scope == "subscribe" and claims.allows(call_sid)
     except TokenError:
         return False
 
@@ -130,6 +138,8 @@ def authorize(conn: HTTPConnection, call_sid: str | None) -> Claims | None:
         claims = parse(settings.subscriber_secret, token)
     except TokenError as exc:
         raise Denied(401, str(exc)) from None
+    if claims.scope != "subscribe":
+        raise Denied(403, f"a {claims.scope} token cannot read calls")
     if call_sid is not None and not claims.allows(call_sid):
         raise Denied(403, "token does not grant this call")
     return claims
@@ -141,6 +151,7 @@ __all__ = [
     "TOKEN_SUBPROTOCOL_PREFIX",
     "Claims",
     "Denied",
+    "Scope",
     "TokenError",
     "authorize",
     "bearer",

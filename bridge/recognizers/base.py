@@ -135,6 +135,11 @@ class RecognizerStream(Protocol):
     async def finalize(self) -> None:
         """Ask for finals covering all audio sent so far."""
 
+    async def commit(self) -> None:
+        """Close the current segment now (a manual commit): the recognizer answers with its final at
+        once and starts a new segment with the next audio. Deepgram ``Finalize`` (the embedded
+        recognizer speaks the same), ElevenLabs ``commit``."""
+
     async def close(self, timeout: float = 5.0) -> None:
         """Ask for the last results, wait for them (bounded by ``timeout``), then close."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from bridge.events import GapReason, LiveGap
 from bridge.retry import Backoff
 
 
@@ -65,6 +66,20 @@ class ResilienceStats:
     last_recovery_seconds: float = 0.0
     duplicate_finals: int = 0
     switches: int = 0  # from the primary recognizer to the fallback
+
+    def add_gap(self, gaps: list[LiveGap], start: float, end: float, reason: GapReason) -> None:
+        """Count ``[start, end)`` call-clock seconds not transcribed live, and record them in ``gaps``
+        (extending the last gap when it has the same reason and ends where this one starts)."""
+        if reason == "catchup":
+            self.skipped_seconds += end - start
+        else:
+            self.dropped_seconds += end - start
+        t0, t1 = round(start, 3), round(end, 3)
+        last = gaps[-1] if gaps else None
+        if last is not None and last.reason == reason and abs(last.end - t0) < 1e-3:
+            last.end = t1
+        else:
+            gaps.append(LiveGap(start=t0, end=t1, reason=reason))
 
 
 __all__ = ["ResilienceStats", "RetryPolicy"]

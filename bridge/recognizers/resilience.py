@@ -46,6 +46,7 @@ from bridge.recognizers.base import (
     Transcript,
     UtteranceEnded,
 )
+from bridge.recognizers.commits import CommitMarks
 from bridge.recognizers.policy import ResilienceStats, RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -54,8 +55,7 @@ logger = logging.getLogger(__name__)
 _EPS = 1e-3
 #: Characters of recent final text handed to a new connection as context (ElevenLabs ``previous_text``).
 _CONTEXT_CHARS = 500
-
-
+#: Put on the events queue when the stream has ended.
 _END = object()
 
 
@@ -93,9 +93,7 @@ class ResilientStream:
         self._log = {"call_sid": options.call_sid, "track": options.track}
         # Audio: _buf holds bytes [_buf_start, _total) of this track; _sent is the pump's position.
         self._buf = bytearray()
-        self._buf_start = 0
-        self._total = 0
-        self._sent = 0
+        self._buf_start = self._total = self._sent = 0
         self._covered = 0.0  # seconds from the first byte covered by accepted finals
         self._lost_to = 0  # bytes already accounted as not transcribed live
         self._max_buf = max(1, round(policy.buffer_seconds * self._bps))
@@ -108,8 +106,7 @@ class ResilientStream:
         self._conn_base = 0.0  # seconds: where the current connection's time 0 sits
         # Pacing of the current connection: bytes/s (None: unpaced), its start, bytes it was sent.
         self._pace_rate: float | None = None
-        self._pace_t0 = 0.0
-        self._pace_sent = 0
+        self._pace_t0, self._pace_sent = 0.0, 0
         self._recent: collections.deque[str] = collections.deque(maxlen=20)
         self._audio = asyncio.Event()
         self._pump_idle = False  # the pump is parked waiting for audio (see send's fast path)
@@ -121,6 +118,7 @@ class ResilientStream:
         self._failures: collections.deque[float] = collections.deque()
         self._stream: RecognizerStream | None = None
         self._task: asyncio.Task[None] | None = None
+        self._marks = CommitMarks()
 
     # -- public ------------------------------------------------------------------------------
 
@@ -211,6 +209,23 @@ class ResilientStream:
                 await self._send_pending()  # the held audio belongs before the finalize
             with contextlib.suppress(RecognizerError):
                 await self._stream.finalize()
+
+    async def commit(self) -> float | None:
+        """Close the current segment at the audio received so far; that call-clock second (``None``:
+        closing or failed). It follows its audio (held audio flushed first), now or once a reconnect's
+        replay reaches it; de-duplication by audio time stores a re-sent commit's final once."""
+        if self._closing.is_set() or self._error is not None:
+            return None
+        self._marks.add(mark := self._total, round(self._covered * self._bps))
+        self._due = True
+        stream = self._stream
+        if stream is not None and self._pump_idle and self._pace_rate is None and self.state == "connected":
+            await self._send_pending()
+            with contextlib.suppress(RecognizerError):
+                for _ in range(self._marks.due(self._sent)):
+                    await stream.commit()
+        self._audio.set()
+        return round(self.origin + mark / self._bps, 3)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Flush the audio, finalize, close the connection, drain its last finals, stop the tasks."""
@@ -377,6 +392,7 @@ class ResilientStream:
                 self._trim(skip_to)
                 start = skip_to
         self._lost_to = start
+        self._marks.restart(start)
         self.stats.replayed_seconds += (self._total - start) / bps
         self._sent = start
         self._conn_base = start / bps
@@ -443,11 +459,13 @@ class ResilientStream:
         while True:
             if self._sent < self._buf_start:
                 self._sent = self._buf_start
+            for _ in range(self._marks.due(self._sent)):
+                await stream.commit()
             pending = self._total - self._sent
             if pending and self._holding(pending):
                 pending = 0  # wait for a chunk's worth, like send's fast path
-            if pending:
-                n = min(self._max_chunk, pending)
+            if pending:  # a chunk never runs past a commit: the commit goes out right after its audio
+                n = self._marks.chunk(self._sent, min(self._max_chunk, pending))
                 rate = self._pace_rate
                 if rate is not None:
                     wait = (self._pace_sent + n - burst) / rate - (loop.time() - self._pace_t0)
@@ -522,6 +540,7 @@ class ResilientStream:
                 start = self._covered
             self._covered = end
             self._trim(round(end * self._bps))
+            self._marks.covered(round((end + _EPS) * self._bps))  # times are rounded to the millisecond
             if text:
                 self._recent.append(text)
                 self._queue.put_nowait(
@@ -543,19 +562,8 @@ class ResilientStream:
 
     def _gap(self, start: int, end: int, reason: GapReason) -> None:
         """Bytes ``[start, end)`` of the track will not be transcribed live: count and record them."""
-        if end <= start:
-            return
-        seconds = (end - start) / self._bps
-        if reason == "catchup":
-            self.stats.skipped_seconds += seconds
-        else:
-            self.stats.dropped_seconds += seconds
-        t0, t1 = round(self.origin + start / self._bps, 3), round(self.origin + end / self._bps, 3)
-        last = self.gaps[-1] if self.gaps else None
-        if last is not None and last.reason == reason and abs(last.end - t0) < _EPS:
-            last.end = t1
-        else:
-            self.gaps.append(LiveGap(start=t0, end=t1, reason=reason))
+        if end > start:
+            self.stats.add_gap(self.gaps, self.origin + start / self._bps, self.origin + end / self._bps, reason)
 
     def _lose_uncovered(self, reason: GapReason) -> None:
         lost_from = max(round(self._covered * self._bps), self._lost_to)

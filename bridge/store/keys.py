@@ -56,6 +56,8 @@ key                                    type        content
 ``P:{webhooks}:events:retry``          zset        delivery entry ids waiting for a retry, by due time
 ``P:live:<sid>``                       channel     pub/sub: the call's live events (events.LiveEvent)
 ``P:live:calls``                       channel     pub/sub: call_started / call_ended of every call
+``P:control:commit``                   channel     pub/sub: manual commits routed to the call's instance
+``P:control:commit:<instance>``        channel     pub/sub: the answers to one instance's routed commits
 =====================================  ==========  ==================================================
 
 Consumer group of the recording stream: ``recording-workers`` (:attr:`Keys.recordings_group`); of the
@@ -226,6 +228,15 @@ class Keys:
     @property
     def calls_channel(self) -> str:
         return f"{self.prefix}:live:calls"
+
+    @property
+    def commit_channel(self) -> str:
+        """channel: manual commits for calls another instance carries (every instance listens)."""
+        return f"{self.prefix}:control:commit"
+
+    def commit_replies(self, instance: str) -> str:
+        """channel: the answers to one instance's routed commits."""
+        return f"{self.prefix}:control:commit:{instance}"
 
     def pattern(self) -> str:
         """SCAN pattern matching every key under this prefix (tests, admin cleanup)."""

@@ -203,6 +203,11 @@ class DeepgramStream(WebSocketStream):
     async def finalize(self) -> None:
         await self._send(_FINALIZE)
 
+    async def commit(self) -> None:
+        """``Finalize`` closes the segment at the audio sent so far and answers with its final
+        (https://developers.deepgram.com/docs/finalize); the stream goes on."""
+        await self._send(_FINALIZE)
+
     async def close(self, timeout: float = 5.0) -> None:
         """Send CloseStream and wait (bounded) for the last Results and the server's close."""
         if not self._closing:

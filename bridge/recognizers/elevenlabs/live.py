@@ -207,6 +207,11 @@ class ElevenLabsStream(WebSocketStream):
     async def finalize(self) -> None:
         await self._flush(commit=True)
 
+    async def commit(self) -> None:
+        """A chunk with ``commit: true`` (carrying what is pending) makes Scribe commit the segment now
+        and answer with its committed transcript, as at close (VAD keeps committing on its own too)."""
+        await self._flush(commit=True)
+
     async def close(self, timeout: float = 5.0) -> None:
         """Commit what is buffered and wait (bounded) for its committed transcript, then close."""
         unanswered = False
