@@ -231,8 +231,14 @@ class Subscription:
                     async for final in self._catch_up(up_to=event.seq - 1):
                         yield final
                 self.last_seq = event.seq
-            elif isinstance(event, events.Alert) and not self._new_alert(event):
-                continue  # sent with the snapshot, or about a final before the resume position
+            elif isinstance(event, events.Alert):
+                if event.seq > self.last_seq:
+                    # The alert overtook its final (published before this subscription was live, or
+                    # through another cluster node): send the final first, with the stored alerts.
+                    async for final in self._catch_up(up_to=event.seq):
+                        yield final
+                if not self._new_alert(event):
+                    continue  # sent with the snapshot or the catch-up, or before the resume position
             elif isinstance(event, events.CallEnded) and event.seq > self.last_seq:
                 # On a Redis Cluster the call's finals and its end are published through different
                 # nodes, so the end can overtake them: its seq says how many there are; read the rest.

@@ -96,3 +96,30 @@ async def test_sse_sends_alert_events_and_resume_skips_earlier_ones(store: Store
             frames = await read_sse(response, until="call_ended")
         assert [f["event"] for f in frames] == ["final", "alert", "call_ended"]
         assert '"rule":"lawyer"' in frames[1]["data"]
+
+
+async def test_regression_an_alert_overtaking_its_final_is_sent_after_it(store: Store) -> None:
+    """An alert published before its final reached this subscriber (the final went out before the
+    subscription was live, or through another cluster node) used to be sent ahead of its final."""
+    from bridge.live.hub import Delivery, Hub
+
+    await started(store)
+    hub = Hub(store)
+    sub = hub.subscribe(CALL)  # not entered: only what the test offers arrives live
+    received: list[events.LiveEvent] = []
+
+    async def follow() -> None:
+        async for event in sub:
+            received.append(event)
+
+    follower = asyncio.create_task(follow())
+    await asyncio.sleep(0.1)  # the snapshot (no finals yet) is taken; it waits for live events
+    f = final(0.0, "get me a lawyer")
+    await store.add_final(f)
+    await store.add_alert(alert_of(f, "lawyer"))
+    (stored,) = await store.alerts(CALL)
+    sub._offer(Delivery(stored))  # the alert arrives live; its final never does
+    sub._offer(Delivery(events.CallEnded(call_sid=CALL, seq=1, ended_at=9.0)))
+    async with asyncio.timeout(5):
+        await follower
+    assert [(type(e).__name__, e.seq) for e in received] == [("Final", 1), ("Alert", 1), ("CallEnded", 1)]
