@@ -170,12 +170,13 @@ async def test_unexpected_close_code_reconnects(server: ScriptedDeepgramServer) 
 
 
 async def test_long_silent_hold_is_kept_alive() -> None:
-    """A 60 s hold, scaled down: the idle timeout is 0.3 s and the hold lasts eight times that."""
-    async with ScriptedDeepgramServer(idle_timeout=0.3) as server:
+    """A 60 s hold, scaled down: the idle timeout is 1 s and the hold lasts three times that (the
+    timeout is ten keepalive intervals, so a loaded box delaying one keepalive does not fail it)."""
+    async with ScriptedDeepgramServer(idle_timeout=1.0) as server:
         run = Run(server.url, policy=dataclasses.replace(FAST, keepalive_interval=0.1))
         await run.start()
         await run.feed(AUDIO[: 2 * BPS])
-        await asyncio.sleep(2.4)
+        await asyncio.sleep(3.0)
         await run.feed(AUDIO[2 * BPS :])
         await run.close()
     assert run.error is None
