@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from bridge import api, browser
 from bridge.api import admin
@@ -242,6 +243,7 @@ def create_app(
 
     routes: list[BaseRoute] = [
         Route("/", dashboard),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
