@@ -100,17 +100,23 @@ def batch_from(call_sid: str, finals: list[dict[str, Any]], replace: dict[str, s
                                        tracks=["inbound", "outbound"], utterances=utterances)  # fmt: skip
 
 
+# The focused element as tag#id.class[data-track or data-format], e.g. "button.export[vtt]".
+_FOCUSED = """() => {
+  const e = document.activeElement;
+  if (!e || e === document.body) return 'body';
+  const cls = e.className ? '.' + e.className.split(' ')[0] : '';
+  const data = e.dataset.track || e.dataset.format;
+  return e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') + cls + (data ? '[' + data + ']' : '');
+}"""
+
+
 async def tab_through(page: Any, presses: int = 80) -> list[str]:
     """What keyboard focus lands on, Tab after Tab, from the top of the page."""
     await page.evaluate("document.activeElement && document.activeElement.blur()")
     seen = []
     for _ in range(presses):
         await page.keyboard.press("Tab")
-        seen.append(await page.evaluate(
-            "() => { const e = document.activeElement; if (!e || e === document.body) return 'body';"
-            " return e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') + (e.className ? '.' + e.className.split(' ')[0] : '')"
-            " + (e.dataset.track ? '[' + e.dataset.track + ']' : '') + (e.dataset.format ? '[' + e.dataset.format + ']' : ''); }"
-        ))  # fmt: skip
+        seen.append(await page.evaluate(_FOCUSED))
     return seen
 
 
@@ -255,6 +261,37 @@ async def test_an_expired_token_shows_its_message_and_the_page_backs_off(
         assert token not in page.url
 
 
+async def test_a_lost_connection_shows_reconnecting_and_the_page_comes_back_by_itself(
+    redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer
+) -> None:
+    """The bridge the page talks to goes away mid-call and comes back on the same address."""
+    settings = bridge_settings(redis_url, redis_prefix, tmp_path, scripted.url)
+    call_sid = "CA" + "5e" * 16
+    token = auth.mint(SECRET, ["*"], 600)
+    async with open_store(settings) as store:
+        await store.call_started(call_sid, stream_sid="MZ" + "5e" * 16, tracks=["inbound", "outbound"],
+                                 started_at=time.time())  # fmt: skip
+        await store.add_final(events.Final(call_sid=call_sid, id=events.final_id("inbound", 0.0), track="inbound",
+                                           start=0.0, end=1.0, text="still there"))  # fmt: skip
+    async with chromium() as page:
+        async with running_bridge(settings) as (_app, http):
+            port = int(http.rsplit(":", 1)[1])
+            await page.goto(f"{http}/?call={call_sid}#token={token}")
+            await page.locator("#conn[data-state='live']").wait_for(timeout=15000)
+            await page.locator(".line.final", has_text="still there").wait_for(timeout=15000)
+        conn = page.locator("#conn[data-state='reconnecting']")
+        await conn.wait_for(timeout=15000)
+        assert "Reconnecting in" in await conn.inner_text()
+        await page.screenshot(path=str(tmp_path / "reconnecting.png"))
+        async with running_bridge(dataclasses.replace(settings, port=port)), open_store(settings) as store:
+            await page.locator("#conn[data-state='live']").wait_for(timeout=60000)
+            await store.add_final(events.Final(call_sid=call_sid, id=events.final_id("inbound", 1.0), track="inbound",
+                                               start=1.0, end=2.0, text="back again"))  # fmt: skip
+            await page.locator(".line.final", has_text="back again").wait_for(timeout=15000)
+            assert await page.locator(".line.final").count() == 2  # resumed after the last final: no duplicate
+            await store.call_ended(call_sid, ended_at=time.time(), reason="stop")
+
+
 @NEEDS_OTHER_BRANCHES
 async def test_after_the_batch_pass_the_recording_plays_with_the_word_highlighted_and_compliance_shown(
     redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer
@@ -277,7 +314,8 @@ async def test_after_the_batch_pass_the_recording_plays_with_the_word_highlighte
             await player.wait_for(state="attached", timeout=120000)
             await page.locator("#player").wait_for(state="visible", timeout=120000)
             assert (await player.get_attribute("src") or "").startswith("blob:")
-            await page.evaluate("() => { const a = document.getElementById('recording'); a.muted = true; return a.play(); }")
+            await page.evaluate("() => { const a = document.getElementById('recording'); a.muted = true;"
+                                " return a.play(); }")  # fmt: skip
             await page.locator("#batch-col .w.current").wait_for(timeout=30000)
             assert await page.evaluate("document.getElementById('recording').currentTime") > 0
             # The compliance result with its evidence.
