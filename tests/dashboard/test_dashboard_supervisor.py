@@ -304,15 +304,15 @@ async def test_after_the_batch_pass_the_recording_plays_with_the_word_highlighte
     token = auth.mint(SECRET, ["*"], 600)
     stop = asyncio.Event()
     async with running_bridge(settings) as (_app, http), open_store(settings) as store, chromium() as page:
+        await start_call(http, call_sid, speed=0)  # first: loading the model blocks the loop for a moment
         worker = Worker(store, make_engine("whisper", model="tiny.en"), block_ms=200, recording_dir=tmp_path)
         running = asyncio.create_task(worker.run(stop))
         try:
-            await start_call(http, call_sid, speed=0)
             await page.goto(f"{http}/?call={call_sid}#token={token}")
+            await page.locator("#batch-col .w").first.wait_for(timeout=180000)  # the batch pass ran
             # The redacted recording, fetched with the token and played from a Blob URL.
             player = page.locator("#player audio")
-            await player.wait_for(state="attached", timeout=120000)
-            await page.locator("#player").wait_for(state="visible", timeout=120000)
+            await page.locator("#player").wait_for(state="visible", timeout=40000)
             assert (await player.get_attribute("src") or "").startswith("blob:")
             await page.evaluate("() => { const a = document.getElementById('recording'); a.muted = true;"
                                 " return a.play(); }")  # fmt: skip
@@ -320,7 +320,7 @@ async def test_after_the_batch_pass_the_recording_plays_with_the_word_highlighte
             assert await page.evaluate("document.getElementById('recording').currentTime") > 0
             # The compliance result with its evidence.
             verdict = page.locator("#compliance .verdict")
-            await verdict.wait_for(timeout=60000)
+            await verdict.wait_for(timeout=40000)
             assert await verdict.inner_text() in ("Compliant", "Not compliant")
             assert await page.locator("#compliance .rule-result").count() >= 1
             # Exports come down with the token in a header, as files.
@@ -348,13 +348,14 @@ async def test_the_calls_list_shows_the_compliance_badge_after_the_batch_pass(
     token = auth.mint(SECRET, ["*"], 600)
     stop = asyncio.Event()
     async with running_bridge(settings) as (_app, http), open_store(settings) as store, chromium() as page:
+        await start_call(http, call_sid, speed=0)  # first: loading the model blocks the loop for a moment
         worker = Worker(store, make_engine("whisper", model="tiny.en"), block_ms=200, recording_dir=tmp_path)
         running = asyncio.create_task(worker.run(stop))
         try:
-            await start_call(http, call_sid, speed=0)
-            await page.goto(f"{http}/#token={token}")
+            await page.goto(f"{http}/?call={call_sid}#token={token}")
+            await page.locator("#batch-col .w").first.wait_for(timeout=180000)  # the batch pass ran
             badge = page.locator(f"#calls li[data-sid='{call_sid}'] .badge.compliance")
-            await badge.wait_for(timeout=120000)
+            await badge.wait_for(timeout=40000)
             assert await badge.inner_text() in ("compliant", "non-compliant")
         finally:
             stop.set()

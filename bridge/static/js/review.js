@@ -8,7 +8,7 @@ import { SPEAKER, clock, el, words } from "./dom.js";
 import { commonWords } from "./diff.js";
 
 const EXPORTS = [["vtt", "WebVTT", "vtt"], ["srt", "SubRip", "srt"], ["json", "JSON", "json"], ["text", "Text", "txt"]];
-const RETRY_MS = [2000, 4000, 8000, 15000, 30000, 60000];
+const RETRY_MS = [2000, 3000, 5000, 8000, 10000];
 
 export class Review {
   constructor(root) {
