@@ -51,16 +51,22 @@ def bridge_settings(redis_url: str, redis_prefix: str, tmp_path: Path, recognize
 
 @contextlib.asynccontextmanager
 async def chromium(width: int = 1280, height: int = 800) -> AsyncIterator[Any]:
-    """A page in a fresh headless chromium (never a downloaded browser)."""
+    """A page in a fresh headless chromium (never a downloaded browser). On the way out, the page must
+    have thrown no uncaught error and broken no rule of its Content-Security-Policy."""
     from playwright.async_api import async_playwright
 
+    errors: list[str] = []
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
             context = await browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
-            yield await context.new_page()
+            page = await context.new_page()
+            page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+            page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
+            yield page
         finally:
             await browser.close()
+    assert errors == []
 
 
 @contextlib.asynccontextmanager
