@@ -131,11 +131,19 @@ class SearchIndex(StoreBase):
         if min(counts) == 0:
             return []
         rarest = words[counts.index(min(counts))]
-        newest = await self.client.zrevrangebyscore(self.keys.search_term(rarest), "+inf", floor, start=0,
-                                                     num=CANDIDATES, withscores=True)  # fmt: skip
-        candidates = [(text(pair[0]), float(pair[1])) for pair in newest]
-        if allowed is not None:
-            candidates = [(sid, score) for sid, score in candidates if sid in allowed]
+        rarest_key = self.keys.search_term(rarest)
+        if allowed is not None and len(allowed) <= CANDIDATES:
+            # A token limited to a few calls: look those up, however long ago they said it.
+            sids = sorted(allowed)
+            found = await self.client.zmscore(rarest_key, sids) if sids else []
+            candidates = sorted(((sid, float(score)) for sid, score in zip(sids, found, strict=True)
+                                 if score is not None and float(score) >= floor), key=lambda c: -c[1])  # fmt: skip
+        else:
+            newest = await self.client.zrevrangebyscore(rarest_key, "+inf", floor, start=0, num=CANDIDATES,
+                                                         withscores=True)  # fmt: skip
+            candidates = [(text(pair[0]), float(pair[1])) for pair in newest]
+            if allowed is not None:
+                candidates = [(sid, score) for sid, score in candidates if sid in allowed]
         others = [w for w in words if w != rarest]
         if others and candidates:
             sids = [sid for sid, _ in candidates]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from redis.cluster import key_slot
 
 from bridge import events
-from bridge.store import Keys, Store
+from bridge.store import Keys, Store, search
 from bridge.store.search import terms
 
 
@@ -101,3 +102,17 @@ async def test_remove_call_takes_a_call_out_of_the_index(store: Store) -> None:
         assert await store.client.zscore(store.keys.search_term(word), "CA1") is None
     assert [m.call_sid for m in await store.search("close my account")] == ["CA2"]
     await store.remove_call("CA9")  # a call with nothing indexed: nothing to do
+
+
+async def test_candidates_are_bounded_but_a_limited_token_still_finds_its_old_calls(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(search, "CANDIDATES", 3)
+    base = time.time()
+    for i in range(6):
+        await store.index_final(final(f"CA{i}", "inbound", 0.0, "refund"), now=base + i)
+        await store.add_final(final(f"CA{i}", "inbound", 0.0, "refund"))
+    # A query considers at most CANDIDATES calls (those that said its rarest word last)...
+    assert [m.call_sid for m in await store.search("refund", limit=10)] == ["CA5", "CA4", "CA3"]
+    # ...but a token limited to some calls looks those up, however old.
+    assert [m.call_sid for m in await store.search("refund", allowed={"CA0", "CA9"})] == ["CA0"]
