@@ -298,6 +298,33 @@ async def test_a_lost_connection_shows_reconnecting_and_the_page_comes_back_by_i
             await store.call_ended(call_sid, ended_at=time.time(), reason="stop")
 
 
+async def test_on_a_phone_the_list_and_the_call_take_turns(
+    redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer
+) -> None:
+    settings = bridge_settings(redis_url, redis_prefix, tmp_path, scripted.url)
+    call_sid = "CA" + "5f" * 16
+    token = auth.mint(SECRET, ["*"], 600)
+    async with open_store(settings) as store:
+        await store.call_started(call_sid, stream_sid="MZ" + "5f" * 16, tracks=["inbound", "outbound"],
+                                 started_at=time.time() - 90, from_number="+15551230001")  # fmt: skip
+        for i, (track, said) in enumerate([("inbound", "Hello, my card was declined at the store today."),
+                                           ("outbound", "I am sorry to hear that, let me check your account.")]):
+            await store.add_final(events.Final(call_sid=call_sid, id=events.final_id(track, float(i)), track=track,
+                                               start=float(i), end=i + 1.0, text=said))  # fmt: skip
+        await store.call_ended(call_sid, ended_at=time.time(), reason="stop")
+    async with running_bridge(settings) as (_app, http), chromium(390, 800) as page:
+        await page.goto(f"{http}/#token={token}")
+        await page.locator(f"#calls li[data-sid='{call_sid}'] button").click(timeout=15000)
+        await page.locator(".line.final.outbound").wait_for(timeout=15000)
+        assert not await page.locator("aside").is_visible()
+        assert not await page.locator("#commit").is_visible()  # nothing to commit on an ended call
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
+        await page.screenshot(path=str(tmp_path / "phone.png"))
+        await page.locator("#back").click()
+        await page.locator(f"#calls li[data-sid='{call_sid}'] button").wait_for(state="visible", timeout=5000)
+        assert not await page.locator("#call").is_visible()
+
+
 @NEEDS_OTHER_BRANCHES
 async def test_after_the_batch_pass_the_recording_plays_with_the_word_highlighted_and_compliance_shown(
     redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer
