@@ -161,7 +161,6 @@ async def test_a_supervisor_follows_a_call_live_finds_it_by_a_phrase_and_reviews
         assert "no-card-numbers" in await flagged.locator(".rule").inner_text()
         assert "no-card-numbers" in await page.locator("#alerts").inner_text()
         await page.locator("#conn[data-state='live']").wait_for(timeout=5000)
-        await page.screenshot(path=str(shots / "live.png"))
         # Reading further up pauses auto-scroll; new lines offer a jump back instead.
         await page.wait_for_function("() => { const t = document.getElementById('transcript');"
                                      " return t.scrollHeight > t.clientHeight + 100; }", timeout=15000)  # fmt: skip
@@ -169,11 +168,14 @@ async def test_a_supervisor_follows_a_call_live_finds_it_by_a_phrase_and_reviews
                             " t.dispatchEvent(new Event('scroll')); }")  # fmt: skip
         await page.locator("#jump").wait_for(state="visible", timeout=20000)
         assert await page.evaluate("document.getElementById('transcript').scrollTop") < 50
+        await page.screenshot(path=str(shots / "live.png"))
         await player
         await page.locator(".notice", has_text="Call ended").wait_for(timeout=20000)
         await page.locator("#jump").click()
         assert await page.evaluate("() => { const t = document.getElementById('transcript');"
                                    " return t.scrollTop + t.clientHeight >= t.scrollHeight - 2; }")  # fmt: skip
+        await page.locator("#alerts button", has_text="no-card-numbers").click()  # back to the alert's line
+        assert await page.evaluate("document.activeElement.dataset.id") == final_id
         assert await page.locator(".line.final").count() >= 28
         assert await page.locator(".line.partial").count() == 0
         assert await page.locator(".line.final.inbound .who").first.inner_text() == "Caller"

@@ -69,7 +69,7 @@ export class LiveView {
     }
     this.socket = socket;
     if (this.retry === 0) this.setConn("connecting", "Connecting…");
-    socket.onopen = () => { this.setConn("live", "Live"); this.status.textContent = "live"; };
+    socket.onopen = () => { this.setConn("live", "Live"); this.status.textContent = ""; };
     socket.onmessage = (m) => { this.retry = 0; if (sid === this.sid) this.onEvent(JSON.parse(m.data)); };
     socket.onclose = (e) => {
       if (sid !== this.sid) return;
