@@ -90,6 +90,15 @@ def _match(phrase: Sequence[str], finals: Iterable[events.Final]) -> list[Search
     return found
 
 
+def _decoded(docs: Iterable[bytes | str]) -> Iterable[events.Final]:
+    """The finals of stored documents, skipping any that do not parse (never fail a search on one)."""
+    for doc in docs:
+        try:
+            yield events.decode_final(doc)
+        except msgspec.MsgspecError:
+            continue
+
+
 class SearchIndex(StoreBase):
     """The word index of stored finals, and phrase search over it."""
 
@@ -165,7 +174,7 @@ class SearchIndex(StoreBase):
                 if not docs and not exists:
                     gone.append(sid)
                     continue
-                finals = sorted((events.decode_final(d) for d in docs), key=lambda f: (f.start, f.end, f.id))
+                finals = sorted(_decoded(docs), key=lambda f: (f.start, f.end, f.id))
                 segments = _match(phrase, finals)
                 if segments:
                     matches.append(CallMatch(call_sid=sid, said_at=said_at, segments=segments))
@@ -182,7 +191,7 @@ class SearchIndex(StoreBase):
         members age out; it is never returned either way.
         """
         docs = await self.client.lrange(self.keys.finals(call_sid), 0, -1)
-        words = {w for d in docs for w in terms(events.decode_final(d).text)}
+        words = {w for f in _decoded(docs) for w in terms(f.text)}
         await self._forget([call_sid], words)
 
     async def _forget(self, call_sids: list[str], words: Iterable[str]) -> None:

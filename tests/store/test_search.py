@@ -116,3 +116,11 @@ async def test_candidates_are_bounded_but_a_limited_token_still_finds_its_old_ca
     assert [m.call_sid for m in await store.search("refund", limit=10)] == ["CA5", "CA4", "CA3"]
     # ...but a token limited to some calls looks those up, however old.
     assert [m.call_sid for m in await store.search("refund", allowed={"CA0", "CA9"})] == ["CA0"]
+
+
+async def test_an_unreadable_stored_final_does_not_fail_a_search(store: Store) -> None:
+    await say(store, "CA1", ("inbound", 0.0, "open a ticket"))
+    await store.client.rpush(store.keys.finals("CA1"), b"{not json")
+    assert [m.call_sid for m in await store.search("open a ticket")] == ["CA1"]
+    await store.remove_call("CA1")
+    assert await store.search("open a ticket") == []
