@@ -135,6 +135,9 @@ async def test_a_supervisor_follows_a_call_live_finds_it_by_a_phrase_and_reviews
     shots = tmp_path / "screenshots"
     shots.mkdir()
     async with running_bridge(settings) as (_app, http), open_store(settings) as store, chromium(1200, 640) as page:
+        urls: list[str] = []
+        page.on("request", lambda r: urls.append(r.url))
+        page.on("websocket", lambda ws: urls.append(ws.url))
         await page.goto(f"{http}/#token={token}")
         player = start_call(http, call_sid, speed=2.0)
         # The calls list: live, with who calls whom.
@@ -211,6 +214,15 @@ async def test_a_supervisor_follows_a_call_live_finds_it_by_a_phrase_and_reviews
         assert "3.6 %" in await page.locator("#quality").inner_text()
         await page.locator("#review").scroll_into_view_if_needed()
         await page.screenshot(path=str(shots / "review.png"), full_page=True)
+        # Exports come down as files, fetched with the token in a header.
+        async with page.expect_download() as download_info:
+            await page.locator("#exports button[data-format='text']").click()
+        download = await download_info.value
+        assert download.suggested_filename == f"{call_sid}.txt"
+        saved = shots.parent / "export.txt"
+        await download.save_as(saved)
+        assert saved.read_text().splitlines()[0] == f"Caller: {finals[0]['text']}"
+        assert all(token not in url for url in urls) and token not in page.url
 
         # Keyboard only: focus reaches the search box, the calls, the transcript and the review's controls.
         seen = await tab_through(page)
