@@ -402,7 +402,7 @@ async def test_the_calls_list_shows_the_compliance_badge_after_the_batch_pass(
             await page.goto(f"{http}/?call={call_sid}#token={token}")
             await page.locator("#batch-col .w").first.wait_for(timeout=180000)  # the batch pass ran
             badge = page.locator(f"#calls li[data-sid='{call_sid}'] .badge.compliance")
-            await badge.wait_for(timeout=40000)
+            await badge.wait_for(timeout=70000)  # the list asks for pending verdicts every 30 s at first
             assert await badge.inner_text() in ("compliant", "non-compliant")
         finally:
             stop.set()

@@ -60,7 +60,8 @@ export class CallList {
     const now = Date.now();
     const due = this.calls.filter((c) => c.status === "ended").filter((c) => {
       const known = this.compliance.get(c.call_sid);
-      return !known || (known.pending && now - known.checked > COMPLIANCE_RECHECK_MS);
+      // Not made yet (404): ask again later, less and less often (a call may never get a batch pass).
+      return !known || (known.pending && now - known.checked > Math.min(COMPLIANCE_RECHECK_MS * 2 ** known.tries, 600000));
     }).slice(0, COMPLIANCE_PER_REFRESH);
     let changed = false;
     for (const c of due) {
@@ -70,7 +71,8 @@ export class CallList {
         changed = true;
       } catch (e) {
         if (e instanceof AuthError) return;
-        this.compliance.set(c.call_sid, { pending: true, checked: now, missing: e instanceof HttpError && e.status === 404 });
+        const tries = (this.compliance.get(c.call_sid)?.tries ?? -1) + 1;
+        this.compliance.set(c.call_sid, { pending: true, checked: now, tries, missing: e instanceof HttpError && e.status === 404 });
       }
     }
     if (changed) this.render();

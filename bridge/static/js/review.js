@@ -9,6 +9,7 @@ import { commonWords } from "./diff.js";
 
 const EXPORTS = [["vtt", "WebVTT", "vtt"], ["srt", "SubRip", "srt"], ["json", "JSON", "json"], ["text", "Text", "txt"]];
 const RETRY_MS = [2000, 3000, 5000, 8000, 10000];
+const MAX_ATTEMPTS = 90;  // about a quarter of an hour: then reopening the call asks again
 
 export class Review {
   constructor(root) {
@@ -74,7 +75,7 @@ export class Review {
       }
     });
     try { await Promise.all(tries); } catch (e) { return; }  // a refused token: the banner says it, stop asking
-    if (sid === this.sid && wanted.some((k) => !this.have[k])) {
+    if (sid === this.sid && wanted.some((k) => !this.have[k]) && this.attempt < MAX_ATTEMPTS) {
       this.timer = setTimeout(() => this.load(), RETRY_MS[Math.min(this.attempt++, RETRY_MS.length - 1)]);
     }
   }
