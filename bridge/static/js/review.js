@@ -30,6 +30,7 @@ export class Review {
 
   clear() {
     clearTimeout(this.timer);
+    this.loading = false;
     this.sid = null; this.attempt = 0; this.words = []; this.current = null;
     this.root.hidden = true;
     this.audio.pause(); this.audio.removeAttribute("src");
@@ -43,12 +44,17 @@ export class Review {
   show(sid) {
     if (this.sid !== sid) { this.clear(); this.sid = sid; }
     this.root.hidden = false;
-    this.load();
+    if (!this.loading) this.load();  // one round of requests at a time, one retry timer
   }
 
   async load() {
     const sid = this.sid, base = `/calls/${encodeURIComponent(sid)}`;
     clearTimeout(this.timer);
+    this.loading = true;
+    try { await this.loadOnce(sid, base); } finally { if (sid === this.sid) this.loading = false; }
+  }
+
+  async loadOnce(sid, base) {
     const wanted = ["batch", "quality", "compliance", "recording"].filter((k) => !this.have[k]);
     const tries = wanted.map(async (k) => {
       try {
