@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
+import redis.exceptions
 from redis.cluster import key_slot
 
 from bridge import events
@@ -124,3 +126,22 @@ async def test_an_unreadable_stored_final_does_not_fail_a_search(store: Store) -
     assert [m.call_sid for m in await store.search("open a ticket")] == ["CA1"]
     await store.remove_call("CA1")
     assert await store.search("open a ticket") == []
+
+
+async def test_a_query_reads_only_the_calls_that_said_its_words_however_many_are_stored(store: Store) -> None:
+    """No scan: 2000 stored calls said "thank you for calling"; a query with a rarer word reads one call."""
+    decoys = [f"CA{i:04d}" for i in range(2000)]
+    for first in range(0, len(decoys), 10):
+        await asyncio.gather(*(store.index_final(final(sid, "outbound", 0.0, "thank you for calling"))
+                               for sid in decoys[first : first + 10]))  # fmt: skip
+    # Any read of a decoy's finals would now be an error (a string where the list should be).
+    async with store.client.pipeline(transaction=False) as pipe:
+        for sid in decoys:
+            pipe.set(store.keys.finals(sid), "not a list", ex=600)
+        await pipe.execute()
+    await say(store, "CAtarget", ("outbound", 0.0, "Thank you for calling about the lost passport."))
+    [match] = await store.search("thank you for calling about the lost passport")
+    assert match.call_sid == "CAtarget"
+    # The check has teeth: a query of only the common words does read decoys.
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+        await store.search("thank you for calling")
