@@ -134,7 +134,7 @@ export class LiveView {
       this.partials = {};
       this.box.append(el("div", "notice", `Call ended (${ev.reason || "stop"}), ${Math.round(ev.duration || 0)} s`));
       added = true;
-      this.status.textContent = "ended";
+      this.status.textContent = "";
       this.setConn("ended", "Ended");
       this.setCommit(false);
       this.onEnded?.(ev);
