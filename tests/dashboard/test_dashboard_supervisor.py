@@ -4,10 +4,12 @@ A call is replayed through a running bridge with the page open: it appears in th
 partials settle into finals, auto-scroll pauses while the supervisor reads further up, an alert is
 highlighted on its line, a search finds the call by a phrase said in it, the batch transcript shows
 beside the live one with its differences marked, keyboard focus reaches every control, and an
-expired token shows its message and stops the page asking. Screenshots land in the test's tmp dir.
+expired token shows its message and stops the page asking. A call of real speech goes through the
+embedded recognizer, the shipped alert rules and the batch pass: its alert phrase is highlighted live
+and its review shows the compliance result. Screenshots land in the test's tmp dir.
 
-The steps that need endpoints built elsewhere (the redacted recording, the compliance report, the
-VTT/SRT exports) are their own tests, marked ``xfail`` until those endpoints exist.
+The recording player needs ``GET /calls/{sid}/recording`` (#12): its test is marked ``xfail`` until
+that endpoint exists.
 """
 
 from __future__ import annotations
@@ -34,10 +36,12 @@ from bridge.twilio.replay import replay
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 CALL = Path(__file__).resolve().parents[2] / "fixtures" / "calls" / "short_call.wav"
+#: Real speech: "...I want to speak to a supervisor."; the agent never says the call is recorded.
+UNDISCLOSED = CALL.parents[1] / "sets" / "eval" / "p04_no_disclosure.wav"
 TWILIO_TOKEN = "supervisor-twilio-token"
 SECRET = "supervisor-secret"
 PARTIES = {"From": "+15551230001", "To": "+15559870002"}
-NEEDS_OTHER_BRANCHES = pytest.mark.xfail(reason="needs the #12/#13 endpoints", strict=False)
+NEEDS_OTHER_BRANCHES = pytest.mark.xfail(reason="needs the #12 endpoint (GET /calls/{sid}/recording)", strict=False)
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium: run deploy/system-deps.sh")
 
@@ -78,9 +82,9 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
         await client.aclose()
 
 
-def start_call(http: str, call_sid: str, speed: float) -> asyncio.Task[Any]:
+def start_call(http: str, call_sid: str, speed: float, path: Path = CALL) -> asyncio.Task[Any]:
     ws = http.replace("http://", "ws://")
-    return asyncio.create_task(replay(CALL, url=f"{ws}/twilio/media", auth_token=TWILIO_TOKEN, call_sid=call_sid,
+    return asyncio.create_task(replay(path, url=f"{ws}/twilio/media", auth_token=TWILIO_TOKEN, call_sid=call_sid,
                                       speed=speed, custom_parameters=PARTIES))  # fmt: skip
 
 
@@ -339,52 +343,75 @@ async def test_on_a_phone_the_list_and_the_call_take_turns(
         assert not await page.locator("#call").is_visible()
 
 
-@NEEDS_OTHER_BRANCHES
-async def test_after_the_batch_pass_the_recording_plays_with_the_word_highlighted_and_compliance_shown(
-    redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer
+async def test_a_real_call_raises_an_alert_live_and_its_review_shows_the_compliance_result(
+    redis_url: str, redis_prefix: str, tmp_path: Path
 ) -> None:
+    """Real speech through the embedded recognizer and the shipped rules: the caller's "I want to speak
+    to a supervisor" is highlighted as it is said; after the batch pass (Whisper) the review shows the
+    failed recording disclosure with its evidence, the list says "non-compliant", and the subtitles
+    download."""
     from bridge.batch.engine import make_engine
     from bridge.batch.worker import Worker
 
-    settings = bridge_settings(redis_url, redis_prefix, tmp_path, scripted.url)
+    settings = dataclasses.replace(
+        bridge_settings(redis_url, redis_prefix, tmp_path, ""), recognizer="embedded", embedded_model="tiny.en"
+    )
     call_sid = "CA" + "5c" * 16
     token = auth.mint(SECRET, ["*"], 600)
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
     stop = asyncio.Event()
     async with running_bridge(settings) as (_app, http), open_store(settings) as store, chromium() as page:
-        await start_call(http, call_sid, speed=0)  # first: loading the model blocks the loop for a moment
+        await page.goto(f"{http}/#token={token}")
+        player = start_call(http, call_sid, speed=2.0, path=UNDISCLOSED)
+        await page.locator(f"#calls li[data-sid='{call_sid}'] button").click(timeout=60000)
+        flagged = page.locator(".line.final.inbound.alert")
+        await flagged.wait_for(timeout=120000)
+        assert "supervisor" in await flagged.locator(".rule").inner_text()
+        said = await flagged.locator(".text").inner_text()
+        assert "supervisor" in said.lower()
+        assert "supervisor" in await page.locator("#alerts").inner_text()
+        assert await page.locator(f"#calls li[data-sid='{call_sid}'] .badge.alert").inner_text() == "1 alert"
+        await page.screenshot(path=str(shots / "alert.png"))
+        await player
+        await page.locator(".notice", has_text="Call ended").wait_for(timeout=60000)
+
+        # Search finds the call by the words the caller said before "supervisor".
+        words = [w.strip(".,!?").lower() for w in said.split()]
+        at = next(i for i, w in enumerate(words) if w.startswith("supervisor"))
+        phrase = " ".join(words[max(0, at - 2) : at + 1])
+        await page.locator("input[type=search]").fill(phrase)
+        await page.locator("input[type=search]").press("Enter")
+        await page.locator(f"#search-results li[data-sid='{call_sid}']").wait_for(timeout=15000)
+
         worker = Worker(store, make_engine("whisper", model="tiny.en"), block_ms=200, recording_dir=tmp_path)
         running = asyncio.create_task(worker.run(stop))
         try:
-            await page.goto(f"{http}/?call={call_sid}#token={token}")
-            await page.locator("#batch-col .w").first.wait_for(timeout=180000)  # the batch pass ran
-            # The redacted recording, fetched with the token and played from a Blob URL.
-            player = page.locator("#player audio")
-            await page.locator("#player").wait_for(state="visible", timeout=40000)
-            assert (await player.get_attribute("src") or "").startswith("blob:")
-            await page.evaluate("() => { const a = document.getElementById('recording'); a.muted = true;"
-                                " return a.play(); }")  # fmt: skip
-            await page.locator("#batch-col .w.current").wait_for(timeout=30000)
-            assert await page.evaluate("document.getElementById('recording').currentTime") > 0
-            # The compliance result with its evidence.
             verdict = page.locator("#compliance .verdict")
-            await verdict.wait_for(timeout=40000)
-            assert await verdict.inner_text() in ("Compliant", "Not compliant")
-            assert await page.locator("#compliance .rule-result").count() >= 1
-            # Exports come down with the token in a header, as files.
+            await verdict.wait_for(timeout=240000)
+            assert await verdict.inner_text() == "Not compliant"
+            disclosure = page.locator("#compliance .rule-result.fail", has_text="recording_disclosure")
+            assert await disclosure.locator(".evidence li").count() >= 1
+            assert "Agent" in await disclosure.locator(".evidence li").first.inner_text()
+            await page.locator("#batch-col .w").first.wait_for(timeout=30000)
+            assert "WER" in await page.locator("#quality").inner_text()
+            badge = page.locator(f"#calls li[data-sid='{call_sid}'] .badge.compliance")
+            await badge.wait_for(timeout=70000)  # the list asks for pending verdicts every 30 s at first
+            assert await badge.inner_text() == "non-compliant"
             async with page.expect_download() as download_info:
                 await page.locator("#exports button[data-format='vtt']").click()
-            download = await download_info.value
             saved = tmp_path / "export.vtt"
-            await download.save_as(saved)
+            await (await download_info.value).save_as(saved)
             assert saved.read_text().startswith("WEBVTT")
-            await page.screenshot(path=str(tmp_path / "recording.png"), full_page=True)
+            await page.locator("#review").scroll_into_view_if_needed()
+            await page.screenshot(path=str(shots / "compliance.png"))
         finally:
             stop.set()
             await asyncio.wait_for(running, 60)
 
 
 @NEEDS_OTHER_BRANCHES
-async def test_the_calls_list_shows_the_compliance_badge_after_the_batch_pass(
+async def test_after_the_batch_pass_the_recording_plays_with_the_current_word_highlighted(
     redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer
 ) -> None:
     from bridge.batch.engine import make_engine
@@ -401,9 +428,14 @@ async def test_the_calls_list_shows_the_compliance_badge_after_the_batch_pass(
         try:
             await page.goto(f"{http}/?call={call_sid}#token={token}")
             await page.locator("#batch-col .w").first.wait_for(timeout=180000)  # the batch pass ran
-            badge = page.locator(f"#calls li[data-sid='{call_sid}'] .badge.compliance")
-            await badge.wait_for(timeout=70000)  # the list asks for pending verdicts every 30 s at first
-            assert await badge.inner_text() in ("compliant", "non-compliant")
+            # The redacted recording, fetched with the token and played from a Blob URL.
+            await page.locator("#player").wait_for(state="visible", timeout=40000)
+            assert (await page.locator("#player audio").get_attribute("src") or "").startswith("blob:")
+            await page.evaluate("() => { const a = document.getElementById('recording'); a.muted = true;"
+                                " return a.play(); }")  # fmt: skip
+            await page.locator("#batch-col .w.current").wait_for(timeout=30000)
+            assert await page.evaluate("document.getElementById('recording').currentTime") > 0
+            await page.screenshot(path=str(tmp_path / "recording.png"), full_page=True)
         finally:
             stop.set()
             await asyncio.wait_for(running, 60)

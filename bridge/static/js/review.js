@@ -87,7 +87,7 @@ export class Review {
   }
 
   pending(kind, e) {
-    const why = e instanceof HttpError && e.status === 404 ? "pending (the batch pass has not run yet)" : `unavailable (${e.message})`;
+    const why = e instanceof HttpError && e.status === 404 ? "not available yet (the batch pass makes it)" : `unavailable (${e.message})`;
     const target = { batch: "#batch-col", quality: "#quality", compliance: "#compliance", recording: "#recording-note" }[kind];
     const box = this.root.querySelector(target);
     const label = { batch: "Batch transcript", quality: "Quality", compliance: "Compliance", recording: "Recording" }[kind];
@@ -111,8 +111,11 @@ export class Review {
     box.append(el("p", `verdict ${c.passed ? "pass" : "fail"}`, c.passed ? "Compliant" : "Not compliant"));
     const ul = el("ul", "rules");
     for (const rule of c.rules || []) {
-      const li = el("li", `rule-result ${rule.passed ? "pass" : "fail"}`);
-      li.append(el("strong", "", `${rule.passed ? "✓" : "✗"} ${rule.id}`));
+      // Alert rules never fail a call: they list where they matched.
+      const alertRule = rule.kind === "alert";
+      const li = el("li", `rule-result ${alertRule ? "alert-rule" : rule.passed ? "pass" : "fail"}`);
+      li.append(el("strong", "", `${alertRule ? "⚑" : rule.passed ? "✓" : "✗"} ${rule.id}`));
+      if (rule.description) li.title = rule.description;
       const ev = el("ul", "evidence");
       for (const e of rule.evidence || []) {
         const item = el("li");
