@@ -19,6 +19,7 @@ export class Search {
     const q = this.input.value.trim();
     if (!q) { this.hide(); return; }
     const mine = ++this.seq;
+    document.body.classList.remove("has-call");  // on a phone the results are where the list is
     this.results.hidden = false;
     this.results.replaceChildren(el("p", "pending", "Searching…"));
     let body;
