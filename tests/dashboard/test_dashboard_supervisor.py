@@ -341,6 +341,14 @@ async def test_on_a_phone_the_list_and_the_call_take_turns(
         await page.locator("#back").click()
         await page.locator(f"#calls li[data-sid='{call_sid}'] button").wait_for(state="visible", timeout=5000)
         assert not await page.locator("#call").is_visible()
+        # Searching from the call view shows the results; one opens the call at the line.
+        await page.locator(f"#calls li[data-sid='{call_sid}'] button").click()
+        await page.locator("input[type=search]").fill("card was declined")
+        await page.locator("input[type=search]").press("Enter")
+        result = page.locator(f"#search-results li[data-sid='{call_sid}'] button")
+        await result.wait_for(state="visible", timeout=10000)
+        await result.click()
+        await page.locator(".line.final.found", has_text="declined").wait_for(state="visible", timeout=10000)
 
 
 async def test_a_real_call_raises_an_alert_live_and_its_review_shows_the_compliance_result(
