@@ -390,7 +390,11 @@ async def test_a_real_call_raises_an_alert_live_and_its_review_shows_the_complia
         phrase = " ".join(words[max(0, at - 2) : at + 1])
         await page.locator("input[type=search]").fill(phrase)
         await page.locator("input[type=search]").press("Enter")
-        await page.locator(f"#search-results li[data-sid='{call_sid}']").wait_for(timeout=15000)
+        await page.locator(f"#search-results li[data-sid='{call_sid}'] button").click(timeout=15000)
+        # Reopened, the call's stored alert is highlighted again, and counted once.
+        await page.locator(".line.final.inbound.alert.found").wait_for(timeout=15000)
+        await page.locator("#alerts", has_text="supervisor").wait_for(timeout=5000)
+        assert await page.locator(f"#calls li[data-sid='{call_sid}'] .badge.alert").inner_text() == "1 alert"
 
         worker = Worker(store, make_engine("whisper", model="tiny.en"), block_ms=200, recording_dir=tmp_path)
         running = asyncio.create_task(worker.run(stop))

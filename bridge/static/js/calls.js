@@ -17,7 +17,7 @@ export class CallList {
     this.onOpen = onOpen;
     this.current = null;
     this.calls = [];
-    this.alerts = new Map();       // sid -> alerts seen live on this page
+    this.alerts = new Map();       // sid -> Set of alerts seen live on this page ("final_id|rule")
     this.compliance = new Map();   // sid -> {passed, alerts} | {pending: true, checked}
     this.delay = POLL_MS;
     this.timer = null;
@@ -51,8 +51,13 @@ export class CallList {
     }
   }
 
-  noteAlert(sid) {
-    this.alerts.set(sid, (this.alerts.get(sid) || 0) + 1);
+  /** An alert seen live; the same one again (a reopened call's snapshot) is not counted twice. */
+  noteAlert(ev) {
+    const seen = this.alerts.get(ev.call_sid) || new Set();
+    const key = `${ev.final_id}|${ev.rule}`;
+    if (seen.has(key)) return;
+    seen.add(key);
+    this.alerts.set(ev.call_sid, seen);
     this.render();
   }
 
@@ -105,7 +110,7 @@ export class CallList {
         badges.append(el("span", `badge recognizer ${worst}`, `recognizer ${worst}`));
       }
       const known = this.compliance.get(c.call_sid);
-      const alerts = Math.max(this.alerts.get(c.call_sid) || 0, known?.alerts || 0);
+      const alerts = Math.max(this.alerts.get(c.call_sid)?.size || 0, known?.alerts || 0);
       if (alerts) badges.append(el("span", "badge alert", `${alerts} alert${alerts > 1 ? "s" : ""}`));
       if (known && !known.pending) {
         badges.append(el("span", `badge compliance ${known.passed ? "pass" : "fail"}`, known.passed ? "compliant" : "non-compliant"));

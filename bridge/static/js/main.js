@@ -13,7 +13,7 @@ const calls = new CallList(document.getElementById("calls"), { onOpen: (sid) => 
 const live = new LiveView(callPane, {
   onStarted: () => calls.refresh(),
   onEnded: () => { calls.refresh(); if (live.sid) review.show(live.sid); },
-  onAlert: (ev) => calls.noteAlert(ev.call_sid),
+  onAlert: (ev) => calls.noteAlert(ev),
 });
 new Search(document.getElementById("search"), document.getElementById("search-results"), {
   onOpen: (sid, segment) => openCall(sid, segment),
