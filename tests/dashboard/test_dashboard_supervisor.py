@@ -6,10 +6,8 @@ highlighted on its line, a search finds the call by a phrase said in it, the bat
 beside the live one with its differences marked, keyboard focus reaches every control, and an
 expired token shows its message and stops the page asking. A call of real speech goes through the
 embedded recognizer, the shipped alert rules and the batch pass: its alert phrase is highlighted live
-and its review shows the compliance result. Screenshots land in the test's tmp dir.
-
-The recording player needs ``GET /calls/{sid}/recording`` (#12): its test is marked ``xfail`` until
-that endpoint exists.
+and its review shows the compliance result; after the batch pass the redacted recording plays with
+the word being played highlighted. Screenshots land in the test's tmp dir.
 """
 
 from __future__ import annotations
@@ -41,7 +39,6 @@ UNDISCLOSED = CALL.parents[1] / "sets" / "eval" / "p04_no_disclosure.wav"
 TWILIO_TOKEN = "supervisor-twilio-token"
 SECRET = "supervisor-secret"
 PARTIES = {"From": "+15551230001", "To": "+15559870002"}
-NEEDS_OTHER_BRANCHES = pytest.mark.xfail(reason="needs the #12 endpoint (GET /calls/{sid}/recording)", strict=False)
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium: run deploy/system-deps.sh")
 
@@ -422,7 +419,6 @@ async def test_a_real_call_raises_an_alert_live_and_its_review_shows_the_complia
             await asyncio.wait_for(running, 60)
 
 
-@NEEDS_OTHER_BRANCHES
 async def test_after_the_batch_pass_the_recording_plays_with_the_current_word_highlighted(
     redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer
 ) -> None:
