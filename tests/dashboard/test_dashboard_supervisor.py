@@ -353,8 +353,8 @@ async def test_a_real_call_raises_an_alert_live_and_its_review_shows_the_complia
 ) -> None:
     """Real speech through the embedded recognizer and the shipped rules: the caller's "I want to speak
     to a supervisor" is highlighted as it is said; after the batch pass (Whisper) the review shows the
-    failed recording disclosure with its evidence, the list says "non-compliant", and the subtitles
-    download."""
+    failed recording disclosure with its evidence, the list says "non-compliant", the subtitles
+    download and the redacted recording plays with the current word highlighted."""
     from bridge.batch.engine import make_engine
     from bridge.batch.worker import Worker
 
@@ -412,6 +412,12 @@ async def test_a_real_call_raises_an_alert_live_and_its_review_shows_the_complia
             saved = tmp_path / "export.vtt"
             await (await download_info.value).save_as(saved)
             assert saved.read_text().startswith("WEBVTT")
+            # The redacted recording plays, the batch word being played highlighted.
+            await page.locator("#player").wait_for(state="visible", timeout=40000)
+            await page.evaluate("() => { const a = document.getElementById('recording'); a.muted = true;"
+                                " a.currentTime = 4.5; return a.play(); }")  # fmt: skip
+            await page.locator("#batch-col .w.current").wait_for(timeout=30000)
+            await page.evaluate("document.getElementById('recording').pause()")
             await page.locator("#review").scroll_into_view_if_needed()
             await page.screenshot(path=str(shots / "compliance.png"))
         finally:
