@@ -140,7 +140,7 @@ async def test_a_supervisor_follows_a_call_live_finds_it_by_a_phrase_and_reviews
         page.on("request", lambda r: urls.append(r.url))
         page.on("websocket", lambda ws: urls.append(ws.url))
         await page.goto(f"{http}/#token={token}")
-        player = start_call(http, call_sid, speed=2.0)
+        player = start_call(http, call_sid, speed=1.0)  # real time: the steps below happen while it is live
         # The calls list: live, with who calls whom.
         entry = page.locator(f"#calls li[data-sid='{call_sid}']")
         await entry.wait_for(timeout=15000)
