@@ -230,6 +230,9 @@ async def test_a_supervisor_follows_a_call_live_finds_it_by_a_phrase_and_reviews
         for control in ("input#q", "button.open-call", "div#transcript", "button.export[vtt]"):
             assert control in seen, (control, seen)
         assert seen.index("input#q") < seen.index("button.open-call") < seen.index("div#transcript")
+        await page.locator("#transcript").focus()
+        await page.keyboard.press("/")  # back to the search box from anywhere
+        assert await page.evaluate("document.activeElement.id") == "q"
 
 
 async def test_commit_buttons_post_the_track_while_the_call_is_live(

@@ -45,6 +45,13 @@ document.getElementById("back").addEventListener("click", () => {
   document.querySelector("#calls li.selected button")?.focus();
 });
 
+// "/" jumps to the search box from anywhere but a text field (as on many sites).
+document.addEventListener("keydown", (e) => {
+  if (e.key !== "/" || e.ctrlKey || e.metaKey || e.altKey || e.target.closest?.("input, textarea, [contenteditable]")) return;
+  e.preventDefault();
+  document.getElementById("q").focus();
+});
+
 calls.start();
 const wanted = new URLSearchParams(location.search).get("call");
 if (wanted) openCall(wanted);
