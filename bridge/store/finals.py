@@ -67,7 +67,9 @@ class FinalLog(SearchIndex):
                   k.tombstone(final.call_sid)],
             args=[final.id, doc, k.channel(final.call_sid)],
         )  # fmt: skip
-        await self.index_final(final)  # also when already stored: a retry may follow a failed index write
+        # Indexed also when already stored (a retry may follow a failed index write), never once erased.
+        if result is not None or not await self.client.exists(k.tombstone(final.call_sid)):
+            await self.index_final(final)
         return None if result is None else int(result)
 
     async def finals(self, call_sid: str, *, after_seq: int = 0) -> list[events.Final]:

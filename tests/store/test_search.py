@@ -145,3 +145,13 @@ async def test_a_query_reads_only_the_calls_that_said_its_words_however_many_are
     # The check has teeth: a query of only the common words does read decoys.
     with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
         await store.search("thank you for calling")
+
+
+async def test_a_final_of_an_erased_call_is_never_indexed(store: Store) -> None:
+    await say(store, "CA1", ("inbound", 0.0, "close my account"))
+    await store.remove_call("CA1")
+    await store.delete_call("CA1")
+    assert await store.add_final(final("CA1", "inbound", 5.0, "close my account now")) is None  # a late final
+    for word in ("close", "my", "account", "now"):
+        assert await store.client.zscore(store.keys.search_term(word), "CA1") is None
+    assert await store.search("close my account") == []
