@@ -253,7 +253,7 @@ async def test_commit_buttons_post_the_track_while_the_call_is_live(
         await button.wait_for(state="visible", timeout=15000)
         assert await page.locator("#commit button[data-track='inbound']").inner_text() == "Commit caller"
         await button.click()
-        await page.locator(".commit-note").filter(has_text="ommit").wait_for(timeout=10000)
+        await page.locator(".commit-note", has_text="Agent committed").wait_for(timeout=10000)
         assert posted == [(f"{http}/calls/{call_sid}/commit", '{"track":"outbound"}', f"Bearer {token}")]
         player.cancel()
         with contextlib.suppress(BaseException):
