@@ -408,7 +408,7 @@ async def test_a_real_call_raises_an_alert_live_and_its_review_shows_the_complia
             await page.locator("#batch-col .w").first.wait_for(timeout=30000)
             assert "WER" in await page.locator("#quality").inner_text()
             badge = page.locator(f"#calls li[data-sid='{call_sid}'] .badge.compliance")
-            await badge.wait_for(timeout=70000)  # the list asks for pending verdicts every 30 s at first
+            await badge.wait_for(timeout=40000)  # the list asks for verdicts every 15 s
             assert await badge.inner_text() == "non-compliant"
             async with page.expect_download() as download_info:
                 await page.locator("#exports button[data-format='vtt']").click()
