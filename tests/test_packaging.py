@@ -29,6 +29,7 @@ def test_a_built_wheel_runs_the_demo_outside_the_repository(tmp_path: Path) -> N
     names = zipfile.ZipFile(wheel).namelist()
     assert "bridge/data/calls/support_call.wav" in names and "bridge/static/dashboard.html" in names
     assert "bridge/compliance/default_rules.toml" in names  # the default compliance rules
+    assert {"bridge/static/dashboard.css", "bridge/static/js/main.js", "bridge/static/js/live.js"} <= set(names)
     assert not any(n.startswith(("tests/", "fixtures/")) for n in names)
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

@@ -21,7 +21,9 @@ class Erasure(msgspec.Struct, kw_only=True, frozen=True):
 
 
 async def erase_call(store: Store, recording_dir: Path, call_sid: str) -> Erasure:
-    """Erase ``call_sid`` (a validated CallSid): Redis first, so nothing can recreate the files' call."""
+    """Erase ``call_sid`` (a validated CallSid): Redis first, so nothing can recreate the files' call;
+    its words leave the search index before its finals go (the index is found from them)."""
+    await store.remove_call(call_sid)
     erased = await store.delete_call(call_sid)
     files = await asyncio.to_thread(lambda: delete_files(call_files(recording_dir, call_sid)))
     return Erasure(redis=erased, files=files)

@@ -5,6 +5,7 @@ name in :mod:`bridge.store.keys`:
 
 - :mod:`~bridge.store.calls`: call metadata and the index of active and ended calls;
 - :mod:`~bridge.store.finals`: the durable, numbered transcript, and live events (pub/sub);
+- :mod:`~bridge.store.search`: the word index kept as finals are written, and phrase search;
 - :mod:`~bridge.store.jobs`: the recording jobs queue (stream, consumer group, retries, dead letters);
 - :mod:`~bridge.store.results`: the batch pass's transcript and quality figures;
 - :mod:`~bridge.store.compliance`: live alerts and compliance reports;

@@ -18,7 +18,8 @@ from redis.commands.core import AsyncScript
 
 from bridge import events
 from bridge.store.calls import TRACK_ORDER
-from bridge.store.client import StoreBase, pubsub_of
+from bridge.store.client import pubsub_of
+from bridge.store.search import SearchIndex
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,8 @@ def audio_order(final: events.Final) -> tuple[float, int, float, str]:
     return (final.start, TRACK_ORDER.get(final.track, 9), final.end, final.id)
 
 
-class FinalLog(StoreBase):
-    """Finals and live events of calls."""
+class FinalLog(SearchIndex):
+    """Finals and live events of calls (and the search index, kept as finals are written)."""
 
     @functools.cached_property
     def _add_final_script(self) -> AsyncScript:
@@ -66,6 +67,9 @@ class FinalLog(StoreBase):
                   k.tombstone(final.call_sid)],
             args=[final.id, doc, k.channel(final.call_sid)],
         )  # fmt: skip
+        # Indexed also when already stored (a retry may follow a failed index write), never once erased.
+        if result is not None or not await self.client.exists(k.tombstone(final.call_sid)):
+            await self.index_final(final)
         return None if result is None else int(result)
 
     async def finals(self, call_sid: str, *, after_seq: int = 0) -> list[events.Final]:

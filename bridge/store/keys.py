@@ -45,6 +45,9 @@ key                                    type        content
 ``P:{calls}:compliance``               zset        CallSids with a compliance report, by report time
                                                    (trimmed to the retention window)
 ``P:{calls}:compliance:failed``        zset        the same for the reports that failed a rule
+``P:search:{<word>}``                  zset        CallSids whose finals said ``<word>``, scored by
+                                                   when they last did (the search index: one slot
+                                                   per word; bridge/store/search.py)
 ``P:{jobs}:recordings``                stream      recording jobs (flat string fields, jobs.RecordingJob)
 ``P:{jobs}:recordings:dead``           stream      recording jobs that failed too often
 ``P:{jobs}:recordings:attempts``       hash        recording job entry id -> failed attempts so far
@@ -182,6 +185,12 @@ class Keys:
     def call_indexes(self) -> list[str]:
         """Every index of calls (zsets of CallSids): an erased call leaves every one of them."""
         return [self.active_calls, self.recent_calls, self.flagged_calls, self.compliance_calls, self.compliance_failed]
+
+    # -- the search index: one slot per word ({<word>}) ------------------------------------------
+
+    def search_term(self, word: str) -> str:
+        """zset: CallSids that said ``word`` (a lower-case word without braces), by when they last did."""
+        return f"{self.prefix}:search:{{{word}}}"
 
     # -- the recording jobs queue: one slot ({jobs}) -----------------------------------------------
 

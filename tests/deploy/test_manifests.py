@@ -48,7 +48,7 @@ def test_the_ingress_routes_to_the_bridge_service_and_not_its_metrics() -> None:
     (ingress,) = [d for d in _documents() if d["kind"] == "Ingress"]
     paths = {(p["path"], p["pathType"]) for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]}
     assert paths == {("/twilio", "Prefix"), ("/calls", "Prefix"), ("/browser", "Prefix"), ("/try", "Prefix"),
-                     ("/", "Exact")}  # fmt: skip
+                     ("/", "Exact"), ("/static", "Prefix"), ("/search", "Exact")}  # fmt: skip
     services = {d["metadata"]["name"] for d in _documents() if d["kind"] == "Service"}
     backends = {p["backend"]["service"]["name"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]}
     assert backends <= services

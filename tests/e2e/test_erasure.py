@@ -89,6 +89,12 @@ async def test_a_deleted_call_leaves_no_key_and_no_file_and_stays_gone(
             assert files == [f"{SID}.batch.json", f"{SID}.wav"]
             assert len(await _keys_naming(store, SID)) >= 5
 
+            async def indexed() -> list[bytes]:  # search-index sets that still name the call
+                found = [k async for k in store.client.scan_iter(match=f"{store.keys.prefix}:search:*", count=500)]
+                return [k for k in found if await store.client.zscore(k, SID) is not None]
+
+            assert await indexed()
+
             # Refusals: clear statuses, never a crash, logged with the call id.
             assert (await client.delete(f"/calls/{SID}")).status_code == 401
             wrong = await client.delete(f"/calls/{SID}", headers={"Authorization": "Bearer nope"})
@@ -130,6 +136,7 @@ async def test_a_deleted_call_leaves_no_key_and_no_file_and_stays_gone(
                 assert again.ws.close_reason == "call was erased"
 
             assert await only_the_tombstone() == [store.keys.tombstone(SID)]
+            assert await indexed() == []  # its words left the search index, and the late final's never came
             assert await _jobs_of(store, SID) == 0
             assert list(recordings.iterdir()) == []
             for index in store.keys.call_indexes:
