@@ -19,64 +19,40 @@ from starlette.routing import Route
 
 from bridge import events, transcripts
 from bridge.api import formats
+from bridge.api.common import call_document, call_or_error, claims_or_error, query_flag, query_limit
 from bridge.audio import WavError
 from bridge.files import UnsafePath, recording_file
-from bridge.live.auth import Denied, authorize
 from bridge.redact.audio import wav_seconds
-from bridge.responses import error, json_response, log_refused, refuse_bad_call_sid, store_failure
-from bridge.store import STORE_ERRORS, CallInfo, Store
+from bridge.responses import error, json_response, store_failure
+from bridge.store import STORE_ERRORS, Store
 
 logger = logging.getLogger(__name__)
 
 
 async def list_calls(request: Request) -> Response:
     store: Store = request.app.state.store
-    try:
-        claims = authorize(request, None)
-    except Denied as denied:
-        log_refused(request, None, denied.status, denied.reason)
-        return error(denied.status, denied.reason)
-    active_raw = request.query_params.get("active", "").lower()
-    active = {"true": True, "1": True, "false": False, "0": False, "": None}.get(active_raw, "bad")
-    if active == "bad":
-        return error(400, "active must be true or false")
-    try:
-        limit = min(1000, max(1, int(request.query_params.get("limit", "100"))))
-    except ValueError:
-        return error(400, "limit must be an integer")
+    claims = claims_or_error(request)
+    if isinstance(claims, Response):
+        return claims
+    active = query_flag(request, "active")
+    if isinstance(active, Response):
+        return active
+    limit = query_limit(request)
+    if isinstance(limit, Response):
+        return limit
     try:
         if claims is not None and not claims.all_calls:
             calls = [c for sid in claims.calls if (c := await store.get_call(sid)) is not None]
             calls = [c for c in calls if active is None or c.active == active][:limit]
         else:
-            calls = await store.list_calls(active=active if isinstance(active, bool) else None, limit=limit)
+            calls = await store.list_calls(active=active, limit=limit)
     except STORE_ERRORS as exc:
         return store_failure(request, None, exc)
     return json_response(calls)
 
 
-async def _call_or_error(request: Request) -> CallInfo | Response:
-    call_sid = request.path_params["call_sid"]
-    bad = refuse_bad_call_sid(request, call_sid)
-    if bad is not None:
-        return bad
-    try:
-        authorize(request, call_sid)
-    except Denied as denied:
-        log_refused(request, call_sid, denied.status, denied.reason)
-        return error(denied.status, denied.reason)
-    store: Store = request.app.state.store
-    try:
-        info = await store.get_call(call_sid)
-    except STORE_ERRORS as exc:
-        return store_failure(request, call_sid, exc)
-    if info is None:
-        return error(404, "unknown call")
-    return info
-
-
 async def get_call(request: Request) -> Response:
-    info = await _call_or_error(request)
+    info = await call_or_error(request)
     return info if isinstance(info, Response) else json_response(info)
 
 
@@ -87,7 +63,7 @@ def transcript_text(finals: list[events.Final]) -> str:
 
 async def get_transcript(request: Request) -> Response:
     """The live transcript ("as heard"), or with ``?source=batch`` the compliance one ("after the fact")."""
-    info = await _call_or_error(request)
+    info = await call_or_error(request)
     if isinstance(info, Response):
         return info
     fmt = request.query_params.get("format", "").lower()
@@ -125,23 +101,13 @@ async def get_transcript(request: Request) -> Response:
 
 async def get_quality(request: Request) -> Response:
     """Live-vs-batch word error rate of a call (the quality signal), once the batch pass ran."""
-    info = await _call_or_error(request)
-    if isinstance(info, Response):
-        return info
-    store: Store = request.app.state.store
-    try:
-        quality = await store.quality(info.call_sid)
-    except STORE_ERRORS as exc:
-        return store_failure(request, info.call_sid, exc)
-    if quality is None:
-        return error(404, "no quality figures yet")
-    return json_response(quality)
+    return await call_document(request, Store.quality, "no quality figures yet")
 
 
 async def get_recording(request: Request) -> Response:
     """The call's recording, only once the batch pass has silenced its card data (docs/redaction.md):
     404 while there is none, 409 while the call is live or the file has not been redacted yet."""
-    info = await _call_or_error(request)
+    info = await call_or_error(request)
     if isinstance(info, Response):
         return info
     store: Store = request.app.state.store

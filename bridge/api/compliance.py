@@ -11,44 +11,28 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bridge.api.calls import _call_or_error as call_or_error
+from bridge.api.common import call_document, claims_or_error, query_flag, query_limit
 from bridge.compliance.models import FailedCall
-from bridge.live.auth import Denied, authorize
-from bridge.responses import error, json_response, log_refused, store_failure
+from bridge.responses import json_response, store_failure
 from bridge.store import STORE_ERRORS, Store
-
-_BOOL = {"true": True, "1": True, "false": False, "0": False, "": None}
 
 
 async def get_compliance(request: Request) -> Response:
-    info = await call_or_error(request)
-    if isinstance(info, Response):
-        return info
-    store: Store = request.app.state.store
-    try:
-        report = await store.compliance(info.call_sid)
-    except STORE_ERRORS as exc:
-        return store_failure(request, info.call_sid, exc)
-    if report is None:
-        return error(404, "no compliance report yet (the batch pass has not run)")
-    return json_response(report)
+    return await call_document(request, Store.compliance, "no compliance report yet (the batch pass has not run)")
 
 
 async def list_compliance(request: Request) -> Response:
     """``{"calls": [{call_sid, passed, evaluated_at, rules}]}``, newest report first; ``rules`` are the
     failed ones (with their evidence)."""
-    try:
-        claims = authorize(request, None)
-    except Denied as denied:
-        log_refused(request, None, denied.status, denied.reason)
-        return error(denied.status, denied.reason)
-    failed = _BOOL.get(request.query_params.get("failed", "").lower(), "bad")
-    if failed == "bad":
-        return error(400, "failed must be true or false")
-    try:
-        limit = min(1000, max(1, int(request.query_params.get("limit", "100"))))
-    except ValueError:
-        return error(400, "limit must be an integer")
+    claims = claims_or_error(request)
+    if isinstance(claims, Response):
+        return claims
+    failed = query_flag(request, "failed")
+    if isinstance(failed, Response):
+        return failed
+    limit = query_limit(request)
+    if isinstance(limit, Response):
+        return limit
     store: Store = request.app.state.store
     try:
         sids = await store.compliance_calls(failed=failed is True, limit=limit if failed is not False else 1000)

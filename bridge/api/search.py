@@ -13,8 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bridge.live.auth import Denied, authorize
-from bridge.responses import error, json_response, log_refused, store_failure
+from bridge.api.common import claims_or_error
+from bridge.responses import error, json_response, store_failure
 from bridge.store import STORE_ERRORS, Store
 from bridge.store.search import SearchSegment, terms
 
@@ -52,11 +52,9 @@ def _limit(raw: str) -> int | None:
 
 
 async def search(request: Request) -> Response:
-    try:
-        claims = authorize(request, None)
-    except Denied as denied:
-        log_refused(request, None, denied.status, denied.reason)
-        return error(denied.status, denied.reason)
+    claims = claims_or_error(request)
+    if isinstance(claims, Response):
+        return claims
     query = request.query_params.get("q", "").strip()
     if not query:
         return error(400, "q is required: the phrase to search for")
