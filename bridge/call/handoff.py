@@ -30,6 +30,8 @@ At most ``MAX_STREAMS`` streams of a call run at once (Twilio's limit): no repla
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
 import time
@@ -38,7 +40,7 @@ from typing import Protocol
 import redis.exceptions
 
 from bridge.call.session import CallSession, SessionHost, StreamHandle
-from bridge.call.takeover import HANDOFF_PARAMETER, Takeover, takeover_mode
+from bridge.call.takeover import HANDOFF_PARAMETER, Probe, Recent, Takeover, takeover_mode
 from bridge.twilio.auth import stream_token
 from bridge.twilio.models import Start
 from bridge.twilio.streams_api import StreamsApi, StreamsApiError
@@ -55,7 +57,19 @@ POLL_SECONDS = 0.1
 #: Seconds the new instance holds its recording frames beyond the handoff deadline before it gives up
 #: waiting for the old one to close the file.
 _HOLD_SLACK = 10.0
-_ERRORS = (StreamsApiError, redis.exceptions.RedisError, OSError, TimeoutError, ValueError)
+#: Largest correction of a replacement stream's estimated placement the audio match may make.
+_MAX_SHIFT = 0.5
+_ERRORS = (StreamsApiError, redis.exceptions.RedisError, OSError, TimeoutError, ValueError, binascii.Error)
+
+
+def _track(handle: StreamHandle) -> str:
+    return "inbound" if "inbound" in handle.pipelines else next(iter(handle.pipelines))
+
+
+def _mine(value: str, stream_sid: str) -> str | None:
+    """The payload of a ``"<StreamSid> <payload>"`` handoff field written for ``stream_sid``."""
+    sid, _, payload = value.partition(" ")
+    return payload if sid == stream_sid else None
 
 
 class Carrier(SessionHost, Protocol):
@@ -123,9 +137,15 @@ class StreamHandoff:
         if takeover.mode == "drain":
             fields = {"handoff_stream": handle.stream_sid, "handoff_at": repr(handle.begin)}
             c.writer.call(sid, "handoff", lambda: c.store.update_call(sid, fields))
+
+            def probe(audio: bytes) -> None:
+                value = {"handoff_probe": f"{handle.stream_sid} {base64.b64encode(audio).decode()}"}
+                c.writer.call(sid, "handoff_probe", lambda: c.store.update_call(sid, value))
+
+            handle.watch = Probe(_track(handle), probe)
             log.info("taking the call over at %.2f s (its stream started at %.3f s)", handle.begin, handle.origin,
                      extra={"call_sid": sid})  # fmt: skip
-            c.background(self._release_when_done(session, handle.begin))
+            c.background(self._release_when_done(session, handle))
             return
         start = takeover.lost_at if takeover.lost_at is not None else handle.origin
         gap = max(0.0, handle.origin - start)
@@ -135,12 +155,22 @@ class StreamHandoff:
         log.warning("call recovered after its stream was lost: %.1f s not carried (%.2f-%.2f s)", gap, start,
                     handle.origin, extra={"call_sid": sid})  # fmt: skip
 
-    async def _release_when_done(self, session: CallSession, cut: float) -> None:
-        """Continue the recording once the old instance closed it at the cut (or it never will)."""
+    async def _release_when_done(self, session: CallSession, handle: StreamHandle) -> None:
+        """Take the exact placement the old instance found, and continue the recording once it closed
+        it at the cut (or it never will)."""
+        cut, placed = handle.begin, False
         deadline = time.monotonic() + self.carrier.settings.handoff_seconds + _HOLD_SLACK
         while session.held is not None and not session.ended and time.monotonic() < deadline:
             with contextlib.suppress(*_ERRORS):
                 info = await self.carrier.store.get_call(session.call_sid)
+                found = _mine(info.extra.get("handoff_origin", ""), handle.stream_sid) if info else None
+                if found and not placed:
+                    placed = True
+                    origin = float(found)
+                    if abs(origin - handle.origin) <= _MAX_SHIFT and handle.audio_end <= cut:
+                        log.info("replacement stream placed at %.3f s (estimated %.3f s)", origin, handle.origin,
+                                 extra={"call_sid": session.call_sid})  # fmt: skip
+                        handle.place(origin)
                 if info is not None and float(info.extra.get("handoff_done", "") or -1) == cut:
                     break
             await asyncio.sleep(POLL_SECONDS)
@@ -182,6 +212,8 @@ class StreamHandoff:
         mine = session.open_streams
         if self.api is None or not mine or session.ending:
             return False
+        for handle in mine:
+            handle.watch = Recent(_track(handle))
         deadline = time.monotonic() + min(timeout, c.settings.handoff_seconds)
         url, callback = self._urls()
         try:
@@ -208,6 +240,7 @@ class StreamHandoff:
                         session.audio_end, extra={"call_sid": sid})  # fmt: skip
         for handle in mine:
             handle.cut_at(cut)
+        await self._place_replacement(sid, new_sid, mine, cut)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(1.0, cut - session.audio_end + 3.0)):
                 await asyncio.gather(*(h.cut_reached.wait() for h in mine))
@@ -229,6 +262,29 @@ class StreamHandoff:
                     return float(info.extra["handoff_at"])
             await asyncio.sleep(POLL_SECONDS)
         return None
+
+    async def _place_replacement(self, call_sid: str, new_sid: str, mine: list[StreamHandle], cut: float) -> None:
+        """Find the replacement's first audio in ours and tell it where it starts (before the cut)."""
+        recent = [h.watch for h in mine if isinstance(h.watch, Recent)]
+        deadline = time.monotonic() + max(0.0, cut - max(h.audio_end for h in mine) - 0.3)
+        origin = "-"
+        while recent and time.monotonic() < deadline:
+            with contextlib.suppress(*_ERRORS):
+                info = await self.carrier.store.get_call(call_sid)
+                probe = _mine(info.extra.get("handoff_probe", ""), new_sid) if info else None
+                if probe:
+                    audio = base64.b64decode(probe, validate=True)
+                    found = [p for w in recent if (p := w.find(audio)) is not None]
+                    origin = repr(found[0]) if found else "-"
+                    break
+            await asyncio.sleep(POLL_SECONDS)
+        for handle in mine:
+            handle.watch = None
+        with contextlib.suppress(*_ERRORS):
+            await self.carrier.store.update_call(call_sid, {"handoff_origin": f"{new_sid} {origin}"})
+        if origin == "-":
+            log.warning("could not find the replacement stream's audio in ours: its placement is estimated",
+                        extra={"call_sid": call_sid})  # fmt: skip
 
     # -- any instance: a stream ended (the stream status callback) --------------------------------
 

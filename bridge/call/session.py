@@ -31,7 +31,7 @@ from bridge import events
 from bridge.audio import SAMPLE_RATE
 from bridge.call.pipeline import TrackPipeline
 from bridge.call.recording import CallRecording
-from bridge.call.takeover import HANDOFF_PARAMETER, Takeover, placement
+from bridge.call.takeover import HANDOFF_PARAMETER, AudioWatch, Takeover, placement
 from bridge.compliance.alerts import live_alerts, raise_alert
 from bridge.events import Track
 from bridge.metrics import Metrics
@@ -113,6 +113,8 @@ class StreamHandle:
         self.cut_reached = asyncio.Event()
         #: The stream's custom parameters without its token (what a replacement stream gets again).
         self.custom: dict[str, str] = {}
+        #: Sees the audio while two streams overlap (:mod:`bridge.call.takeover`).
+        self.watch: AudioWatch | None = None
         self.pipelines: dict[str, TrackPipeline] = {t: session.pipeline(t, self.begin) for t in tracks}
         metrics = session.manager.metrics
         # Per-frame work is the bridge's cost per call: look the labelled counters up once, and time
@@ -123,6 +125,11 @@ class StreamHandle:
         self.closed = False
         #: Call-clock second up to which this stream delivered audio.
         self.audio_end = self.begin
+
+    def place(self, origin: float) -> None:
+        """Where this stream's timestamp 0 is on the call clock, found after it started."""
+        self.origin = origin
+        self.origin_bytes = round(origin * SAMPLE_RATE)
 
     def cut_at(self, second: float) -> None:
         """Audio from call-clock ``second`` on belongs to a replacement stream: stop there."""
@@ -142,6 +149,8 @@ class StreamHandle:
         t0 = time.perf_counter() if timed else 0.0
         pos = self.origin_bytes + timestamp_ms * (SAMPLE_RATE // 1000)  # on the call clock
         self._frame_counters[track].inc()
+        if self.watch is not None:
+            self.watch.feed(track, timestamp_ms, pos, payload)
         if pos < self._begin_bytes:  # heard by the stream this one replaces
             payload = payload[self._begin_bytes - pos :]
             pos = self._begin_bytes

@@ -1,15 +1,19 @@
 """Where a stream that takes a call over from another instance puts its audio (see :mod:`bridge.call.handoff`).
 
 A replacement stream's ``media`` timestamps restart at 0, and Twilio says nothing of where that is in
-the call; the call's start time (in Redis) and this instance's clock say it, to a few milliseconds on
-hosts kept in time by NTP. Twilio sends 20 ms frames, so the new stream's first frame is put on the
-call's 20 ms grid: a placement error under 10 ms vanishes.
+the call. First estimate: the call's start time (in Redis) and this instance's clock, put on the
+call's 20 ms frame grid; it can be a frame off (the two streams' first frames and the two instances'
+receive delays differ by up to a frame). A drain then makes it exact, because the old and the new
+stream hear the same audio for a while: the new stream's first :data:`PROBE_BYTES` of inbound audio
+(a :class:`Probe`) are looked up in the old stream's recent audio (:class:`Recent`), and where they
+match is where the new stream starts. A recovery has no overlap and keeps the estimate.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Literal
 
 #: The ``<Parameter>`` that marks a stream the bridge started itself, and why.
@@ -18,6 +22,10 @@ HANDOFF_PARAMETER = "handoff"
 CUT_LEAD_SECONDS = 1.0
 #: Twilio's frame: every stream's audio is placed on this grid of the call clock.
 FRAME_SECONDS = 0.02
+#: Inbound audio of the new stream matched against the old one's (mu-law bytes, 8 per ms).
+PROBE_BYTES = 1600
+#: How much recent inbound audio the old stream keeps while it hands off.
+RECENT_BYTES = 30 * 8000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,4 +52,74 @@ def placement(origin: float, takeover: Takeover) -> tuple[float, float]:
     return origin, origin
 
 
-__all__ = ["CUT_LEAD_SECONDS", "FRAME_SECONDS", "HANDOFF_PARAMETER", "Takeover", "placement", "takeover_mode"]
+class AudioWatch:
+    """Sees every frame of one stream before it is trimmed (a stream handle calls :meth:`feed`)."""
+
+    def __init__(self, track: str) -> None:
+        self.track = track
+        self.data = bytearray()
+
+    def feed(self, track: str, timestamp_ms: int, pos: int, payload: bytes) -> None:
+        raise NotImplementedError
+
+
+class Probe(AudioWatch):
+    """The new stream's first inbound audio, from its timestamp 0; ``on_full`` gets it once."""
+
+    def __init__(self, track: str, on_full: Callable[[bytes], None]) -> None:
+        super().__init__(track)
+        self.on_full: Callable[[bytes], None] | None = on_full
+
+    def feed(self, track: str, timestamp_ms: int, pos: int, payload: bytes) -> None:
+        if track != self.track or self.on_full is None:
+            return
+        if timestamp_ms * 8 != len(self.data):  # a frame missing: no contiguous probe
+            self.on_full = None
+            return
+        self.data += payload
+        if len(self.data) >= PROBE_BYTES:
+            callback, self.on_full = self.on_full, None
+            callback(bytes(self.data[:PROBE_BYTES]))
+
+
+class Recent(AudioWatch):
+    """The old stream's recent inbound audio, by call-clock byte (``at``: the first one kept)."""
+
+    def __init__(self, track: str) -> None:
+        super().__init__(track)
+        self.at = 0
+
+    def feed(self, track: str, timestamp_ms: int, pos: int, payload: bytes) -> None:
+        if track != self.track:
+            return
+        if pos != self.at + len(self.data):
+            self.data.clear()
+            self.at = pos
+        self.data += payload
+        excess = len(self.data) - RECENT_BYTES
+        if excess > 0:
+            del self.data[:excess]
+            self.at += excess
+
+    def find(self, probe: bytes) -> float | None:
+        """The call-clock second where ``probe`` was heard, if only once and not a constant (silence)."""
+        if len(set(probe)) < 8:
+            return None
+        i = self.data.find(probe)
+        if i < 0 or self.data.rfind(probe) != i:
+            return None
+        return (self.at + i) / 8000
+
+
+__all__ = [
+    "CUT_LEAD_SECONDS",
+    "FRAME_SECONDS",
+    "HANDOFF_PARAMETER",
+    "PROBE_BYTES",
+    "AudioWatch",
+    "Probe",
+    "Recent",
+    "Takeover",
+    "placement",
+    "takeover_mode",
+]

@@ -81,6 +81,8 @@ class _Stream:
         self.chunks = dict.fromkeys(call.tracks, 0)
         self.ws: websockets.ClientConnection | None = None
         self.task: asyncio.Task[None] | None = None
+        #: Frames go to the stream from the first tick after its ``start``: that is its timestamp 0.
+        self.started = False
         self.stopping = False
 
     def _next(self) -> str:
@@ -102,6 +104,7 @@ class _Stream:
                 info = tm.StartInfo(account_sid=call.twilio.account_sid, stream_sid=rec.sid, call_sid=call.call_sid,
                                     tracks=list(call.tracks), custom_parameters=dict(rec.parameters))  # fmt: skip
                 await self._send(tm.Start(sequence_number=self._next(), stream_sid=rec.sid, start=info))
+                self.started = True
                 while (frame := await self.queue.get()) is not None:
                     if rec.first_frame is None:
                         rec.first_frame = frame
@@ -183,7 +186,7 @@ class SimulatedCall:
             if delay > 0:
                 await asyncio.sleep(delay)
             for stream in list(self.streams.values()):
-                if not stream.stopping:
+                if stream.started and not stream.stopping:
                     stream.queue.put_nowait(frame)
         self.frame = self.frames
         self.hang_up()

@@ -54,7 +54,7 @@ class StreamsApi:
         for i, (key, value) in enumerate(list(parameters.items())[:MAX_PARAMETERS], start=1):
             kwargs[f"parameter{i}_name"] = key
             kwargs[f"parameter{i}_value"] = value
-        streams = self._client.api.v2010.calls(call_sid).streams
+        streams = self._client.api.v2010.account.calls(call_sid).streams
         try:
             stream = await asyncio.to_thread(streams.create, **kwargs)
         except (TwilioException, OSError) as exc:
@@ -66,7 +66,7 @@ class StreamsApi:
 
     async def stop(self, call_sid: str, stream_sid: str) -> None:
         """Stop one stream of ``call_sid`` (Twilio sends its ``stop`` and closes the socket)."""
-        stream = self._client.api.v2010.calls(call_sid).streams(stream_sid)
+        stream = self._client.api.v2010.account.calls(call_sid).streams(stream_sid)
         try:
             await asyncio.to_thread(stream.update, status="stopped")
         except (TwilioException, OSError) as exc:
