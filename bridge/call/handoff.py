@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 MAX_STREAMS = 4
 #: How often each instance writes its calls' audio position.
 HEARTBEAT_SECONDS = 1.0
+#: How long a stream Twilio reports stopped (not failed) waits before it counts as lost.
+STOPPED_GRACE_SECONDS = 2.0
 #: How often the call record is read while two instances hand a call over.
 POLL_SECONDS = 0.1
 #: Seconds the new instance holds its recording frames beyond the handoff deadline before it gives up
@@ -288,14 +290,17 @@ class StreamHandoff:
 
     # -- any instance: a stream ended (the stream status callback) --------------------------------
 
-    def stream_ended(self, call_sid: str, stream_sid: str) -> None:
-        """Twilio says a stream of ``call_sid`` ended; replace it if that left the call without one."""
+    def stream_ended(self, call_sid: str, stream_sid: str, *, error: bool) -> None:
+        """Twilio says a stream of ``call_sid`` ended; replace it if that left the call without one.
+        A clean stop is looked at after :data:`STOPPED_GRACE_SECONDS`: the instance that carried the
+        stream saw its ``stop`` and says so by then (the call ended, or a TwiML ``<Stop>``)."""
         if self.enabled:
-            self.carrier.background(self.recover(call_sid, stream_sid))
+            self.carrier.background(self.recover(call_sid, stream_sid, 0.0 if error else STOPPED_GRACE_SECONDS))
 
-    async def recover(self, call_sid: str, stream_sid: str) -> None:
+    async def recover(self, call_sid: str, stream_sid: str, delay: float = 0.0) -> None:
         c = self.carrier
         assert self.api is not None
+        await asyncio.sleep(delay)
         try:
             if not await c.store.claim_recovery(call_sid, stream_sid):
                 return

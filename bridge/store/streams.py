@@ -20,9 +20,10 @@ from bridge.store.client import StoreBase
 _OVER = ("completed", "busy", "failed", "no-answer", "canceled")
 
 # KEYS: live set, call hash. ARGV: the StreamSid that ended, then the final call statuses.
-# 1 when the caller now owns the recovery of an active call left without a stream, else 0.
+# 1 when the caller now owns the recovery of an active call left without a stream, else 0. A stream
+# its own instance saw stop (a ``stop``, a TwiML <Stop><Stream>) has left the set already: never replaced.
 _CLAIM = """
-redis.call('SREM', KEYS[1], ARGV[1])
+if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 if redis.call('SCARD', KEYS[1]) > 0 then return 0 end
 if redis.call('HGET', KEYS[2], 'status') ~= 'active' then return 0 end
 local call_status = redis.call('HGET', KEYS[2], 'call_status')
@@ -65,8 +66,8 @@ class StreamRecords(StoreBase):
         return int(await self.client.scard(self.keys.live_streams(call_sid)))
 
     async def claim_recovery(self, call_sid: str, stream_sid: str) -> bool:
-        """``stream_sid`` ended: True when this caller must replace it (the call is active, no other
-        stream of it runs, and nobody claimed its recovery yet)."""
+        """``stream_sid`` ended: True when this caller must replace it (its instance did not see it end,
+        the call is active, no other stream of it runs, and nobody claimed its recovery yet)."""
         keys = [self.keys.live_streams(call_sid), self.keys.call(call_sid)]
         return bool(await self._claim_script(keys=keys, args=[stream_sid, *_OVER]))
 

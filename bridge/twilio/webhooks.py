@@ -59,7 +59,7 @@ class CallStore(Protocol):
 class StreamWatcher(Protocol):
     """Told of every stream end (``app.state.stream_watcher``: :class:`bridge.call.handoff.StreamHandoff`)."""
 
-    def stream_ended(self, call_sid: str, stream_sid: str) -> None: ...
+    def stream_ended(self, call_sid: str, stream_sid: str, *, error: bool) -> None: ...
 
 
 class _Reject(Exception):
@@ -243,7 +243,8 @@ async def stream_status(request: Request) -> Response:
     await store.update_call(status.call_sid, fields)
     watcher: StreamWatcher | None = getattr(request.app.state, "stream_watcher", None)
     if watcher is not None and status.stream_event != "stream-started":
-        watcher.stream_ended(status.call_sid, status.stream_sid)  # a call left without a stream gets a new one
+        # A call left without a stream gets a new one (bridge.call.handoff).
+        watcher.stream_ended(status.call_sid, status.stream_sid, error=status.stream_event == "stream-error")
     log = logger.warning if status.stream_event == "stream-error" else logger.info
     log(
         "stream %s %s%s",
