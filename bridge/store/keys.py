@@ -21,8 +21,9 @@ key                                    type        content
                                                    of events.ServedSpan / events.LiveGap),
                                                    ``custom.<name>`` stream parameters, ``finals``
                                                    count; stream handoff: ``audio_at`` heartbeat,
-                                                   ``handoff_stream``/``handoff_at``/``handoff_done``,
-                                                   ``recovering``, ``stream_gaps`` JSON list)
+                                                   ``handoff_stream``/``handoff_at``/``handoff_probe``/
+                                                   ``handoff_origin``/``handoff_done``, ``recovering``,
+                                                   ``stream_gaps`` JSON list)
 ``P:call:{<sid>}:streams``             zset        every StreamSid the call had, scored by start time
 ``P:call:{<sid>}:live_streams``        set         StreamSids of the call's streams still running (the
                                                    one a status callback says ended leaves; none left
