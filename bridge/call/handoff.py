@@ -35,6 +35,7 @@ import binascii
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import redis.exceptions
@@ -88,6 +89,8 @@ class StreamHandoff:
         s = carrier.settings
         self.api = api if api is not None else (StreamsApi(s) if s.handoff_enabled else None)
         self._heartbeat: asyncio.Task[None] | None = None
+        #: Calls being handed off (a second drain of the same call only ends it).
+        self._handing: set[str] = set()
 
     @property
     def enabled(self) -> bool:
@@ -112,8 +115,11 @@ class StreamHandoff:
             await asyncio.sleep(HEARTBEAT_SECONDS)
             for sid, session in list(c.sessions.items()):
                 if session.open_streams and not session.ending:
-                    fields = {"audio_at": repr(round(session.audio_end, 3))}
-                    c.writer.call(sid, "audio_at", lambda sid=sid, f=fields: c.store.update_call(sid, f))  # type: ignore[misc]
+                    c.writer.call(sid, "audio_at", self._write(sid, {"audio_at": repr(round(session.audio_end, 3))}))
+
+    def _write(self, call_sid: str, fields: dict[str, str]) -> Callable[[], Awaitable[None]]:
+        store = self.carrier.store
+        return lambda: store.update_call(call_sid, fields)
 
     # -- the new instance: a stream that takes a call over ------------------------------------------
 
@@ -188,7 +194,9 @@ class StreamHandoff:
     async def drain(self, session: CallSession, timeout: float) -> None:
         """Hand the call to another instance, or wait for it to end (``<Connect>``), or end it."""
         c = self.carrier
-        if c.settings.stream_mode == "connect":
+        if session.call_sid in self._handing:
+            pass  # a drain already hands it off; this one (shutdown after the drain's time) ends it
+        elif c.settings.stream_mode == "connect":
             c.metrics.handoffs.labels("connect_mode").inc()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(session.over.wait(), max(0.0, timeout - 2.0))
@@ -210,10 +218,19 @@ class StreamHandoff:
 
     async def hand_off(self, session: CallSession, timeout: float) -> bool:
         """Move ``session``'s call to a replacement stream on another instance; False if it did not."""
-        c, sid = self.carrier, session.call_sid
+        sid = session.call_sid
         mine = session.open_streams
         if self.api is None or not mine or session.ending:
             return False
+        self._handing.add(sid)
+        try:
+            return await self._hand_off(session, mine, timeout)
+        finally:
+            self._handing.discard(sid)
+
+    async def _hand_off(self, session: CallSession, mine: list[StreamHandle], timeout: float) -> bool:
+        c, sid, api = self.carrier, session.call_sid, self.api
+        assert api is not None
         for handle in mine:
             handle.watch = Recent(_track(handle))
         deadline = time.monotonic() + min(timeout, c.settings.handoff_seconds)
@@ -223,8 +240,8 @@ class StreamHandoff:
                 c.metrics.handoffs.labels("limit").inc()
                 log.warning("cannot hand the call off: %d streams already run", MAX_STREAMS, extra={"call_sid": sid})
                 return False
-            new_sid = await self.api.start(sid, url=url, status_callback=callback,
-                                           parameters=self._parameters(sid, mine[-1].custom, "drain"))  # fmt: skip
+            new_sid = await api.start(sid, url=url, status_callback=callback,
+                                      parameters=self._parameters(sid, mine[-1].custom, "drain"))  # fmt: skip
         except _ERRORS as exc:
             c.metrics.handoffs.labels("failed").inc()
             log.error("cannot hand the call off: %s", exc, extra={"call_sid": sid})
@@ -235,7 +252,7 @@ class StreamHandoff:
             log.error("the replacement stream %s delivered nothing in time; ending the call here", new_sid,
                       extra={"call_sid": sid})  # fmt: skip
             with contextlib.suppress(*_ERRORS):
-                await self.api.stop(sid, new_sid)
+                await api.stop(sid, new_sid)
             return False
         if session.audio_end > cut + 0.1:
             log.warning("learned the cut %.2f s at %.2f s: the audio between is transcribed twice", cut,
@@ -251,7 +268,7 @@ class StreamHandoff:
             await c.store.update_call(sid, {"handoff_done": repr(cut)})
         for handle in mine:
             with contextlib.suppress(*_ERRORS):
-                await self.api.stop(sid, handle.stream_sid)
+                await api.stop(sid, handle.stream_sid)
         c.metrics.handoffs.labels("handed_off").inc()
         log.info("call handed off to stream %s at %.2f s", new_sid, cut, extra={"call_sid": sid})
         return True
