@@ -11,8 +11,9 @@ A :class:`SimulatedCall` plays its two legs in real time on the call's own clock
 per track per tick, to every stream it has open, each stream the way Twilio sends it
 (https://www.twilio.com/docs/voice/media-streams/websocket-messages): ``connected``, ``start`` with
 the ``customParameters``, then ``media`` with the stream's own ``sequenceNumber``, per-track
-``chunk`` and a ``timestamp`` in milliseconds *from that stream's start* (a stream opened 20 s into
-the call sends its first frame with timestamp 0), and ``stop`` when the stream or the call ends.
+``chunk`` and a ``timestamp`` in milliseconds *from that stream's start* (its first frame is the
+call's first 20 ms after its ``start`` message: a stream opened 20 s into the call sends it with
+timestamp 0), and ``stop`` when the stream or the call ends.
 Every stream end (stopped through the API, the call over, or the socket lost because the instance
 behind it died) is posted, signed, to the stream's ``StatusCallback`` as ``stream-stopped`` or
 ``stream-error`` (https://www.twilio.com/docs/voice/twiml/stream#statuscallback).
