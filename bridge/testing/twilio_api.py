@@ -210,8 +210,11 @@ class SimulatedCall:
             self._tasks = {t for t in self._tasks if not t.done()}
 
     async def aclose(self) -> None:
-        if self._clock is not None:
-            self._clock.cancel()
+        """Hang up now (if still in progress) and wait for the streams' ends to be reported."""
+        clock, self._clock = self._clock, None
+        if clock is not None:
+            clock.cancel()
+            await asyncio.gather(clock, return_exceptions=True)
         self.hang_up()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(10):

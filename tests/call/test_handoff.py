@@ -195,3 +195,29 @@ def test_handoff_settings_are_checked_at_start_up() -> None:
     for bad in ({"TWILIO_API_KEY": "SK1"}, {"TWILIO_API_BASE_URL": "ftp://x"}, {"BRIDGE_HANDOFF_SECONDS": "0"}):
         with pytest.raises(SettingsError):
             Settings.from_env({**env, **bad})
+
+
+@pytest.mark.parametrize("bridge", [{"handoff_seconds": 1.0}], indirect=True)
+async def test_a_handoff_no_instance_takes_ends_the_call_as_before(bridge: Bridge) -> None:
+    # One instance only: the replacement stream comes back to it, is refused (draining), and fails.
+    call_sid = "CA" + "e4" * 16
+    twiml = build_twiml(bridge.settings, call_sid=call_sid, from_="+15550100001", to="+15550100002",
+                        http_base=bridge.settings.public_url, ws_base=bridge.settings.public_ws_url)  # fmt: skip
+    call = bridge.twilio.call(call_sid, {"inbound": _audio(8), "outbound": _audio(8)})
+    await call.answer(twiml)
+    await _until(lambda: _streams_open(bridge, call_sid, 1), "the stream")
+    await call.at(1.0)
+    await bridge.calls.drain(10)
+    info = await bridge.store.get_call(call_sid)
+    assert info is not None and info.status == "ended" and info.end_reason == "bridge shutdown"
+    assert metric(bridge.app.state.metrics.render().decode(), "bridge_stream_handoffs_total",
+                  result="no_replacement") == 1  # fmt: skip
+    _first, replacement = call.history
+    assert replacement.ended == "error" and replacement.first_frame is None  # refused before its start
+    assert ("stream-error", replacement.sid, 204) in bridge.twilio.callbacks
+    # The refused stream never ran: its end starts no recovery (no loop of replacements).
+    await bridge.calls.handoff.recover(call_sid, replacement.sid)  # what its stream-error callback ran
+    assert metric(bridge.app.state.metrics.render().decode(), "bridge_stream_recoveries_total",
+                  result="started") == 0  # fmt: skip
+    assert len(call.history) == 2
+    await call.aclose()
