@@ -166,7 +166,7 @@ class StreamHandoff:
     async def _release_when_done(self, session: CallSession, handle: StreamHandle) -> None:
         """Take the exact placement the old instance found, and continue the recording once it closed
         it at the cut (or it never will)."""
-        cut, placed = handle.begin, False
+        cut, placed, done = handle.begin, False, False
         deadline = time.monotonic() + self.carrier.settings.handoff_seconds + _HOLD_SLACK
         while session.held is not None and not session.ended and time.monotonic() < deadline:
             with contextlib.suppress(*_ERRORS):
@@ -180,6 +180,7 @@ class StreamHandoff:
                                  extra={"call_sid": session.call_sid})  # fmt: skip
                         handle.place(origin)
                 if info is not None and float(info.extra.get("handoff_done", "") or -1) == cut:
+                    done = True
                     break
             await asyncio.sleep(POLL_SECONDS)
         else:
@@ -187,7 +188,7 @@ class StreamHandoff:
                 log.warning("the instance handing this call over never closed its recording; continuing it",
                             extra={"call_sid": session.call_sid})  # fmt: skip
         if not session.ended:
-            session.release_held()
+            session.release_held(at_cut=done)
 
     # -- the draining instance --------------------------------------------------------------------
 

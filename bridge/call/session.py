@@ -354,8 +354,9 @@ class CallSession:
         await handle.start()
         return handle
 
-    def release_held(self) -> None:
-        """The instance this call was handed from has closed the recording: continue it at the cut."""
+    def release_held(self, *, at_cut: bool = True) -> None:
+        """Continue the recording with the frames held: at the cut, where the instance this call was
+        handed from closed it; or (``at_cut=False``: it never said so) on the call clock, a gap in silence."""
         held, self.held = self.held, None
         if held is None or self.recording is not None or self.recording_error or not self.streams:
             return
@@ -363,7 +364,7 @@ class CallSession:
         rec = self.recording
         if rec is None:
             return
-        rec.anchor(round(self.streams[0].begin * SAMPLE_RATE))
+        rec.anchor(round(self.streams[0].begin * SAMPLE_RATE) if at_cut else rec.resumed_frames)
         for track, pos, payload in held:
             rec.write(track, pos, payload)
 
@@ -452,7 +453,7 @@ class CallSession:
             for pipeline in self.streams[-1].pipelines.values() if self.streams else ():
                 self._record_coverage(pipeline.track, pipeline.stream.state)  # the last word on spans and gaps
             self.ended = True
-            self.release_held()  # a handoff that never completed: keep the audio held so far
+            self.release_held(at_cut=False)  # a handoff that never completed: keep the audio held so far
             job = self._close_recording()
             if self.handed_off:  # the next instance continues the file and queues it at the call's end
                 job = None
