@@ -204,6 +204,9 @@ async def test_sigkill_leaves_one_reported_gap_and_the_rest_of_the_call_transcri
     assert info is not None
     (gap,) = info.stream_gaps
     assert AT - 2 < gap.start < gap.end < gap.start + 5, gap
+    async with httpx.AsyncClient(timeout=10) as client:  # what an operator reads, through the proxy
+        document = (await client.get(f"{stack.front.url}/calls/{call_sid}")).json()
+    assert document["stream_gaps"] == [{"start": gap.start, "end": gap.end}]
     assert await other.metric("bridge_stream_gaps_total") == 1
     assert await other.metric("bridge_stream_recoveries_total", result="started") == 1
 
