@@ -25,7 +25,13 @@ from bridge.recognizers.base import Recognizer
 from bridge.recognizers.resilience import RetryPolicy
 from bridge.settings import Settings
 from bridge.store import Store
-from bridge.twilio.media import WS_INVALID_PAYLOAD, WS_POLICY_VIOLATION, StreamHandler, StreamRejected
+from bridge.twilio.media import (
+    WS_INVALID_PAYLOAD,
+    WS_POLICY_VIOLATION,
+    WS_TRY_AGAIN_LATER,
+    StreamHandler,
+    StreamRejected,
+)
 from bridge.twilio.models import Start
 
 log = logging.getLogger(__name__)
@@ -87,6 +93,9 @@ class CallManager:
         takeover = await self.handoff.takeover_of(start)
         session = await self._session(call_sid)
         try:
+            if takeover is not None and session.resume is None and not session.streams:
+                # Where the call is now is unknown (no record, Redis away): its audio cannot be placed.
+                raise StreamRejected(WS_TRY_AGAIN_LATER, "cannot place a takeover stream: the call's start is unknown")
             handle = await session.attach(start, options, takeover)
             self.handoff.attached(session, handle, takeover)
             return handle

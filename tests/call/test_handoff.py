@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import websockets
 from starlette.applications import Starlette
 
 from bridge.call.manager import CallManager
@@ -221,3 +222,16 @@ async def test_a_handoff_no_instance_takes_ends_the_call_as_before(bridge: Bridg
                   result="started") == 0  # fmt: skip
     assert len(call.history) == 2
     await call.aclose()
+
+
+async def test_a_takeover_stream_of_a_call_with_no_record_is_refused(bridge: Bridge) -> None:
+    # Its audio could not be placed on the call's clock: better no transcript than a wrong one.
+    call_sid = "CA" + "e5" * 16
+    stream = TwilioStream(bridge.media_url, call_sid, auth_token=TOKEN, custom_parameters={"handoff": "drain"})
+    async with stream:
+        assert stream.ws is not None
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            async with asyncio.timeout(10):
+                await stream.ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+    assert call_sid not in bridge.calls.sessions and await bridge.store.get_call(call_sid) is None
