@@ -33,8 +33,10 @@ end
 return redis.call('HSETNX', KEYS[2], 'recovering', ARGV[1])
 """
 
-# KEYS: call hash. ARGV: start, end. Appends one gap to the JSON list (created when absent).
+# KEYS: call hash, its tombstone. ARGV: start, end, field. Appends one gap to the JSON list (created
+# when absent); nothing for an erased call.
 _ADD_GAP = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local raw = redis.call('HGET', KEYS[1], ARGV[3])
 local gaps = {}
 if raw then
@@ -75,7 +77,8 @@ class StreamRecords(StoreBase):
         await self.client.hdel(self.keys.call(call_sid), "recovering")
 
     async def add_stream_gap(self, call_sid: str, start: float, end: float) -> None:
-        await self._gap_script(keys=[self.keys.call(call_sid)], args=[round(start, 3), round(end, 3), F_STREAM_GAPS])
+        keys = [self.keys.call(call_sid), self.keys.tombstone(call_sid)]
+        await self._gap_script(keys=keys, args=[round(start, 3), round(end, 3), F_STREAM_GAPS])
 
 
 __all__ = ["StreamRecords"]

@@ -46,3 +46,12 @@ async def test_stream_gaps_are_kept_on_the_call_record_in_order(store: Store) ->
     assert (await store.get_call("CA1")).stream_gaps == []  # type: ignore[union-attr]
     await store.add_stream_gap("CA1", 50.0, 51.0)
     assert [(g.start, g.end) for g in (await store.get_call("CA1")).stream_gaps] == [(50.0, 51.0)]  # type: ignore[union-attr]
+
+
+async def test_an_erased_call_gets_no_gap_and_no_recovery(store: Store) -> None:
+    await store.call_started("CA3", stream_sid="MZ1", tracks=["inbound"], started_at=time.time())
+    await store.delete_call("CA3")
+    await store.add_stream_gap("CA3", 1.0, 2.0)
+    assert not await store.claim_recovery("CA3", "MZ1")
+    assert await store.get_call("CA3") is None
+    assert [k for k in store.keys.call_keys("CA3") if await store.client.exists(k)] == []
