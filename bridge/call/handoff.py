@@ -237,6 +237,9 @@ class StreamHandoff:
         deadline = time.monotonic() + min(timeout, c.settings.handoff_seconds)
         url, callback = self._urls()
         try:
+            info = await c.store.get_call(sid)
+            if info is not None and info.extra.get("source") == "browser":
+                return False  # a browser capture (bridge.browser), not a Twilio call: the page starts again
             if await c.store.live_stream_count(sid) >= MAX_STREAMS:
                 c.metrics.handoffs.labels("limit").inc()
                 log.warning("cannot hand the call off: %d streams already run", MAX_STREAMS, extra={"call_sid": sid})

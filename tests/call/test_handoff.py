@@ -24,6 +24,7 @@ from bridge.testing.twilio_api import FakeTwilio
 from bridge.twilio.streams_api import StreamsApi, StreamsApiError
 from bridge.twilio.webhooks import build_twiml
 from tests.support.bridges import metric
+from tests.support.capture import close_of, open_capture, started
 from tests.support.nginx import free_port
 
 TOKEN = "handoff-unit-token"
@@ -93,6 +94,11 @@ async def test_the_fake_twilio_streams_a_call_and_its_api_starts_and_stops_strea
     # A replacement stream's timestamps restart at 0: its first frame is later in the call.
     (record,) = [r for r in call.history if r.sid == second]
     assert record.parameters["note"] == "second" and record.parameters["token"] == first.parameters["token"]
+
+    async def streaming() -> bool:
+        return record.frames_sent >= 5
+
+    await _until(streaming, "the second stream's audio")
     await api.stop(call_sid, second)
     await _until(lambda: _streams_open(bridge, call_sid, 1), "the second stream's stop at the bridge")
     await _until(lambda: _called_back(bridge.twilio, second), "the stream status callback")
@@ -235,3 +241,22 @@ async def test_a_takeover_stream_of_a_call_with_no_record_is_refused(bridge: Bri
                 await stream.ws.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
     assert call_sid not in bridge.calls.sessions and await bridge.store.get_call(call_sid) is None
+
+
+async def test_a_browser_capture_is_not_a_twilio_call_and_is_not_handed_off(bridge: Bridge) -> None:
+    ws = await open_capture(f"http://127.0.0.1:{bridge.settings.port}")
+    call_sid = (await started(ws))["call_sid"]
+    for i in range(0, 1600, 160):
+        await ws.send(_audio(0.2)[i : i + 160])
+
+    async def labelled() -> bool:
+        info = await bridge.store.get_call(call_sid)
+        return info is not None and info.extra.get("source") == "browser"
+
+    await _until(labelled, "the browser label")
+    await bridge.calls.drain(10)
+    await ws.send(_audio(0.02))  # the capture notices the drain with its next frame
+    assert (await close_of(ws))[0] == 1001
+    info = await bridge.store.get_call(call_sid)
+    assert info is not None and info.end_reason == "bridge shutdown"
+    assert bridge.twilio.requests == []  # Twilio's API was not asked about a call it does not have
