@@ -132,9 +132,8 @@ class StreamHandoff:
             return Takeover("drain")
         lost_at = None
         with contextlib.suppress(*_ERRORS):
-            info = await self.carrier.store.get_call(start.start.call_sid)
-            if info is not None:
-                lost_at = float(info.extra.get("audio_at", "") or 0.0)
+            state = await self.carrier.store.handoff_state(start.start.call_sid)
+            lost_at = float(state.audio_at or 0.0)
         return Takeover("recover", lost_at)
 
     def attached(self, session: CallSession, handle: StreamHandle, takeover: Takeover | None) -> None:
@@ -170,8 +169,8 @@ class StreamHandoff:
         deadline = time.monotonic() + self.carrier.settings.handoff_seconds + _HOLD_SLACK
         while session.held is not None and not session.ended and time.monotonic() < deadline:
             with contextlib.suppress(*_ERRORS):
-                info = await self.carrier.store.get_call(session.call_sid)
-                found = _mine(info.extra.get("handoff_origin", ""), handle.stream_sid) if info else None
+                state = await self.carrier.store.handoff_state(session.call_sid)
+                found = _mine(state.handoff_origin, handle.stream_sid)
                 if found and not placed:
                     placed = True
                     origin = float(found)
@@ -179,7 +178,7 @@ class StreamHandoff:
                         log.info("replacement stream placed at %.3f s (estimated %.3f s)", origin, handle.origin,
                                  extra={"call_sid": session.call_sid})  # fmt: skip
                         handle.place(origin)
-                if info is not None and float(info.extra.get("handoff_done", "") or -1) == cut:
+                if float(state.handoff_done or -1) == cut:
                     done = True
                     break
             await asyncio.sleep(POLL_SECONDS)
@@ -237,8 +236,7 @@ class StreamHandoff:
         deadline = time.monotonic() + min(timeout, c.settings.handoff_seconds)
         url, callback = self._urls()
         try:
-            info = await c.store.get_call(sid)
-            if info is not None and info.extra.get("source") == "browser":
+            if (await c.store.handoff_state(sid)).source == "browser":
                 return False  # a browser capture (bridge.browser), not a Twilio call: the page starts again
             if await c.store.live_stream_count(sid) >= MAX_STREAMS:
                 c.metrics.handoffs.labels("limit").inc()
@@ -280,9 +278,9 @@ class StreamHandoff:
     async def _replacement_cut(self, call_sid: str, new_sid: str, deadline: float) -> float | None:
         while time.monotonic() < deadline:
             with contextlib.suppress(*_ERRORS):
-                info = await self.carrier.store.get_call(call_sid)
-                if info is not None and info.extra.get("handoff_stream") == new_sid:
-                    return float(info.extra["handoff_at"])
+                state = await self.carrier.store.handoff_state(call_sid)
+                if state.handoff_stream == new_sid:
+                    return float(state.handoff_at)
             await asyncio.sleep(POLL_SECONDS)
         return None
 
@@ -293,8 +291,7 @@ class StreamHandoff:
         origin = "-"
         while recent and time.monotonic() < deadline:
             with contextlib.suppress(*_ERRORS):
-                info = await self.carrier.store.get_call(call_sid)
-                probe = _mine(info.extra.get("handoff_probe", ""), new_sid) if info else None
+                probe = _mine((await self.carrier.store.handoff_state(call_sid)).handoff_probe, new_sid)
                 if probe:
                     audio = base64.b64decode(probe, validate=True)
                     found = [p for w in recent if (p := w.find(audio)) is not None]
@@ -305,6 +302,7 @@ class StreamHandoff:
             handle.watch = None
         with contextlib.suppress(*_ERRORS):
             await self.carrier.store.update_call(call_sid, {"handoff_origin": f"{new_sid} {origin}"})
+            await self.carrier.store.forget_probe(call_sid)
         if origin == "-":
             log.warning("could not find the replacement stream's audio in ours: its placement is estimated",
                         extra={"call_sid": call_sid})  # fmt: skip

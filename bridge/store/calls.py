@@ -43,8 +43,12 @@ _F_FINALS = "finals"
 _F_AUDIO_END = "audio_end"
 #: JSON list of StreamGap (written by :mod:`bridge.store.streams`).
 F_STREAM_GAPS = "stream_gaps"
+#: The instances' own bookkeeping of stream handoff (:class:`bridge.store.streams.HandoffState`): not
+#: part of the call's document.
+HANDOFF_FIELDS = ("audio_at", "handoff_stream", "handoff_at", "handoff_probe", "handoff_origin", "handoff_done",
+                  "recovering")  # fmt: skip
 _KNOWN = frozenset({_F_STATUS, _F_STARTED, _F_ENDED, _F_REASON, _F_ACCOUNT, _F_FROM, _F_TO, _F_FINALS,
-                    F_STREAM_GAPS})  # fmt: skip
+                    F_STREAM_GAPS, *HANDOFF_FIELDS})  # fmt: skip
 _TRACK_PREFIX = "track."
 _RECOGNIZER_PREFIX = "recognizer."
 _SERVED_PREFIX = "served."
@@ -354,4 +358,4 @@ class CallRecords(StoreBase):
         return calls
 
 
-__all__ = ["FINALS_FIELD", "F_STREAM_GAPS", "TRACK_ORDER", "CallInfo", "CallRecords", "StreamGap"]
+__all__ = ["FINALS_FIELD", "F_STREAM_GAPS", "HANDOFF_FIELDS", "TRACK_ORDER", "CallInfo", "CallRecords", "StreamGap"]

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import functools
 
+import msgspec
 from redis.commands.core import AsyncScript
 
-from bridge.store.calls import F_STREAM_GAPS
-from bridge.store.client import StoreBase
+from bridge.store.calls import F_STREAM_GAPS, HANDOFF_FIELDS
+from bridge.store.client import StoreBase, text
 
 #: Twilio call statuses after which a call has nothing left to stream.
 _OVER = ("completed", "busy", "failed", "no-answer", "canceled")
@@ -49,6 +50,26 @@ return #gaps
 """
 
 
+class HandoffState(msgspec.Struct, kw_only=True):
+    """What the instances handing a call over have written on its record (strings as stored, "" when
+    absent; :mod:`bridge.call.handoff` parses them and never trusts them to parse)."""
+
+    #: Call-clock second the carrying instance's audio had reached at its last heartbeat.
+    audio_at: str = ""
+    #: The replacement stream that took the call over, and its cut (call-clock second).
+    handoff_stream: str = ""
+    handoff_at: str = ""
+    #: ``"<StreamSid> <base64>"``: the replacement's first inbound audio, until it is placed.
+    handoff_probe: str = ""
+    #: ``"<StreamSid> <second>"``: where the old instance found that audio (``-``: not found).
+    handoff_origin: str = ""
+    #: The cut up to which the old instance wrote the recording and stored its finals.
+    handoff_done: str = ""
+    recovering: str = ""
+    #: ``browser`` for a browser capture (not a Twilio call).
+    source: str = ""
+
+
 class StreamRecords(StoreBase):
     """The call's running streams, the recovery claim and the stream gaps."""
 
@@ -59,6 +80,15 @@ class StreamRecords(StoreBase):
     @functools.cached_property
     def _gap_script(self) -> AsyncScript:
         return self.client.register_script(_ADD_GAP)
+
+    async def handoff_state(self, call_sid: str) -> HandoffState:
+        names = [*HANDOFF_FIELDS, "source"]
+        values = await self.client.hmget(self.keys.call(call_sid), names)
+        return HandoffState(**{n: text(v) for n, v in zip(names, values, strict=True) if v is not None})
+
+    async def forget_probe(self, call_sid: str) -> None:
+        """The replacement was placed: its audio leaves the record."""
+        await self.client.hdel(self.keys.call(call_sid), "handoff_probe")
 
     async def stream_closed(self, call_sid: str, stream_sid: str) -> None:
         """This instance saw the stream end (``stop``, or its socket closed)."""
@@ -81,4 +111,4 @@ class StreamRecords(StoreBase):
         await self._gap_script(keys=keys, args=[round(start, 3), round(end, 3), F_STREAM_GAPS])
 
 
-__all__ = ["StreamRecords"]
+__all__ = ["HandoffState", "StreamRecords"]

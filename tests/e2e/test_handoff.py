@@ -165,10 +165,12 @@ async def test_sigterm_hands_the_call_to_the_other_instance_without_losing_or_do
     info = await store.get_call(call_sid)
     assert info is not None and info.end_reason == "twilio stop" and info.stream_gaps == []
     assert set(info.stream_sids) == {first.sid, second.sid}
-    cut = float(info.extra["handoff_at"])
-    assert AT < cut < AT + 5 and cut == int(cut)
+    state = await store.handoff_state(call_sid)
+    cut = float(state.handoff_at)
+    assert AT < cut < AT + 5 and cut == int(cut) and float(state.handoff_done) == cut
+    assert state.handoff_probe == "" and "handoff_at" not in info.extra  # bookkeeping, not the call's document
     # The new stream was placed on the call clock exactly where its audio was heard.
-    placed = info.extra["handoff_origin"].split()
+    placed = state.handoff_origin.split()
     assert placed[0] == second.sid
     assert float(placed[1]) == pytest.approx((second.first_frame - first.first_frame) * 0.02, abs=1e-6)
 
