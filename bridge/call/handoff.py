@@ -128,13 +128,14 @@ class StreamHandoff:
         mode = takeover_mode(start.start.custom_parameters)
         if mode is None:
             return None
-        if mode == "drain":
-            return Takeover("drain")
-        lost_at = None
+        lost_at, info = None, None
         with contextlib.suppress(*_ERRORS):
-            state = await self.carrier.store.handoff_state(start.start.call_sid)
-            lost_at = float(state.audio_at or 0.0)
-        return Takeover("recover", lost_at)
+            info = await self.carrier.store.get_call(start.start.call_sid)
+            if mode == "recover":
+                lost_at = float((await self.carrier.store.handoff_state(start.start.call_sid)).audio_at or 0.0)
+        if info is None:
+            return Takeover(mode, lost_at)
+        return Takeover(mode, lost_at, served=info.served, gaps=info.gaps)
 
     def attached(self, session: CallSession, handle: StreamHandle, takeover: Takeover | None) -> None:
         """A takeover stream started here: tell the old instance the cut, or record the gap."""

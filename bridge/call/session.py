@@ -385,6 +385,9 @@ class CallSession:
         pipelines = [p for h in self.streams for p in h.pipelines.values() if p.track == track]
         served = [copy(span) for p in pipelines for span in p.stream.served]
         gaps = [copy(gap) for p in pipelines for gap in p.stream.gaps]
+        if self.takeover is not None and self.streams:  # the part another instance carried comes first
+            before = self.takeover.coverage_before(track, self.streams[0].begin)
+            served, gaps = before[0] + served, before[1] + gaps
         store = self.manager.store
         self.manager.writer.call(
             self.call_sid, "recognizer_state",

@@ -16,6 +16,10 @@ import math
 from collections.abc import Callable
 from typing import Literal
 
+import msgspec
+
+from bridge.events import LiveGap, ServedSpan
+
 #: The ``<Parameter>`` that marks a stream the bridge started itself, and why.
 HANDOFF_PARAMETER = "handoff"
 #: The cut is at least this long after the replacement's start: time for the draining instance to learn it.
@@ -35,6 +39,19 @@ class Takeover:
     mode: Literal["drain", "recover"]
     #: ``recover``: the call-clock second the lost stream's instance last reported (the gap starts there).
     lost_at: float | None = None
+    #: Per track, which recognizer served which span and what was not transcribed live, as the call's
+    #: record said when this stream started (the other instance's part of the call).
+    served: dict[str, list[ServedSpan]] = dataclasses.field(default_factory=dict)
+    gaps: dict[str, list[LiveGap]] = dataclasses.field(default_factory=dict)
+
+    def coverage_before(self, track: str, begin: float) -> tuple[list[ServedSpan], list[LiveGap]]:
+        """The other instance's spans of ``track``, ended where its audio stopped counting."""
+        until = self.lost_at if self.mode == "recover" and self.lost_at is not None else begin
+        replace = msgspec.structs.replace
+        served = [replace(s, end=min(until, until if s.end is None else s.end))
+                  for s in self.served.get(track, []) if s.start < until]  # fmt: skip
+        gaps = [replace(g, end=min(until, g.end)) for g in self.gaps.get(track, []) if g.start < until]
+        return served, gaps
 
 
 def takeover_mode(parameters: dict[str, str]) -> Literal["drain", "recover"] | None:

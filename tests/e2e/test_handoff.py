@@ -169,6 +169,10 @@ async def test_sigterm_hands_the_call_to_the_other_instance_without_losing_or_do
     cut = float(state.handoff_at)
     assert AT < cut < AT + 5 and cut == int(cut) and float(state.handoff_done) == cut
     assert state.handoff_probe == "" and "handoff_at" not in info.extra  # bookkeeping, not the call's document
+    for track in ("inbound", "outbound"):  # each instance's recognizer served its side of the cut
+        mine, *theirs = info.served[track]
+        assert (mine.start, mine.end) == (0.0, cut) and [s.start for s in theirs] == [cut], info.served
+        assert info.gaps.get(track, []) == []
     # The new stream was placed on the call clock exactly where its audio was heard.
     placed = state.handoff_origin.split()
     assert placed[0] == second.sid
@@ -209,6 +213,9 @@ async def test_sigkill_leaves_one_reported_gap_and_the_rest_of_the_call_transcri
     async with httpx.AsyncClient(timeout=10) as client:  # what an operator reads, through the proxy
         document = (await client.get(f"{stack.front.url}/calls/{call_sid}")).json()
     assert document["stream_gaps"] == [{"start": gap.start, "end": gap.end}]
+    for track in ("inbound", "outbound"):  # the dead instance served up to the gap, the new one after it
+        lost, *replaced = info.served[track]
+        assert (lost.start, lost.end) == (0.0, gap.start) and [s.start for s in replaced] == [gap.end], info.served
     assert await other.metric("bridge_stream_gaps_total") == 1
     assert await other.metric("bridge_stream_recoveries_total", result="started") == 1
 
