@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 
 from bridge.call.manager import CallManager
 from bridge.call.takeover import Recent, Takeover, placement
+from bridge.events import LiveGap, ServedSpan
 from bridge.server import running_bridge
 from bridge.settings import Settings, SettingsError
 from bridge.store import Store
@@ -189,6 +190,19 @@ def test_a_replacement_stream_is_placed_on_the_call_clock() -> None:
     recent.feed("inbound", 0, 20000, audio[12000:])
     assert recent.find(audio[9600:11200]) == (8000 + 9600) / 8000
     assert recent.find(b"\xff" * 1600) is None  # silence is everywhere: no placement from it
+
+
+def test_the_other_instances_coverage_ends_where_its_audio_stopped_counting() -> None:
+    served = {"inbound": [ServedSpan("deepgram", 0.0, 8.0), ServedSpan("elevenlabs", 8.0, None, True)]}
+    gaps = {"inbound": [LiveGap(3.0, 4.0, "catchup"), LiveGap(20.5, 25.0, "closing")]}
+    drain = Takeover("drain", served=served, gaps=gaps)
+    assert drain.coverage_before("inbound", 21.0) == (
+        [ServedSpan("deepgram", 0.0, 8.0), ServedSpan("elevenlabs", 8.0, 21.0, True)],
+        [LiveGap(3.0, 4.0, "catchup"), LiveGap(20.5, 21.0, "closing")],
+    )
+    lost = Takeover("recover", 19.7, served=served, gaps=gaps)
+    assert lost.coverage_before("inbound", 20.04)[0][-1] == ServedSpan("elevenlabs", 8.0, 19.7, True)
+    assert drain.coverage_before("outbound", 21.0) == ([], [])
 
 
 def test_handoff_settings_are_checked_at_start_up() -> None:
