@@ -241,6 +241,9 @@ def create_app(
                                   metrics=metrics)  # fmt: skip
             await admission.start()
             stack.push_async_callback(admission.stop)
+            await calls.handoff.start()
+            stack.push_async_callback(calls.handoff.stop)
+            app.state.stream_watcher = calls.handoff
             app.state.admission = admission
             await stack.enter_async_context(sweeping(store, settings, local_calls=lambda: calls.sessions.keys()))
             await stack.enter_async_context(sending(store, settings, metrics.registry))

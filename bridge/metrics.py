@@ -90,6 +90,18 @@ class Metrics:
             "bridge_recording_failures_total", "Call recordings stopped by a write error (the calls went on)",
             registry=r,
         )
+        self.handoffs = Counter(
+            "bridge_stream_handoffs_total", "Calls this instance had to give up on drain, by outcome "
+            "(handed_off, no_replacement, failed, limit, connect_mode)", ["result"], registry=r,
+        )  # fmt: skip
+        self.recoveries = Counter(
+            "bridge_stream_recoveries_total", "Replacement streams started for calls that lost theirs (started, "
+            "failed)", ["result"], registry=r,
+        )  # fmt: skip
+        self.stream_gaps = Counter("bridge_stream_gaps_total", "Call time spans no stream carried (an instance "
+                                   "died mid-call)", registry=r)  # fmt: skip
+        self.stream_gap_seconds = Counter("bridge_stream_gap_seconds_total", "Call time no stream carried",
+                                          registry=r)  # fmt: skip
         self.media_streams = Gauge("bridge_media_streams", "Twilio media sockets open", registry=r,
                                    multiprocess_mode="livesum")  # fmt: skip
         self.store_outages = Counter(

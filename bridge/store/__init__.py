@@ -10,6 +10,7 @@ name in :mod:`bridge.store.keys`:
 - :mod:`~bridge.store.results`: the batch pass's transcript and quality figures;
 - :mod:`~bridge.store.compliance`: live alerts and compliance reports;
 - :mod:`~bridge.store.deletion`: erasing a call, and the tombstone every writer of a call checks;
+- :mod:`~bridge.store.streams`: which streams of a call still run (stream handoff, crash recovery);
 - :mod:`~bridge.store.writeback`: the write-behind the call path talks to (never waits on Redis);
 - :mod:`~bridge.store.redis_embedded`: the redis-server started when no ``REDIS_URL`` is given.
 
@@ -39,10 +40,11 @@ from bridge.store.jobs import Backlog, JobQueue, RecordingJob
 from bridge.store.keys import Keys
 from bridge.store.redis_embedded import EmbeddedRedis
 from bridge.store.results import BatchResults
+from bridge.store.streams import StreamRecords
 from bridge.store.writeback import FinalsWriter
 
 
-class Store(CallRecords, FinalLog, BatchResults, ComplianceLog):
+class Store(CallRecords, FinalLog, BatchResults, ComplianceLog, StreamRecords):
     """The bridge's Redis store. All methods raise redis errors when Redis is unreachable.
 
     ``client`` is a single server's client or a Redis Cluster's (``url``: the one it was made from,

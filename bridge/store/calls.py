@@ -41,7 +41,14 @@ _F_TO = "to"
 _F_FINALS = "finals"
 #: Call-clock second the call's audio reached when it ended (where a returning CallSid resumes).
 _F_AUDIO_END = "audio_end"
-_KNOWN = frozenset({_F_STATUS, _F_STARTED, _F_ENDED, _F_REASON, _F_ACCOUNT, _F_FROM, _F_TO, _F_FINALS})
+#: JSON list of StreamGap (written by :mod:`bridge.store.streams`).
+F_STREAM_GAPS = "stream_gaps"
+#: The instances' own bookkeeping of stream handoff (:class:`bridge.store.streams.HandoffState`): not
+#: part of the call's document.
+HANDOFF_FIELDS = ("audio_at", "handoff_stream", "handoff_at", "handoff_probe", "handoff_origin", "handoff_done",
+                  "recovering")  # fmt: skip
+_KNOWN = frozenset({_F_STATUS, _F_STARTED, _F_ENDED, _F_REASON, _F_ACCOUNT, _F_FROM, _F_TO, _F_FINALS,
+                    F_STREAM_GAPS, *HANDOFF_FIELDS})  # fmt: skip
 _TRACK_PREFIX = "track."
 _RECOGNIZER_PREFIX = "recognizer."
 _SERVED_PREFIX = "served."
@@ -65,6 +72,14 @@ return 1
 """
 
 
+class StreamGap(msgspec.Struct):
+    """Call time no stream carried: the instance carrying the call died and a replacement stream
+    started (``start``: the last second its heartbeat reported; ``end``: the replacement's start)."""
+
+    start: float
+    end: float
+
+
 class CallInfo(msgspec.Struct, kw_only=True, omit_defaults=False):
     """What the store knows about one call (the ``GET /calls/{sid}`` document)."""
 
@@ -86,6 +101,8 @@ class CallInfo(msgspec.Struct, kw_only=True, omit_defaults=False):
     #: Per track: spans not transcribed live (the batch pass has them), with the reason.
     gaps: dict[str, list[events.LiveGap]] = msgspec.field(default_factory=dict)
     finals: int = 0
+    #: Call time not carried by any stream (an instance died mid-call), in order.
+    stream_gaps: list[StreamGap] = msgspec.field(default_factory=list)
     #: Twilio ``<Parameter>`` values of the stream.
     custom: dict[str, str] = msgspec.field(default_factory=dict)
     #: Every other field set with :meth:`CallRecords.update_call` (status callbacks and the like).
@@ -105,6 +122,7 @@ def _float(value: str | None) -> float:
 
 _served_decoder = msgspec.json.Decoder(list[events.ServedSpan])
 _gaps_decoder = msgspec.json.Decoder(list[events.LiveGap])
+_stream_gaps_decoder = msgspec.json.Decoder(list[StreamGap])
 _encoder = msgspec.json.Encoder()
 
 
@@ -128,6 +146,7 @@ def _call_info(call_sid: str, fields: dict[str, str], stream_sids: list[str]) ->
         to_number=fields.get(_F_TO, ""),
         finals=int(_float(fields.get(_F_FINALS))),
         stream_sids=stream_sids,
+        stream_gaps=_decode(fields.get(F_STREAM_GAPS, "[]"), _stream_gaps_decoder) or [],
     )
     for name, value in sorted(fields.items()):
         if name in _KNOWN:
@@ -183,6 +202,8 @@ class CallRecords(StoreBase):
             pipe.hdel(key, _F_ENDED, _F_REASON)
             if stream_sid:
                 pipe.zadd(k.streams(call_sid), {stream_sid: started_at}, nx=True)
+                pipe.sadd(k.live_streams(call_sid), stream_sid)
+                pipe.hdel(key, "recovering")  # a stream runs again: a later loss may be recovered
             for name in k.call_keys(call_sid):
                 pipe.persist(name)
             pipe.hget(key, _F_STARTED)
@@ -337,4 +358,4 @@ class CallRecords(StoreBase):
         return calls
 
 
-__all__ = ["FINALS_FIELD", "TRACK_ORDER", "CallInfo", "CallRecords"]
+__all__ = ["FINALS_FIELD", "F_STREAM_GAPS", "HANDOFF_FIELDS", "TRACK_ORDER", "CallInfo", "CallRecords", "StreamGap"]

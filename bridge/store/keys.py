@@ -20,8 +20,14 @@ key                                    type        content
                                                    transcribed live as ``gaps.<track>`` (JSON lists
                                                    of events.ServedSpan / events.LiveGap),
                                                    ``custom.<name>`` stream parameters, ``finals``
-                                                   count)
+                                                   count; stream handoff: ``audio_at`` heartbeat,
+                                                   ``handoff_stream``/``handoff_at``/``handoff_probe``/
+                                                   ``handoff_origin``/``handoff_done``, ``recovering``,
+                                                   ``stream_gaps`` JSON list)
 ``P:call:{<sid>}:streams``             zset        every StreamSid the call had, scored by start time
+``P:call:{<sid>}:live_streams``        set         StreamSids of the call's streams still running (the
+                                                   one a status callback says ended leaves; none left
+                                                   while the call is active: a stream was lost)
 ``P:call:{<sid>}:finals``              list        final JSON documents; index ``i`` holds ``seq=i+1``
 ``P:call:{<sid>}:final_ids``           hash        final id -> seq (makes writing a final idempotent)
 ``P:call:{<sid>}:batch``               string      the call's compliance transcript
@@ -108,6 +114,10 @@ class Keys:
     def streams(self, call_sid: str) -> str:
         return f"{self.call(call_sid)}:streams"
 
+    def live_streams(self, call_sid: str) -> str:
+        """set: StreamSids of the call's streams that have not ended (see :mod:`bridge.store.streams`)."""
+        return f"{self.call(call_sid)}:live_streams"
+
     def finals(self, call_sid: str) -> str:
         return f"{self.call(call_sid)}:finals"
 
@@ -143,6 +153,7 @@ class Keys:
         return [
             self.call(call_sid),
             self.streams(call_sid),
+            self.live_streams(call_sid),
             self.finals(call_sid),
             self.final_ids(call_sid),
             self.batch_transcript(call_sid),

@@ -56,6 +56,12 @@ class CallStore(Protocol):
         ...
 
 
+class StreamWatcher(Protocol):
+    """Told of every stream end (``app.state.stream_watcher``: :class:`bridge.call.handoff.StreamHandoff`)."""
+
+    def stream_ended(self, call_sid: str, stream_sid: str, *, error: bool) -> None: ...
+
+
 class _Reject(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
@@ -235,6 +241,10 @@ async def stream_status(request: Request) -> Response:
         fields["stream_error"] = status.stream_error
     store: CallStore = request.app.state.store
     await store.update_call(status.call_sid, fields)
+    watcher: StreamWatcher | None = getattr(request.app.state, "stream_watcher", None)
+    if watcher is not None and status.stream_event != "stream-started":
+        # A call left without a stream gets a new one (bridge.call.handoff).
+        watcher.stream_ended(status.call_sid, status.stream_sid, error=status.stream_event == "stream-error")
     log = logger.warning if status.stream_event == "stream-error" else logger.info
     log(
         "stream %s %s%s",
@@ -314,6 +324,7 @@ routes: list[Route] = [
 __all__ = [
     "MAX_FORM_BYTES",
     "CallStore",
+    "StreamWatcher",
     "build_twiml",
     "call_status",
     "job_from_form",

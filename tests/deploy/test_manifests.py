@@ -39,8 +39,10 @@ def test_the_bridge_pods_outlive_their_drain() -> None:
     (bridge,) = [d for d in _documents() if d["kind"] == "Deployment" and d["metadata"]["name"] == "bridge"]
     pod = bridge["spec"]["template"]["spec"]
     args = build_parser().parse_args(pod["containers"][0]["command"][1:])
-    # The drain, then uvicorn's own shutdown (up to 5 s), must end before the kubelet's SIGKILL.
-    assert pod["terminationGracePeriodSeconds"] > args.drain_seconds + 5
+    # preStop, the drain, then uvicorn's own shutdown (up to 5 s), must end before the kubelet's SIGKILL.
+    pre_stop = pod["containers"][0].get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    pause = float(pre_stop[1]) if pre_stop[:1] == ["sleep"] else 0.0
+    assert pod["terminationGracePeriodSeconds"] > pause + args.drain_seconds + 5
     assert pod["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 

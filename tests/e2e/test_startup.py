@@ -37,7 +37,7 @@ async def test_a_healthy_bridge_is_ready(
     redis_url: str, redis_prefix: str, tmp_path: Path, scripted: ScriptedDeepgramServer
 ) -> None:
     env = bridge_env(redis_url, redis_prefix, scripted.url, BRIDGE_PUBLIC_URL="https://b.example",
-                     BRIDGE_SUBSCRIBER_SECRET="s")  # fmt: skip
+                     BRIDGE_SUBSCRIBER_SECRET="s", TWILIO_ACCOUNT_SID=ACCOUNT)  # fmt: skip
     async with BridgeProcess(tmp_path / "bridge", env) as bridge:
         status, body = await _ready(bridge)
     assert status == 200

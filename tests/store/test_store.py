@@ -110,7 +110,7 @@ async def test_call_ended_moves_index_and_applies_retention(store: Store) -> Non
     await store.call_started("CA2", stream_sid="MZ2", tracks=["inbound"], started_at=now - 5)
     await store.add_final(final("CA1", "inbound", 1.0, "hello"))
     held = [k for k in store.keys.call_keys("CA1") if await store.client.exists(k)]
-    assert len(held) == 4  # metadata, streams, finals, final ids
+    assert len(held) == 5  # metadata, streams, live streams, finals, final ids
     for key in held:
         assert await store.client.ttl(key) == -1  # no expiry while active
 
