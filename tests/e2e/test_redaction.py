@@ -228,6 +228,7 @@ async def test_a_card_split_across_two_finals_never_reaches_redis_or_a_subscribe
     from bridge.settings import Settings
     from bridge.testing import ScriptedDeepgramServer, TwilioStream
     from tests.support.calls import send, speech
+    from tests.support.capture import until
 
     sid = "CA" + "5b" * 16
     script = ["my card is", "4111 1111", "1111 1111", "thanks bye"]
@@ -240,6 +241,9 @@ async def test_a_card_split_across_two_finals_never_reaches_redis_or_a_subscribe
         async with running_bridge(settings) as (_app, http):
             ws = http.replace("http://", "ws://")
             async with TwilioStream(f"{ws}/twilio/media", sid, auth_token=TWILIO_TOKEN) as stream:
+                # The call record is written as the bridge handles `start`: subscribe once it exists
+                # (before, the subscription is refused 4404 unknown call).
+                await until(lambda: _app.state.store.get_call(sid))
                 async with websockets.connect(f"{ws}/calls/{sid}/live") as sub:
                     await send(stream, speech(4.0, 5))
                     await stream.stop()
