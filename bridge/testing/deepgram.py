@@ -29,7 +29,6 @@ import hashlib
 import logging
 import uuid
 import zlib
-from types import TracebackType
 from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
@@ -40,6 +39,7 @@ from websockets.http11 import Request, Response
 
 from bridge.audio import MULAW_SILENCE as SILENCE
 from bridge.recognizers.deepgram import wire
+from bridge.testing._local import AsyncServer
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class ScriptedConnection:
         return parse_qsl(urlsplit(self.path).query, keep_blank_values=True)
 
 
-class ScriptedDeepgramServer:
+class ScriptedDeepgramServer(AsyncServer):
     """A deterministic Deepgram live server for tests and load benchmarks.
 
     ``async with ScriptedDeepgramServer() as server:`` then point a client at ``server.url``.
@@ -168,15 +168,6 @@ class ScriptedDeepgramServer:
         await self._server.wait_closed()
         self._server = None
         self._stopping.clear()
-
-    async def __aenter__(self) -> ScriptedDeepgramServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # -- fault hooks -------------------------------------------------------------------------
 

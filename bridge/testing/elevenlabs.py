@@ -23,7 +23,6 @@ import binascii
 import dataclasses
 import logging
 import uuid
-from types import TracebackType
 from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
@@ -33,6 +32,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from bridge.recognizers.elevenlabs import wire
+from bridge.testing._local import AsyncServer
 from bridge.testing.deepgram import window_word
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class ScribeConnection:
         return [c.previous_text for c in self.chunks if c.previous_text is not None]
 
 
-class ScriptedScribeServer:
+class ScriptedScribeServer(AsyncServer):
     """``async with ScriptedScribeServer() as server:`` then point a client at ``server.url``."""
 
     def __init__(self, *, window_seconds: float = 1.0, partial_seconds: float = 0.2, api_key: str | None = None):
@@ -97,15 +97,6 @@ class ScriptedScribeServer:
         self._server.close(close_connections=False)
         await self._server.wait_closed()
         self._server = None
-
-    async def __aenter__(self) -> ScriptedScribeServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # -- fault hooks -------------------------------------------------------------------------
 

@@ -30,18 +30,17 @@ import logging
 import secrets
 import time
 import xml.etree.ElementTree as ET
-from types import TracebackType
 from typing import Literal
 from urllib.parse import parse_qsl
 
 import httpx
-import uvicorn
 import websockets
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bridge.testing._local import LocalHTTPServer
 from bridge.twilio import models as tm
 from bridge.twilio.auth import SIGNATURE_HEADER, sign
 
@@ -221,7 +220,7 @@ class SimulatedCall:
                 await self.finished()
 
 
-class FakeTwilio:
+class FakeTwilio(LocalHTTPServer):
     """``async with FakeTwilio(account_sid, auth_token) as twilio:`` point ``TWILIO_API_BASE_URL`` at
     ``twilio.base``; ``twilio.call(call_sid, audio)`` places a call."""
 
@@ -233,9 +232,7 @@ class FakeTwilio:
         #: Every REST request, as (method path, HTTP status), and every callback, as (event, StreamSid, status).
         self.requests: list[tuple[str, int]] = []
         self.callbacks: list[tuple[str, str, int]] = []
-        self.base = ""
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        super().__init__()
 
     def call(self, call_sid: str, audio: dict[tm.Track, bytes]) -> SimulatedCall:
         call = self.calls[call_sid] = SimulatedCall(self, call_sid, audio)
@@ -316,37 +313,15 @@ class FakeTwilio:
         self.requests.append((f"POST {request.url.path}", 200))
         return JSONResponse(self._resource(call, stream.record, "stopped"))
 
-    async def start(self) -> None:
+    def app(self) -> Starlette:
         routes = [Route(_API + "/Streams.json", self._create, methods=["POST"]),
                   Route(_API + "/Streams/{sid}", self._update, methods=["POST"])]  # fmt: skip
-        self._server = uvicorn.Server(uvicorn.Config(Starlette(routes=routes), host="127.0.0.1", port=0,
-                                                     log_level="warning", lifespan="off"))  # fmt: skip
-        self._task = asyncio.create_task(self._server.serve())
-        async with asyncio.timeout(10):
-            while not self._server.started:
-                if self._task.done():
-                    self._task.result()
-                await asyncio.sleep(0.01)
-        port = self._server.servers[0].sockets[0].getsockname()[1]
-        self.base = f"http://127.0.0.1:{port}"
+        return Starlette(routes=routes)
 
     async def stop(self) -> None:
         for call in list(self.calls.values()):
             await call.aclose()
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._task, 10)
-        self._server = self._task = None
-
-    async def __aenter__(self) -> FakeTwilio:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
+        await super().stop()
 
 
 __all__ = ["MAX_STREAMS", "FakeTwilio", "SimulatedCall", "StreamRecord"]

@@ -14,22 +14,19 @@ So a two-channel recording is served downmixed to one 16-bit PCM channel unless 
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import dataclasses
 import io
 import wave
-from types import TracebackType
 
 import numpy as np
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from bridge.audio import parse_wav
+from bridge.testing._local import LocalHTTPServer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +51,7 @@ def downmix(raw: bytes) -> bytes:
     return out.getvalue()
 
 
-class TwilioRecordingsServer:
+class TwilioRecordingsServer(LocalHTTPServer):
     """``async with TwilioRecordingsServer(account_sid, auth_token) as twilio: url = twilio.add(sid, wav)``."""
 
     def __init__(self, account_sid: str, auth_token: str) -> None:
@@ -64,9 +61,7 @@ class TwilioRecordingsServer:
         self.fetches: list[Fetch] = []
         #: Twilio debugger warnings raised by requests (16113).
         self.warnings: list[int] = []
-        self.base = ""
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        super().__init__()
 
     def add(self, recording_sid: str, wav: bytes) -> str:
         """Store a recording; returns its ``RecordingUrl`` (no extension, as Twilio's callback sends it)."""
@@ -91,34 +86,8 @@ class TwilioRecordingsServer:
         self.fetches.append(Fetch(sid, requested, parse_wav(body).channels))
         return Response(body, media_type="audio/x-wav")
 
-    async def start(self) -> None:
-        app = Starlette(routes=[Route("/2010-04-01/Accounts/{account}/Recordings/{name}", self._media)])
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                                     lifespan="off"))  # fmt: skip
-        self._task = asyncio.create_task(self._server.serve())
-        async with asyncio.timeout(10):
-            while not self._server.started:
-                if self._task.done():
-                    self._task.result()
-                await asyncio.sleep(0.01)
-        port = self._server.servers[0].sockets[0].getsockname()[1]
-        self.base = f"http://127.0.0.1:{port}"
-
-    async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._task, 10)
-        self._server = self._task = None
-
-    async def __aenter__(self) -> TwilioRecordingsServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route("/2010-04-01/Accounts/{account}/Recordings/{name}", self._media)])
 
 
 __all__ = ["Fetch", "TwilioRecordingsServer", "downmix"]
