@@ -410,7 +410,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     f.add_argument("--subscribers", type=int, default=100, help="in all: half WebSocket, half SSE")
     f.add_argument("--calls", type=int, default=1, help="concurrent two-leg calls; subscribers spread evenly")
     f.add_argument("--seconds", type=float, default=20.0, help="length of the call once all subscribers joined")
-    f.add_argument("--connect-batch", type=int, default=100,
+    f.add_argument("--connect-batch", type=int, default=50,
                    help="subscribers connected at a time (each batch joins before the next)")  # fmt: skip
     f.add_argument("--window", type=float, default=0.5, help="null recognizer: seconds of audio per final")
     f.add_argument("--partial", type=float, default=0.1, help="null recognizer: seconds of audio per partial")

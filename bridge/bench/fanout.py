@@ -21,6 +21,7 @@ import contextlib
 import secrets
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,8 @@ class SubscriberResult(msgspec.Struct):
     finals: int
     #: Finals sent by the recognizer after every subscriber joined that this one never got.
     missed: int
+    #: Of those, finals sent in phase 1 (the measured half).
+    missed_phase1: int
     duplicated: int
     latency: Percentiles
 
@@ -63,6 +66,7 @@ class CallResult(msgspec.Struct):
     latency: Percentiles
     worst_subscriber_p99_ms: float
     missed: int
+    missed_phase1: int
     duplicated: int
 
 
@@ -93,9 +97,13 @@ class FanoutResult(msgspec.Struct):
     per_call: list[CallResult] = []
     per_call_p99_min_ms: float = float("nan")
     per_call_p99_max_ms: float = float("nan")
+    #: Finals missed in phase 1 (``missed_total`` counts both phases).
+    missed_phase1: int = 0
     duplicated_total: int = 0
     #: Subscribers that never joined (refused, failed or timed out).
     connect_failures: int = 0
+    #: Subscriber errors ("connect: ..." before joining, "after join: ..." e.g. dropped as too slow) by count.
+    subscriber_errors: dict[str, int] = {}
     connect_seconds: float = 0.0
     connect_batch: int = 0
     #: CPU of the bridge process and of this harness (all subscribers and calls) in phase 1, in cores.
@@ -227,11 +235,12 @@ def _analyse(args: argparse.Namespace, run: _Run, nofile: int) -> tuple[FanoutRe
     subs: list[SubscriberResult] = []
     for rx in run.receivers:
         lat = []
-        missed = 0
+        missed = missed1 = 0
         for f in live[rx.call]:
             got = rx.finals.get((f.track, round(f.start, 3)))
             if got is None:
                 missed += 1
+                missed1 += f.sent < run.pad_at
             elif f.sent < run.pad_at:
                 lat.append(got - f.sent)
             else:
@@ -239,20 +248,25 @@ def _analyse(args: argparse.Namespace, run: _Run, nofile: int) -> tuple[FanoutRe
         per_kind[rx.kind] += lat
         per_call_lat[rx.call] += lat
         subs.append(SubscriberResult(kind=rx.kind, call=rx.call, finals=len(rx.finals), missed=missed,
-                                     duplicated=rx.duplicates, latency=common.summarize(lat)))
+                                     missed_phase1=missed1, duplicated=rx.duplicates,
+                                     latency=common.summarize(lat)))
     per_call = []
     for i, lat in per_call_lat.items():
         mine = [s for s in subs if s.call == i]
         per_call.append(CallResult(
             call=i, subscribers=len(mine), finals_sent=len(live[i]), latency=common.summarize(lat),
             worst_subscriber_p99_ms=max((s.latency.p99 for s in mine if s.latency.n), default=float("nan")),
-            missed=sum(s.missed for s in mine), duplicated=sum(s.duplicated for s in mine)))
+            missed=sum(s.missed for s in mine), missed_phase1=sum(s.missed_phase1 for s in mine),
+            duplicated=sum(s.duplicated for s in mine)))
     call_p99 = [c.latency.p99 for c in per_call if c.latency.n]
     all_lat = per_kind["ws"] + per_kind["sse"]
     summary = common.summarize(all_lat)
     missed_total = sum(s.missed for s in subs)
+    missed_phase1 = sum(s.missed_phase1 for s in subs)
     duplicated_total = sum(s.duplicated for s in subs)
     connect_failures = sum(not rx.connected for rx in run.receivers)
+    errors = Counter(f"{'after join' if rx.connected else 'connect'}: {rx.error[:160]}"
+                     for rx in run.receivers if rx.error or not rx.connected)
     n_ws = args.subscribers // 2
     result = FanoutResult(
         kind="fanout", command=args.command, machine=common.machine(),
@@ -261,13 +275,15 @@ def _analyse(args: argparse.Namespace, run: _Run, nofile: int) -> tuple[FanoutRe
         seconds=args.seconds, finals_sent=sum(len(v) for v in live.values()), latency_all=summary,
         latency_ws=common.summarize(per_kind["ws"]), latency_sse=common.summarize(per_kind["sse"]),
         worst_subscriber_p99_ms=max((s.latency.p99 for s in subs if s.latency.n), default=float("nan")),
-        missed_total=missed_total, slow=run.slow, latency_during_slow=common.summarize(phase2),
+        missed_total=missed_total, missed_phase1=missed_phase1, slow=run.slow,
+        latency_during_slow=common.summarize(phase2),
         slow_text_bytes=args.slow_text_bytes, target_p99_ms=args.target_ms,
         passed=(summary.n > 0 and summary.p99 < args.target_ms and missed_total == 0 and run.slow.dropped
                 and duplicated_total == 0 and connect_failures == 0),
         calls=len(run.calls), per_call=per_call, per_call_p99_min_ms=min(call_p99, default=float("nan")),
         per_call_p99_max_ms=max(call_p99, default=float("nan")), duplicated_total=duplicated_total,
-        connect_failures=connect_failures, connect_seconds=round(run.connect_seconds, 2),
+        connect_failures=connect_failures, subscriber_errors=dict(errors.most_common(10)),
+        connect_seconds=round(run.connect_seconds, 2),
         connect_batch=args.connect_batch, bridge_cores=run.bridge_cores, harness_cores=run.harness_cores,
         nofile_limit=nofile,
     )
@@ -283,15 +299,18 @@ def render(r: FanoutResult) -> str:
             if r.slow.dropped else f"not dropped (close code {r.slow.close_code})")
     calls = "One two-leg call" if r.calls == 1 else f"{r.calls} concurrent two-leg calls"
     spread = "" if r.calls == 1 else ", spread evenly over the calls (the slow one on the first)"
+    errors = "".join(f"\n- {n} x {e}" for e, n in r.subscriber_errors.items())
+    errors = f"\nSubscriber errors (most frequent first):\n{errors}\n" if errors else ""
+    missed = f"{r.missed_total} ({r.missed_phase1} of them in phase 1)" if r.missed_total else "0"
     per_call = ""
     if r.calls > 1:
         call_rows = [[c.call, c.subscribers, c.finals_sent, *_cells(c.latency), f"{c.worst_subscriber_p99_ms:.1f}",
-                      c.missed, c.duplicated] for c in r.per_call]
+                      f"{c.missed_phase1} / {c.missed}", c.duplicated] for c in r.per_call]
         per_call = f"""
 Per call (phase 1): p99 from {r.per_call_p99_min_ms:.2f} ms (best call) to {r.per_call_p99_max_ms:.2f} ms (worst call).
 
 {common.md_table(["call", "subscribers", "finals sent", "n", "p50 ms", "p95 ms", "p99 ms", "max ms",
-                  "worst subscriber p99 ms", "missed", "duplicated"], call_rows)}
+                  "worst subscriber p99 ms", "missed (phase 1 / all)", "duplicated"], call_rows)}
 """
     return f"""# Bridge fan-out benchmark (null recognizer)
 
@@ -307,12 +326,13 @@ Target p99 < {r.target_p99_ms:g} ms: **{"pass" if r.passed else "FAIL"}**.
 
 {common.md_table(["subscribers", "n", "p50 ms", "p95 ms", "p99 ms", "max ms"], rows)}
 
-Worst single subscriber p99: {r.worst_subscriber_p99_ms:.1f} ms. Finals missed by fast subscribers: {r.missed_total}.
+Worst single subscriber p99: {r.worst_subscriber_p99_ms:.1f} ms. Finals missed by fast subscribers: {missed}.
 {per_call}
-Finals duplicated: {r.duplicated_total}. Subscriber connect failures: {r.connect_failures} (all joined in
-{r.connect_seconds:g} s, batches of {r.connect_batch}, before the measurement; RLIMIT_NOFILE {r.nofile_limit}).
+Finals duplicated: {r.duplicated_total}. Subscriber connect failures: {r.connect_failures} (connects took
+{r.connect_seconds:g} s, batches of {r.connect_batch}, before the measurement; RLIMIT_NOFILE {r.nofile_limit};
+the bridge has no per-process subscriber cap to raise).
 CPU in phase 1: bridge {r.bridge_cores:.2f} cores, this harness (calls and subscribers) {r.harness_cores:.2f} cores.
-
+{errors}
 Phase 1 (first half of the call) is measured above. In phase 2 the null recognizer pads every transcript
 to {r.slow_text_bytes} bytes so the slow subscriber (4 KiB receive buffer, never reads) backs up: {slow}.
 Meanwhile the fast subscribers' final-to-subscriber latency was {common.fmt(r.latency_during_slow)}
