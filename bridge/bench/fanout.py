@@ -109,6 +109,9 @@ class FanoutResult(msgspec.Struct):
     #: CPU of the bridge process and of this harness (all subscribers and calls) in phase 1, in cores.
     bridge_cores: float = float("nan")
     harness_cores: float = float("nan")
+    #: How late a 20 ms timer fired in this harness's event loop in phase 1: a late loop stamps
+    #: arrivals late, so a large lag means the harness, not the bridge, adds to the latency.
+    harness_loop_lag: Percentiles = msgspec.field(default_factory=lambda: common.summarize([]))
     nofile_limit: int = 0
 
 
@@ -130,8 +133,18 @@ class _Run:
         self.joined = self.pad_at = 0.0
         self.connect_seconds = 0.0
         self.bridge_cores = self.harness_cores = float("nan")
+        self.loop_lag: list[float] = []
         self.slow = SlowSubscriber(dropped=False, close_code=None, close_reason="", seconds_to_drop=None)
         self.finals: list[FinalSent] = []
+
+
+async def _loop_lag(into: list[float], period: float = 0.02) -> None:
+    """Record how late each ``period`` timer fires until cancelled."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + period
+        await asyncio.sleep(period)
+        into.append(max(0.0, loop.time() - due))
 
 
 async def _wait_for_records(client: httpx.AsyncClient, calls: list[SimCall]) -> None:
@@ -175,7 +188,9 @@ async def _live(args: argparse.Namespace, bridge: common.BridgeProcess, null: co
         await asyncio.sleep(0.5)
         meter = common.CpuMeter(common.children(bridge.pid))
         cpu0 = time.process_time()
+        lag = asyncio.create_task(_loop_lag(run.loop_lag))
         await asyncio.sleep(max(0.0, args.seconds / 2 - 0.5))
+        lag.cancel()
         run.pad_at = time.monotonic()
         run.bridge_cores = round(meter.read(), 3)
         run.harness_cores = round((time.process_time() - cpu0) / (run.pad_at - run.joined), 3)
@@ -285,6 +300,7 @@ def _analyse(args: argparse.Namespace, run: _Run, nofile: int) -> tuple[FanoutRe
         connect_failures=connect_failures, subscriber_errors=dict(errors.most_common(10)),
         connect_seconds=round(run.connect_seconds, 2),
         connect_batch=args.connect_batch, bridge_cores=run.bridge_cores, harness_cores=run.harness_cores,
+        harness_loop_lag=common.summarize(run.loop_lag),
         nofile_limit=nofile,
     )
     progress(f"final-to-subscriber: {common.fmt(summary)}; missed {missed_total}, duplicated {duplicated_total}, "
@@ -322,7 +338,7 @@ Recognizer: {r.recognizer}. Definition: {r.definition}.
 
 {calls} for {r.seconds:g} s; {r.subscribers_ws} WebSocket + {r.subscribers_sse} SSE subscribers{spread};
 subscriber queue bound {r.subscriber_queue}; {r.finals_sent} finals sent after all subscribers joined (both phases).
-Target p99 < {r.target_p99_ms:g} ms: **{"pass" if r.passed else "FAIL"}**.
+Target p99 < {r.target_p99_ms:g} ms: **{"pass" if r.passed else "FAIL"}**{_why(r)}.
 
 {common.md_table(["subscribers", "n", "p50 ms", "p95 ms", "p99 ms", "max ms"], rows)}
 
@@ -331,7 +347,8 @@ Worst single subscriber p99: {r.worst_subscriber_p99_ms:.1f} ms. Finals missed b
 Finals duplicated: {r.duplicated_total}. Subscriber connect failures: {r.connect_failures} (connects took
 {r.connect_seconds:g} s, batches of {r.connect_batch}, before the measurement; RLIMIT_NOFILE {r.nofile_limit};
 the bridge has no per-process subscriber cap to raise).
-CPU in phase 1: bridge {r.bridge_cores:.2f} cores, this harness (calls and subscribers) {r.harness_cores:.2f} cores.
+CPU in phase 1: bridge {r.bridge_cores:.2f} cores, this harness (calls and subscribers) {r.harness_cores:.2f} cores;
+the harness's event loop ran late by {common.fmt(r.harness_loop_lag)} (20 ms timer).
 {errors}
 Phase 1 (first half of the call) is measured above. In phase 2 the null recognizer pads every transcript
 to {r.slow_text_bytes} bytes so the slow subscriber (4 KiB receive buffer, never reads) backs up: {slow}.
@@ -340,6 +357,18 @@ Meanwhile the fast subscribers' final-to-subscriber latency was {common.fmt(r.la
 
 ![final-to-subscriber latency](latency_distributions.png)
 """
+
+
+def _why(r: FanoutResult) -> str:
+    """What failed, when the run did not pass."""
+    if r.passed:
+        return ""
+    why = [text for bad, text in (
+        (not r.latency_all.n, "nothing measured"), (r.latency_all.p99 >= r.target_p99_ms, "p99 over the target"),
+        (r.missed_total > 0, "finals missed"), (r.duplicated_total > 0, "finals duplicated"),
+        (r.connect_failures > 0, "subscribers failed to connect"), (not r.slow.dropped, "slow subscriber not dropped"),
+    ) if bad]
+    return f" ({'; '.join(why)})"
 
 
 def _cells(p: Percentiles) -> list[object]:
