@@ -412,6 +412,8 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     f.add_argument("--seconds", type=float, default=20.0, help="length of the call once all subscribers joined")
     f.add_argument("--connect-batch", type=int, default=50,
                    help="subscribers connected at a time (each batch joins before the next)")  # fmt: skip
+    f.add_argument("--client-procs", type=int, default=0,
+                   help="run the subscribers in this many processes (0: in the harness's own event loop)")  # fmt: skip
     f.add_argument("--window", type=float, default=0.5, help="null recognizer: seconds of audio per final")
     f.add_argument("--partial", type=float, default=0.1, help="null recognizer: seconds of audio per partial")
     f.add_argument("--text-bytes", type=int, default=128, help="null recognizer: transcript size (phase 1)")

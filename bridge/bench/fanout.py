@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import secrets
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
 
 import httpx
 import msgspec
@@ -35,13 +34,13 @@ from bridge.bench.common import Percentiles, progress
 from bridge.bench.fanout_clients import (
     Received,
     SlowSubscriber,
-    connect_subscribers,
+    Subscribers,
+    loop_lag,
     raise_fd_limit,
     slow_connect,
     slow_outcome,
-    sse_subscriber,
-    ws_subscriber,
 )
+from bridge.bench.fanout_worker import WorkerGroup
 from bridge.bench.null_recognizer import FinalSent
 
 
@@ -109,9 +108,13 @@ class FanoutResult(msgspec.Struct):
     #: CPU of the bridge process and of this harness (all subscribers and calls) in phase 1, in cores.
     bridge_cores: float = float("nan")
     harness_cores: float = float("nan")
-    #: How late a 20 ms timer fired in this harness's event loop in phase 1: a late loop stamps
-    #: arrivals late, so a large lag means the harness, not the bridge, adds to the latency.
+    #: How late a 20 ms timer fired in this harness's event loop in phase 1 (the calls' loop, and the
+    #: subscribers' without ``--client-procs``): a late loop paces the calls and stamps arrivals late,
+    #: so a large lag means the harness, not the bridge, adds to the latency.
     harness_loop_lag: Percentiles = msgspec.field(default_factory=lambda: common.summarize([]))
+    #: ``--client-procs K``: the subscribers' processes, and their loops' lag in phase 1.
+    client_procs: int = 0
+    subscriber_loop_lag: Percentiles = msgspec.field(default_factory=lambda: common.summarize([]))
     nofile_limit: int = 0
 
 
@@ -134,17 +137,9 @@ class _Run:
         self.connect_seconds = 0.0
         self.bridge_cores = self.harness_cores = float("nan")
         self.loop_lag: list[float] = []
+        self.subscriber_lag: list[float] = []
         self.slow = SlowSubscriber(dropped=False, close_code=None, close_reason="", seconds_to_drop=None)
         self.finals: list[FinalSent] = []
-
-
-async def _loop_lag(into: list[float], period: float = 0.02) -> None:
-    """Record how late each ``period`` timer fires until cancelled."""
-    loop = asyncio.get_running_loop()
-    while True:
-        due = loop.time() + period
-        await asyncio.sleep(period)
-        into.append(max(0.0, loop.time() - due))
 
 
 async def _wait_for_records(client: httpx.AsyncClient, calls: list[SimCall]) -> None:
@@ -163,50 +158,48 @@ async def _live(args: argparse.Namespace, bridge: common.BridgeProcess, null: co
     for call in run.calls:
         await call.open()
     player = asyncio.create_task(run_calls(run.calls, args.seconds + _CONNECT_BUDGET))
-    async with httpx.AsyncClient(base_url=bridge.url, timeout=httpx.Timeout(10, read=None),
-                                 limits=httpx.Limits(max_connections=args.subscribers + 10)) as client:
+    async with httpx.AsyncClient(base_url=bridge.url, timeout=10) as client:
         await _wait_for_records(client, run.calls)
-        starts: list[tuple[Received, Coroutine[Any, Any, None], asyncio.Event]] = []
-        for i in range(args.subscribers):
-            call = run.calls[i % len(run.calls)]
-            rx = Received("ws" if i < n_ws else "sse", call.index)
-            ready = asyncio.Event()
-            coro = (ws_subscriber(f"{ws_base}/calls/{call.call_sid}/live", rx, ready) if i < n_ws
-                    else sse_subscriber(client, f"/calls/{call.call_sid}/events", rx, ready))
-            starts.append((rx, coro, ready))
-            run.receivers.append(rx)
-        t0 = time.monotonic()
-        tasks = await connect_subscribers(starts, batch=args.connect_batch)
-        run.connect_seconds = time.monotonic() - t0
-        slow = await asyncio.to_thread(slow_connect, bridge.port, f"/calls/{run.calls[0].call_sid}/live")
-        slow_at = time.monotonic()
-        failed = sum(not rx.connected for rx in run.receivers)
-        progress(f"{args.subscribers - failed} of {args.subscribers} subscribers ({n_ws} WebSocket, "
-                 f"{args.subscribers - n_ws} SSE) over {len(run.calls)} call(s) joined in {run.connect_seconds:.1f}s, "
-                 f"and 1 slow subscriber; measuring {args.seconds:g}s")
-        run.joined = slow_at + 0.5
-        await asyncio.sleep(0.5)
-        meter = common.CpuMeter(common.children(bridge.pid))
-        cpu0 = time.process_time()
-        lag = asyncio.create_task(_loop_lag(run.loop_lag))
-        await asyncio.sleep(max(0.0, args.seconds / 2 - 0.5))
-        lag.cancel()
-        run.pad_at = time.monotonic()
-        run.bridge_cores = round(meter.read(), 3)
-        run.harness_cores = round((time.process_time() - cpu0) / (run.pad_at - run.joined), 3)
-        null.command(f"pad {args.slow_text_bytes}")
-        progress(f"phase 2: transcripts padded to {args.slow_text_bytes} bytes so the slow subscriber's "
-                 "socket fills up")
-        await asyncio.sleep(args.seconds / 2)
-        player.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await player
-        await asyncio.gather(*(call.stop() for call in run.calls))
-        _, pending = await asyncio.wait(tasks, timeout=15)
-        for t in pending:
-            t.cancel()
-        run.slow = await asyncio.to_thread(slow_outcome, slow, slow_at)
-        slow.close()
+    specs = [("ws" if i < n_ws else "sse", call.index, call.call_sid)
+             for i, call in ((i, run.calls[i % len(run.calls)]) for i in range(args.subscribers))]
+    group: Subscribers | WorkerGroup = (WorkerGroup(args.client_procs, bridge.url, specs) if args.client_procs
+                                        else Subscribers(bridge.url, specs))
+    t0 = time.monotonic()
+    await group.join(args.connect_batch)
+    run.connect_seconds = time.monotonic() - t0
+    slow = await asyncio.to_thread(slow_connect, bridge.port, f"/calls/{run.calls[0].call_sid}/live")
+    slow_at = time.monotonic()
+    where = f" in {args.client_procs} processes" if args.client_procs else ""
+    progress(f"{group.connected} of {args.subscribers} subscribers ({n_ws} WebSocket, {args.subscribers - n_ws} SSE"
+             f"{where}) over {len(run.calls)} call(s) joined in {run.connect_seconds:.1f}s, and 1 slow subscriber; "
+             f"measuring {args.seconds:g}s")
+    run.joined = slow_at + 0.5
+    await asyncio.sleep(0.5)
+    meter = common.CpuMeter(common.children(bridge.pid))
+    harness = common.CpuMeter([os.getpid(), *(group.pids if isinstance(group, WorkerGroup) else [])])
+    lag = asyncio.create_task(loop_lag(run.loop_lag))
+    if isinstance(group, WorkerGroup):
+        group.lag_start()
+    await asyncio.sleep(max(0.0, args.seconds / 2 - 0.5))
+    lag.cancel()
+    if isinstance(group, WorkerGroup):
+        group.lag_stop()
+    run.pad_at = time.monotonic()
+    run.bridge_cores = round(meter.read(), 3)
+    run.harness_cores = round(harness.read(), 3)
+    null.command(f"pad {args.slow_text_bytes}")
+    progress(f"phase 2: transcripts padded to {args.slow_text_bytes} bytes so the slow subscriber's "
+             "socket fills up")
+    await asyncio.sleep(args.seconds / 2)
+    player.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await player
+    await asyncio.gather(*(call.stop() for call in run.calls))
+    await group.finish(15)
+    run.receivers = group.receivers
+    run.subscriber_lag = group.lag
+    run.slow = await asyncio.to_thread(slow_outcome, slow, slow_at)
+    slow.close()
 
 
 async def _run(args: argparse.Namespace, out: Path) -> tuple[FanoutResult, dict[str, list[float]]]:
@@ -300,7 +293,8 @@ def _analyse(args: argparse.Namespace, run: _Run, nofile: int) -> tuple[FanoutRe
         connect_failures=connect_failures, subscriber_errors=dict(errors.most_common(10)),
         connect_seconds=round(run.connect_seconds, 2),
         connect_batch=args.connect_batch, bridge_cores=run.bridge_cores, harness_cores=run.harness_cores,
-        harness_loop_lag=common.summarize(run.loop_lag),
+        harness_loop_lag=common.summarize(run.loop_lag), client_procs=args.client_procs,
+        subscriber_loop_lag=common.summarize(run.subscriber_lag),
         nofile_limit=nofile,
     )
     progress(f"final-to-subscriber: {common.fmt(summary)}; missed {missed_total}, duplicated {duplicated_total}, "
@@ -318,6 +312,8 @@ def render(r: FanoutResult) -> str:
     errors = "".join(f"\n- {n} x {e}" for e, n in r.subscriber_errors.items())
     errors = f"\nSubscriber errors (most frequent first):\n{errors}\n" if errors else ""
     missed = f"{r.missed_total} ({r.missed_phase1} of them in phase 1)" if r.missed_total else "0"
+    procs = (f"\nSubscribers in {r.client_procs} processes, their loops late by {common.fmt(r.subscriber_loop_lag)}."
+             if r.client_procs else "")
     per_call = ""
     if r.calls > 1:
         call_rows = [[c.call, c.subscribers, c.finals_sent, *_cells(c.latency), f"{c.worst_subscriber_p99_ms:.1f}",
@@ -348,7 +344,7 @@ Finals duplicated: {r.duplicated_total}. Subscriber connect failures: {r.connect
 {r.connect_seconds:g} s, batches of {r.connect_batch}, before the measurement; RLIMIT_NOFILE {r.nofile_limit};
 the bridge has no per-process subscriber cap to raise).
 CPU in phase 1: bridge {r.bridge_cores:.2f} cores, this harness (calls and subscribers) {r.harness_cores:.2f} cores;
-the harness's event loop ran late by {common.fmt(r.harness_loop_lag)} (20 ms timer).
+the harness's event loop ran late by {common.fmt(r.harness_loop_lag)} (20 ms timer).{procs}
 {errors}
 Phase 1 (first half of the call) is measured above. In phase 2 the null recognizer pads every transcript
 to {r.slow_text_bytes} bytes so the slow subscriber (4 KiB receive buffer, never reads) backs up: {slow}.
