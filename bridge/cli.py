@@ -414,6 +414,8 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="subscribers connected at a time (each batch joins before the next)")  # fmt: skip
     f.add_argument("--client-procs", type=int, default=0,
                    help="run the subscribers in this many processes (0: in the harness's own event loop)")  # fmt: skip
+    f.add_argument("--clients", default="lib", choices=("lib", "lean"),
+                   help="subscriber clients: websockets/httpx, or lean raw-socket ones (cheap at 1,000)")  # fmt: skip
     f.add_argument("--window", type=float, default=0.5, help="null recognizer: seconds of audio per final")
     f.add_argument("--partial", type=float, default=0.1, help="null recognizer: seconds of audio per partial")
     f.add_argument("--text-bytes", type=int, default=128, help="null recognizer: transcript size (phase 1)")

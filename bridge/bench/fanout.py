@@ -34,13 +34,11 @@ from bridge.bench.common import Percentiles, progress
 from bridge.bench.fanout_clients import (
     Received,
     SlowSubscriber,
-    Subscribers,
-    loop_lag,
     raise_fd_limit,
     slow_connect,
     slow_outcome,
 )
-from bridge.bench.fanout_worker import WorkerGroup
+from bridge.bench.fanout_worker import Subscribers, WorkerGroup, loop_lag
 from bridge.bench.null_recognizer import FinalSent
 
 
@@ -114,6 +112,8 @@ class FanoutResult(msgspec.Struct):
     harness_loop_lag: Percentiles = msgspec.field(default_factory=lambda: common.summarize([]))
     #: ``--client-procs K``: the subscribers' processes, and their loops' lag in phase 1.
     client_procs: int = 0
+    #: ``lib`` (websockets and httpx, as a dashboard would) or ``lean`` (raw transports, cheap).
+    clients: str = "lib"
     subscriber_loop_lag: Percentiles = msgspec.field(default_factory=lambda: common.summarize([]))
     nofile_limit: int = 0
 
@@ -162,8 +162,9 @@ async def _live(args: argparse.Namespace, bridge: common.BridgeProcess, null: co
         await _wait_for_records(client, run.calls)
     specs = [("ws" if i < n_ws else "sse", call.index, call.call_sid)
              for i, call in ((i, run.calls[i % len(run.calls)]) for i in range(args.subscribers))]
-    group: Subscribers | WorkerGroup = (WorkerGroup(args.client_procs, bridge.url, specs) if args.client_procs
-                                        else Subscribers(bridge.url, specs))
+    lean = args.clients == "lean"
+    group: Subscribers | WorkerGroup = (WorkerGroup(args.client_procs, bridge.url, specs, lean=lean)
+                                        if args.client_procs else Subscribers(bridge.url, specs, lean=lean))
     t0 = time.monotonic()
     await group.join(args.connect_batch)
     run.connect_seconds = time.monotonic() - t0
@@ -293,7 +294,7 @@ def _analyse(args: argparse.Namespace, run: _Run, nofile: int) -> tuple[FanoutRe
         connect_failures=connect_failures, subscriber_errors=dict(errors.most_common(10)),
         connect_seconds=round(run.connect_seconds, 2),
         connect_batch=args.connect_batch, bridge_cores=run.bridge_cores, harness_cores=run.harness_cores,
-        harness_loop_lag=common.summarize(run.loop_lag), client_procs=args.client_procs,
+        harness_loop_lag=common.summarize(run.loop_lag), client_procs=args.client_procs, clients=args.clients,
         subscriber_loop_lag=common.summarize(run.subscriber_lag),
         nofile_limit=nofile,
     )
@@ -314,6 +315,8 @@ def render(r: FanoutResult) -> str:
     missed = f"{r.missed_total} ({r.missed_phase1} of them in phase 1)" if r.missed_total else "0"
     procs = (f"\nSubscribers in {r.client_procs} processes, their loops late by {common.fmt(r.subscriber_loop_lag)}."
              if r.client_procs else "")
+    if r.clients == "lean":
+        procs += "\nSubscriber clients: lean raw-socket WebSocket and SSE (bridge/bench/fanout_lean.py)."
     per_call = ""
     if r.calls > 1:
         call_rows = [[c.call, c.subscribers, c.finals_sent, *_cells(c.latency), f"{c.worst_subscriber_p99_ms:.1f}",

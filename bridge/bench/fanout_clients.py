@@ -114,65 +114,6 @@ async def connect_subscribers(
     return tasks
 
 
-async def loop_lag(into: list[float], period: float = 0.02) -> None:
-    """Record how late each ``period`` timer fires in this event loop until cancelled."""
-    loop = asyncio.get_running_loop()
-    while True:
-        due = loop.time() + period
-        await asyncio.sleep(period)
-        into.append(max(0.0, loop.time() - due))
-
-
-class Subscribers:
-    """Subscribers in this process's event loop: ``specs`` are (kind ``ws``/``sse``, call index, CallSid)."""
-
-    def __init__(self, http_base: str, specs: Sequence[tuple[str, int, str]]) -> None:
-        self.http_base = http_base
-        self.specs = list(specs)
-        self.receivers = [Received(kind, call) for kind, call, _ in self.specs]
-        self.lag: list[float] = []
-        self.pids: list[int] = []
-        self._tasks: list[asyncio.Task[None]] = []
-        self._lag_task: asyncio.Task[None] | None = None
-        self._client: httpx.AsyncClient | None = None
-
-    async def join(self, batch: int) -> None:
-        """Connect every subscriber, ``batch`` at a time."""
-        self._client = client = httpx.AsyncClient(
-            base_url=self.http_base, timeout=httpx.Timeout(10, read=None),
-            limits=httpx.Limits(max_connections=len(self.specs) + 10))
-        ws_base = self.http_base.replace("http://", "ws://")
-        starts: list[tuple[Received, Coroutine[Any, Any, None], asyncio.Event]] = []
-        for rx, (kind, _, sid) in zip(self.receivers, self.specs, strict=True):
-            ready = asyncio.Event()
-            coro = (ws_subscriber(f"{ws_base}/calls/{sid}/live", rx, ready) if kind == "ws"
-                    else sse_subscriber(client, f"/calls/{sid}/events", rx, ready))
-            starts.append((rx, coro, ready))
-        self._tasks = await connect_subscribers(starts, batch=batch)
-
-    @property
-    def connected(self) -> int:
-        return sum(rx.connected for rx in self.receivers)
-
-    def lag_start(self) -> None:
-        self._lag_task = asyncio.create_task(loop_lag(self.lag))
-
-    def lag_stop(self) -> None:
-        if self._lag_task is not None:
-            self._lag_task.cancel()
-
-    async def finish(self, timeout: float) -> None:
-        """Wait (bounded) for every subscriber to see its call end."""
-        self.lag_stop()
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=timeout)
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        if self._client is not None:
-            await self._client.aclose()
-
-
 def raise_fd_limit(needed: int) -> tuple[int, int]:
     """Raise this process's soft RLIMIT_NOFILE to the hard limit if ``needed`` descriptors would not
     fit (children started afterwards, such as the bridge, inherit it). Returns (soft, hard) after."""

@@ -18,16 +18,85 @@ import asyncio
 import contextlib
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
+import httpx
 import msgspec
 
-from bridge.bench.fanout_clients import Received, Subscribers
+from bridge.bench.fanout_clients import Received, connect_subscribers, sse_subscriber, ws_subscriber
+from bridge.bench.fanout_lean import lean_subscriber
+
+
+async def loop_lag(into: list[float], period: float = 0.02) -> None:
+    """Record how late each ``period`` timer fires in this event loop until cancelled."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + period
+        await asyncio.sleep(period)
+        into.append(max(0.0, loop.time() - due))
+
+
+class Subscribers:
+    """Subscribers in this process's event loop: ``specs`` are (kind ``ws``/``sse``, call index, CallSid);
+    ``lean``: the raw-transport clients of :mod:`bridge.bench.fanout_lean`."""
+
+    def __init__(self, http_base: str, specs: Sequence[tuple[str, int, str]], *, lean: bool = False) -> None:
+        self.http_base = http_base
+        self.lean = lean
+        self.specs = list(specs)
+        self.receivers = [Received(kind, call) for kind, call, _ in self.specs]
+        self.lag: list[float] = []
+        self.pids: list[int] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lag_task: asyncio.Task[None] | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    async def join(self, batch: int) -> None:
+        """Connect every subscriber, ``batch`` at a time."""
+        self._client = client = httpx.AsyncClient(
+            base_url=self.http_base, timeout=httpx.Timeout(10, read=None),
+            limits=httpx.Limits(max_connections=len(self.specs) + 10))
+        ws_base = self.http_base.replace("http://", "ws://")
+        starts: list[tuple[Received, Coroutine[Any, Any, None], asyncio.Event]] = []
+        for rx, (kind, _, sid) in zip(self.receivers, self.specs, strict=True):
+            ready = asyncio.Event()
+            if self.lean:
+                url = f"{ws_base}/calls/{sid}/live" if kind == "ws" else f"{self.http_base}/calls/{sid}/events"
+                coro = lean_subscriber(url, rx, ready)
+            else:
+                coro = (ws_subscriber(f"{ws_base}/calls/{sid}/live", rx, ready) if kind == "ws"
+                        else sse_subscriber(client, f"/calls/{sid}/events", rx, ready))
+            starts.append((rx, coro, ready))
+        self._tasks = await connect_subscribers(starts, batch=batch)
+
+    @property
+    def connected(self) -> int:
+        return sum(rx.connected for rx in self.receivers)
+
+    def lag_start(self) -> None:
+        self._lag_task = asyncio.create_task(loop_lag(self.lag))
+
+    def lag_stop(self) -> None:
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+
+    async def finish(self, timeout: float) -> None:
+        """Wait (bounded) for every subscriber to see its call end."""
+        self.lag_stop()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=timeout)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
 
 
 class WorkerSpec(msgspec.Struct):
     http_base: str
     batch: int
+    lean: bool
     #: (kind, call index, CallSid) of each subscriber.
     subscribers: list[tuple[str, int, str]]
 
@@ -60,7 +129,7 @@ async def _serve() -> None:
         sys.stdout.flush()
 
     spec = msgspec.json.decode(await line(), type=WorkerSpec)
-    subs = Subscribers(spec.http_base, spec.subscribers)
+    subs = Subscribers(spec.http_base, spec.subscribers, lean=spec.lean)
     await subs.join(spec.batch)
     answer(WorkerJoined(connected=sum(rx.connected for rx in subs.receivers)))
     timeout = 0.0
@@ -83,8 +152,10 @@ class WorkerGroup:
     """The subscribers spread round-robin over ``procs`` worker processes (same interface as
     :class:`~bridge.bench.fanout_clients.Subscribers`)."""
 
-    def __init__(self, procs: int, http_base: str, specs: Sequence[tuple[str, int, str]]) -> None:
+    def __init__(self, procs: int, http_base: str, specs: Sequence[tuple[str, int, str]], *,
+                 lean: bool = False) -> None:
         self.http_base = http_base
+        self.lean = lean
         self.specs = list(specs)
         self.procs_n = max(1, min(procs, len(self.specs)))
         self.receivers: list[Received] = []
@@ -118,7 +189,8 @@ class WorkerGroup:
         """Every worker connects its share, ``batch / procs`` at a time (the same storm in all)."""
         per = max(1, batch // self.procs_n)
         for i, proc in enumerate(self._procs):
-            spec = WorkerSpec(http_base=self.http_base, batch=per, subscribers=self.specs[i :: self.procs_n])
+            spec = WorkerSpec(http_base=self.http_base, batch=per, lean=self.lean,
+                              subscribers=self.specs[i :: self.procs_n])
             self._send(proc, msgspec.json.encode(spec).decode())
         for raw in await asyncio.gather(*(self._read(p, 300) for p in self._procs)):
             with contextlib.suppress(msgspec.DecodeError):
