@@ -419,7 +419,8 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     f.add_argument("--window", type=float, default=0.5, help="null recognizer: seconds of audio per final")
     f.add_argument("--partial", type=float, default=0.1, help="null recognizer: seconds of audio per partial")
     f.add_argument("--text-bytes", type=int, default=128, help="null recognizer: transcript size (phase 1)")
-    f.add_argument("--slow-text-bytes", type=int, default=16384, help="transcript size in phase 2")
+    f.add_argument("--slow-text-bytes", type=int, default=16384,
+                   help="transcript size in phase 2 (0: no phase 2 and no slow subscriber; all of the call measured)")
     f.add_argument("--queue", type=int, default=100,
                    help="BRIDGE_SUBSCRIBER_QUEUE (the default 1000 would need ~40 s of backlog)")  # fmt: skip
     f.add_argument("--target-ms", type=float, default=20.0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import secrets
 import tempfile
@@ -168,11 +169,14 @@ async def _live(args: argparse.Namespace, bridge: common.BridgeProcess, null: co
     t0 = time.monotonic()
     await group.join(args.connect_batch)
     run.connect_seconds = time.monotonic() - t0
-    slow = await asyncio.to_thread(slow_connect, bridge.port, f"/calls/{run.calls[0].call_sid}/live")
+    with_slow = args.slow_text_bytes > 0
+    slow = (await asyncio.to_thread(slow_connect, bridge.port, f"/calls/{run.calls[0].call_sid}/live")
+            if with_slow else None)
     slow_at = time.monotonic()
     where = f" in {args.client_procs} processes" if args.client_procs else ""
     progress(f"{group.connected} of {args.subscribers} subscribers ({n_ws} WebSocket, {args.subscribers - n_ws} SSE"
-             f"{where}) over {len(run.calls)} call(s) joined in {run.connect_seconds:.1f}s, and 1 slow subscriber; "
+             f"{where}) over {len(run.calls)} call(s) joined in {run.connect_seconds:.1f}s"
+             f"{', and 1 slow subscriber' if with_slow else ''}; "
              f"measuring {args.seconds:g}s")
     run.joined = slow_at + 0.5
     await asyncio.sleep(0.5)
@@ -181,17 +185,19 @@ async def _live(args: argparse.Namespace, bridge: common.BridgeProcess, null: co
     lag = asyncio.create_task(loop_lag(run.loop_lag))
     if isinstance(group, WorkerGroup):
         group.lag_start()
-    await asyncio.sleep(max(0.0, args.seconds / 2 - 0.5))
+    phase1 = args.seconds / 2 if with_slow else args.seconds
+    await asyncio.sleep(max(0.0, phase1 - 0.5))
     lag.cancel()
     if isinstance(group, WorkerGroup):
         group.lag_stop()
     run.pad_at = time.monotonic()
     run.bridge_cores = round(meter.read(), 3)
     run.harness_cores = round(harness.read(), 3)
-    null.command(f"pad {args.slow_text_bytes}")
-    progress(f"phase 2: transcripts padded to {args.slow_text_bytes} bytes so the slow subscriber's "
-             "socket fills up")
-    await asyncio.sleep(args.seconds / 2)
+    if with_slow:
+        null.command(f"pad {args.slow_text_bytes}")
+        progress(f"phase 2: transcripts padded to {args.slow_text_bytes} bytes so the slow subscriber's "
+                 "socket fills up")
+        await asyncio.sleep(args.seconds / 2)
     player.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await player
@@ -199,8 +205,9 @@ async def _live(args: argparse.Namespace, bridge: common.BridgeProcess, null: co
     await group.finish(15)
     run.receivers = group.receivers
     run.subscriber_lag = group.lag
-    run.slow = await asyncio.to_thread(slow_outcome, slow, slow_at)
-    slow.close()
+    if slow is not None:
+        run.slow = await asyncio.to_thread(slow_outcome, slow, slow_at)
+        slow.close()
 
 
 async def _run(args: argparse.Namespace, out: Path) -> tuple[FanoutResult, dict[str, list[float]]]:
@@ -239,6 +246,7 @@ def _analyse(args: argparse.Namespace, run: _Run, nofile: int) -> tuple[FanoutRe
         if f.sent > run.joined and f.call in live:
             live[f.call].append(f)
     per_kind: dict[str, list[float]] = {"ws": [], "sse": []}
+    split = run.pad_at if args.slow_text_bytes else math.inf  # no phase 2: every final is phase 1
     per_call_lat: dict[int, list[float]] = {i: [] for i in live}
     phase2: list[float] = []
     subs: list[SubscriberResult] = []
@@ -249,8 +257,8 @@ def _analyse(args: argparse.Namespace, run: _Run, nofile: int) -> tuple[FanoutRe
             got = rx.finals.get((f.track, round(f.start, 3)))
             if got is None:
                 missed += 1
-                missed1 += f.sent < run.pad_at
-            elif f.sent < run.pad_at:
+                missed1 += f.sent < split
+            elif f.sent < split:
                 lat.append(got - f.sent)
             else:
                 phase2.append(got - f.sent)
@@ -287,7 +295,8 @@ def _analyse(args: argparse.Namespace, run: _Run, nofile: int) -> tuple[FanoutRe
         missed_total=missed_total, missed_phase1=missed_phase1, slow=run.slow,
         latency_during_slow=common.summarize(phase2),
         slow_text_bytes=args.slow_text_bytes, target_p99_ms=args.target_ms,
-        passed=(summary.n > 0 and summary.p99 < args.target_ms and missed_total == 0 and run.slow.dropped
+        passed=(summary.n > 0 and summary.p99 < args.target_ms and missed_total == 0
+                and (run.slow.dropped or not args.slow_text_bytes)
                 and duplicated_total == 0 and connect_failures == 0),
         calls=len(run.calls), per_call=per_call, per_call_p99_min_ms=min(call_p99, default=float("nan")),
         per_call_p99_max_ms=max(call_p99, default=float("nan")), duplicated_total=duplicated_total,
@@ -300,7 +309,8 @@ def _analyse(args: argparse.Namespace, run: _Run, nofile: int) -> tuple[FanoutRe
     )
     progress(f"final-to-subscriber: {common.fmt(summary)}; missed {missed_total}, duplicated {duplicated_total}, "
              f"connect failures {connect_failures}; bridge {run.bridge_cores:.2f} cores; slow subscriber "
-             f"{'dropped (' + str(run.slow.close_code) + ')' if run.slow.dropped else 'NOT dropped'}")
+             f"{'dropped (' + str(run.slow.close_code) + ')' if run.slow.dropped else 'NOT dropped'}"
+             f"{'' if args.slow_text_bytes else ' (none: phase 2 skipped)'}")
     return result, {"WebSocket": per_kind["ws"], "SSE": per_kind["sse"]}
 
 
@@ -309,7 +319,17 @@ def render(r: FanoutResult) -> str:
     slow = (f"dropped with close {r.slow.close_code} \"{r.slow.close_reason}\" after {r.slow.seconds_to_drop} s"
             if r.slow.dropped else f"not dropped (close code {r.slow.close_code})")
     calls = "One two-leg call" if r.calls == 1 else f"{r.calls} concurrent two-leg calls"
-    spread = "" if r.calls == 1 else ", spread evenly over the calls (the slow one on the first)"
+    spread = "" if r.calls == 1 else (", spread evenly over the calls"
+                                      + (" (the slow one on the first)" if r.slow_text_bytes > 0 else ""))
+    phase2 = ("Phase 2 (big transcripts and a subscriber that never reads) was skipped (`--slow-text-bytes 0`):\n"
+              "the whole call is phase 1, measured above.\n")
+    if r.slow_text_bytes > 0:
+        phase2 = (
+            "Phase 1 (first half of the call) is measured above. In phase 2 the null recognizer pads every "
+            f"transcript\nto {r.slow_text_bytes} bytes so the slow subscriber (4 KiB receive buffer, never reads) "
+            f"backs up: {slow}.\nMeanwhile the fast subscribers' final-to-subscriber latency was "
+            f"{common.fmt(r.latency_during_slow)}\n(bigger events), and they missed {r.missed_total} finals over "
+            "the whole call.\n")
     errors = "".join(f"\n- {n} x {e}" for e, n in r.subscriber_errors.items())
     errors = f"\nSubscriber errors (most frequent first):\n{errors}\n" if errors else ""
     missed = f"{r.missed_total} ({r.missed_phase1} of them in phase 1)" if r.missed_total else "0"
@@ -349,10 +369,7 @@ the bridge has no per-process subscriber cap to raise).
 CPU in phase 1: bridge {r.bridge_cores:.2f} cores, this harness (calls and subscribers) {r.harness_cores:.2f} cores;
 the harness's event loop ran late by {common.fmt(r.harness_loop_lag)} (20 ms timer).{procs}
 {errors}
-Phase 1 (first half of the call) is measured above. In phase 2 the null recognizer pads every transcript
-to {r.slow_text_bytes} bytes so the slow subscriber (4 KiB receive buffer, never reads) backs up: {slow}.
-Meanwhile the fast subscribers' final-to-subscriber latency was {common.fmt(r.latency_during_slow)}
-(bigger events), and they missed {r.missed_total} finals over the whole call.
+{phase2.rstrip()}
 
 ![final-to-subscriber latency](latency_distributions.png)
 """
@@ -365,7 +382,8 @@ def _why(r: FanoutResult) -> str:
     why = [text for bad, text in (
         (not r.latency_all.n, "nothing measured"), (r.latency_all.p99 >= r.target_p99_ms, "p99 over the target"),
         (r.missed_total > 0, "finals missed"), (r.duplicated_total > 0, "finals duplicated"),
-        (r.connect_failures > 0, "subscribers failed to connect"), (not r.slow.dropped, "slow subscriber not dropped"),
+        (r.connect_failures > 0, "subscribers failed to connect"), (
+            r.slow_text_bytes > 0 and not r.slow.dropped, "slow subscriber not dropped"),
     ) if bad]
     return f" ({'; '.join(why)})"
 

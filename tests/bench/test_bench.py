@@ -92,13 +92,15 @@ def test_fanout_smoke(tmp_path: Path) -> None:
     assert result["latency_all"]["n"] > 0  # type: ignore[index]
 
 
-@pytest.mark.parametrize("client_procs", [0, 2])
-def test_fanout_multi_call_smoke(tmp_path: Path, client_procs: int) -> None:
+@pytest.mark.parametrize(("client_procs", "clients", "slow_text_bytes"), [(0, "lib", 1024), (2, "lean", 0)])
+def test_fanout_multi_call_smoke(tmp_path: Path, client_procs: int, clients: str, slow_text_bytes: int) -> None:
     """``--calls 2``: subscribers spread evenly over two calls, each call measured on its own; with
-    ``--client-procs 2`` the subscribers run in two worker processes."""
+    ``--client-procs 2 --clients lean`` lean subscribers run in two worker processes (and
+    ``--slow-text-bytes 0`` measures the whole call, without the slow subscriber)."""
     out = tmp_path / "fanout-calls"
     argv = ["fanout", "--calls", "2", "--subscribers", "4", "--connect-batch", "3", "--seconds", "3",
-            "--slow-text-bytes", "1024", "--client-procs", str(client_procs), "--out", str(out)]
+            "--slow-text-bytes", str(slow_text_bytes), "--client-procs", str(client_procs), "--clients", clients,
+            "--out", str(out)]
     assert main(["bench", *argv]) == 0
     result = _outputs(out, "latency_distributions.png")
     assert result["calls"] == 2 and result["subscribers_ws"] == 2 and result["subscribers_sse"] == 2
@@ -113,7 +115,9 @@ def test_fanout_multi_call_smoke(tmp_path: Path, client_procs: int) -> None:
     assert result["per_call_p99_min_ms"] <= result["per_call_p99_max_ms"]  # type: ignore[operator]
     assert result["worst_subscriber_p99_ms"] > 0  # type: ignore[operator]
     assert result["bridge_cores"] > 0 and result["harness_cores"] > 0  # type: ignore[operator]
-    assert result["client_procs"] == client_procs
+    assert result["client_procs"] == client_procs and result["clients"] == clients
+    if not slow_text_bytes:
+        assert result["latency_during_slow"]["n"] == 0 and "skipped" in (out / "report.md").read_text()  # type: ignore[index]
     lag_n = result["subscriber_loop_lag"]["n"]  # type: ignore[index]
     assert (lag_n > 0) == (client_procs > 0)
     assert "Per call (phase 1)" in (out / "report.md").read_text()
