@@ -97,6 +97,9 @@ class FanoutResult(msgspec.Struct):
     per_call_p99_max_ms: float = float("nan")
     #: Finals missed in phase 1 (``missed_total`` counts both phases).
     missed_phase1: int = 0
+    #: Finals that no joined subscriber of their call got (call, track, audio start, seconds after the
+    #: measurement began that the recognizer sent it): lost by the bridge, not by one slow client.
+    missed_by_all: list[tuple[int, str, float, float]] = []
     duplicated_total: int = 0
     #: Subscribers that never joined (refused, failed or timed out).
     connect_failures: int = 0
@@ -267,6 +270,11 @@ def _analyse(args: argparse.Namespace, run: _Run, nofile: int) -> tuple[FanoutRe
         subs.append(SubscriberResult(kind=rx.kind, call=rx.call, finals=len(rx.finals), missed=missed,
                                      missed_phase1=missed1, duplicated=rx.duplicates,
                                      latency=common.summarize(lat)))
+    missed_by_all = []
+    for i, finals in live.items():
+        joined = [rx for rx in run.receivers if rx.call == i and rx.connected]
+        missed_by_all += [(i, f.track, f.start, round(f.sent - run.joined, 3)) for f in finals
+                          if joined and all((f.track, round(f.start, 3)) not in rx.finals for rx in joined)]
     per_call = []
     for i, lat in per_call_lat.items():
         mine = [s for s in subs if s.call == i]
@@ -292,7 +300,7 @@ def _analyse(args: argparse.Namespace, run: _Run, nofile: int) -> tuple[FanoutRe
         seconds=args.seconds, finals_sent=sum(len(v) for v in live.values()), latency_all=summary,
         latency_ws=common.summarize(per_kind["ws"]), latency_sse=common.summarize(per_kind["sse"]),
         worst_subscriber_p99_ms=max((s.latency.p99 for s in subs if s.latency.n), default=float("nan")),
-        missed_total=missed_total, missed_phase1=missed_phase1, slow=run.slow,
+        missed_total=missed_total, missed_phase1=missed_phase1, missed_by_all=missed_by_all[:50], slow=run.slow,
         latency_during_slow=common.summarize(phase2),
         slow_text_bytes=args.slow_text_bytes, target_p99_ms=args.target_ms,
         passed=(summary.n > 0 and summary.p99 < args.target_ms and missed_total == 0
@@ -333,6 +341,9 @@ def render(r: FanoutResult) -> str:
     errors = "".join(f"\n- {n} x {e}" for e, n in r.subscriber_errors.items())
     errors = f"\nSubscriber errors (most frequent first):\n{errors}\n" if errors else ""
     missed = f"{r.missed_total} ({r.missed_phase1} of them in phase 1)" if r.missed_total else "0"
+    if r.missed_by_all:
+        missed += (f"; {len(r.missed_by_all)} final(s) reached none of their call's subscribers (call, track, "
+                   f"start, sent at s): {', '.join(str(m) for m in r.missed_by_all[:5])}")
     procs = (f"\nSubscribers in {r.client_procs} processes, their loops late by {common.fmt(r.subscriber_loop_lag)}."
              if r.client_procs else "")
     if r.clients == "lean":

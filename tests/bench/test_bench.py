@@ -105,7 +105,7 @@ def test_fanout_multi_call_smoke(tmp_path: Path, client_procs: int, clients: str
     result = _outputs(out, "latency_distributions.png")
     assert result["calls"] == 2 and result["subscribers_ws"] == 2 and result["subscribers_sse"] == 2
     assert result["connect_failures"] == 0 and result["subscriber_errors"] == {}
-    assert result["missed_total"] == 0 and result["duplicated_total"] == 0
+    assert result["missed_total"] == 0 and result["duplicated_total"] == 0 and result["missed_by_all"] == []
     per_call = result["per_call"]
     assert isinstance(per_call, list) and [c["call"] for c in per_call] == [1, 2]
     for call in per_call:
