@@ -10,7 +10,14 @@ The calls stream from the start; the subscribers then join in batches (``--conne
 measurement starts 0.5 s after the last one joined and lasts ``--seconds``: the first half is
 measured, in the second the transcripts grow so the slow subscriber (a raw WebSocket with a tiny
 receive buffer that stops reading after the handshake, on the first call) backs up: the bridge must
-drop it (close 4008) while the others keep their latency and miss nothing.
+drop it (close 4008) while the others keep their latency and miss nothing. ``--slow-text-bytes 0``
+skips that second phase: all of ``--seconds`` is measured.
+
+At a thousand subscribers the harness itself is the risk: ``--clients lean`` uses raw-transport
+clients (:mod:`bridge.bench.fanout_lean`) instead of websockets/httpx, ``--client-procs K`` runs
+them in K processes (:mod:`bridge.bench.fanout_worker`), away from the loop that paces the calls;
+the report gives the harness's CPU and event-loop lag so a late harness is seen, not blamed on the
+bridge. The soft RLIMIT_NOFILE is raised to the hard limit when the sockets would not fit.
 """
 
 from __future__ import annotations
