@@ -333,6 +333,7 @@ def render(r: FanoutResult) -> str:
     rows = [["all", *_cells(r.latency_all)], ["WebSocket", *_cells(r.latency_ws)], ["SSE", *_cells(r.latency_sse)]]
     slow = (f"dropped with close {r.slow.close_code} \"{r.slow.close_reason}\" after {r.slow.seconds_to_drop} s"
             if r.slow.dropped else f"not dropped (close code {r.slow.close_code})")
+    phases = " (both phases)" if r.slow_text_bytes > 0 else ""
     calls = "One two-leg call" if r.calls == 1 else f"{r.calls} concurrent two-leg calls"
     spread = "" if r.calls == 1 else (", spread evenly over the calls"
                                       + (" (the slow one on the first)" if r.slow_text_bytes > 0 else ""))
@@ -374,7 +375,7 @@ Machine: {common.machine_line(r.machine)}
 Recognizer: {r.recognizer}. Definition: {r.definition}.
 
 {calls} for {r.seconds:g} s; {r.subscribers_ws} WebSocket + {r.subscribers_sse} SSE subscribers{spread};
-subscriber queue bound {r.subscriber_queue}; {r.finals_sent} finals sent after all subscribers joined (both phases).
+subscriber queue bound {r.subscriber_queue}; {r.finals_sent} finals sent after all subscribers joined{phases}.
 Target p99 < {r.target_p99_ms:g} ms: **{"pass" if r.passed else "FAIL"}**{_why(r)}.
 
 {common.md_table(["subscribers", "n", "p50 ms", "p95 ms", "p99 ms", "max ms"], rows)}
