@@ -406,13 +406,21 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     o.add_argument("--out", default=None)
     o.set_defaults(func=_bench("outage"))
 
-    f = kinds.add_parser("fanout", help="one call, many subscribers: final-to-subscriber latency")
-    f.add_argument("--subscribers", type=int, default=100, help="half WebSocket, half SSE")
-    f.add_argument("--seconds", type=float, default=20.0, help="length of the call")
+    f = kinds.add_parser("fanout", help="one call (or --calls N), many subscribers: final-to-subscriber latency")
+    f.add_argument("--subscribers", type=int, default=100, help="in all: half WebSocket, half SSE")
+    f.add_argument("--calls", type=int, default=1, help="concurrent two-leg calls; subscribers spread evenly")
+    f.add_argument("--seconds", type=float, default=20.0, help="length of the call once all subscribers joined")
+    f.add_argument("--connect-batch", type=int, default=50,
+                   help="subscribers connected at a time (each batch joins before the next)")  # fmt: skip
+    f.add_argument("--client-procs", type=int, default=0,
+                   help="run the subscribers in this many processes (0: in the harness's own event loop)")  # fmt: skip
+    f.add_argument("--clients", default="lib", choices=("lib", "lean"),
+                   help="subscriber clients: websockets/httpx, or lean raw-socket ones (cheap at 1,000)")  # fmt: skip
     f.add_argument("--window", type=float, default=0.5, help="null recognizer: seconds of audio per final")
     f.add_argument("--partial", type=float, default=0.1, help="null recognizer: seconds of audio per partial")
     f.add_argument("--text-bytes", type=int, default=128, help="null recognizer: transcript size (phase 1)")
-    f.add_argument("--slow-text-bytes", type=int, default=16384, help="transcript size in phase 2")
+    f.add_argument("--slow-text-bytes", type=int, default=16384,
+                   help="transcript size in phase 2 (0: no phase 2 and no slow subscriber; all of the call measured)")
     f.add_argument("--queue", type=int, default=100,
                    help="BRIDGE_SUBSCRIBER_QUEUE (the default 1000 would need ~40 s of backlog)")  # fmt: skip
     f.add_argument("--target-ms", type=float, default=20.0)

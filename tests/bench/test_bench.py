@@ -92,6 +92,37 @@ def test_fanout_smoke(tmp_path: Path) -> None:
     assert result["latency_all"]["n"] > 0  # type: ignore[index]
 
 
+@pytest.mark.parametrize(("client_procs", "clients", "slow_text_bytes"), [(0, "lib", 1024), (2, "lean", 0)])
+def test_fanout_multi_call_smoke(tmp_path: Path, client_procs: int, clients: str, slow_text_bytes: int) -> None:
+    """``--calls 2``: subscribers spread evenly over two calls, each call measured on its own; with
+    ``--client-procs 2 --clients lean`` lean subscribers run in two worker processes (and
+    ``--slow-text-bytes 0`` measures the whole call, without the slow subscriber)."""
+    out = tmp_path / "fanout-calls"
+    argv = ["fanout", "--calls", "2", "--subscribers", "4", "--connect-batch", "3", "--seconds", "3",
+            "--slow-text-bytes", str(slow_text_bytes), "--client-procs", str(client_procs), "--clients", clients,
+            "--out", str(out)]
+    assert main(["bench", *argv]) == 0
+    result = _outputs(out, "latency_distributions.png")
+    assert result["calls"] == 2 and result["subscribers_ws"] == 2 and result["subscribers_sse"] == 2
+    assert result["connect_failures"] == 0 and result["subscriber_errors"] == {}
+    assert result["missed_total"] == 0 and result["duplicated_total"] == 0 and result["missed_by_all"] == []
+    per_call = result["per_call"]
+    assert isinstance(per_call, list) and [c["call"] for c in per_call] == [1, 2]
+    for call in per_call:
+        assert call["subscribers"] == 2 and call["finals_sent"] > 0
+        assert call["missed"] == 0 and call["duplicated"] == 0 and call["latency"]["n"] > 0
+    assert result["finals_sent"] == sum(c["finals_sent"] for c in per_call)
+    assert result["per_call_p99_min_ms"] <= result["per_call_p99_max_ms"]  # type: ignore[operator]
+    assert result["worst_subscriber_p99_ms"] > 0  # type: ignore[operator]
+    assert result["bridge_cores"] > 0 and result["harness_cores"] > 0  # type: ignore[operator]
+    assert result["client_procs"] == client_procs and result["clients"] == clients
+    if not slow_text_bytes:
+        assert result["latency_during_slow"]["n"] == 0 and "skipped" in (out / "report.md").read_text()  # type: ignore[index]
+    lag_n = result["subscriber_loop_lag"]["n"]  # type: ignore[index]
+    assert (lag_n > 0) == (client_procs > 0)
+    assert "Per call (phase 1)" in (out / "report.md").read_text()
+
+
 @pytest.fixture
 def scripted_url() -> Iterator[str]:
     """A ScriptedDeepgramServer on its own loop in a thread (the benchmark runs its own event loop)."""
