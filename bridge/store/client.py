@@ -38,6 +38,10 @@ STORE_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE, redis.exceptions.
 Client = aioredis.Redis | RedisCluster
 
 _TIMEOUTS: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
+#: Connections one process opens to a single Redis server (pub/sub has its own); more wait for one.
+MAX_CONNECTIONS = 100
+#: How long a command waits for a free connection before it counts as "Redis is away".
+POOL_WAIT_SECONDS = 5.0
 
 
 def client_from_url(url: str, *, cluster: bool = False, **overrides: Any) -> Client:
@@ -48,8 +52,14 @@ def client_from_url(url: str, *, cluster: bool = False, **overrides: Any) -> Cli
     """
     if cluster:
         return RedisCluster.from_url(url, **{**_TIMEOUTS, **overrides})
-    return aioredis.Redis.from_url(url, **{**_TIMEOUTS, "health_check_interval": 15, "retry_on_timeout": False,
-                                           **overrides})  # fmt: skip
+    # redis-py's default pool raises MaxConnectionsError (a ConnectionError, so "Redis is away") the
+    # moment a burst needs more than 100 connections: 1,000 dashboards joining at once looked like an
+    # outage. A blocking pool makes the burst wait its turn instead, and still fails after the wait.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_SECONDS,
+        **{**_TIMEOUTS, "health_check_interval": 15, "retry_on_timeout": False, **overrides},
+    )  # fmt: skip
+    return aioredis.Redis.from_pool(pool)
 
 
 async def pubsub_of(client: Client, **kwargs: Any) -> PubSub:
