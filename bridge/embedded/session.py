@@ -13,6 +13,7 @@ import logging
 import math
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from bridge.audio import mulaw_to_pcm16
-from bridge.embedded.engine import Hypothesis, WhisperEngine, plain_word
+from bridge.embedded.engine import SAMPLE_RATE, EngineWord, Hypothesis, WhisperEngine, plain_word
 from bridge.embedded.params import ListenParams
 from bridge.embedded.scheduler import DecodeScheduler, Packable
 from bridge.embedded.segmenter import PartialDue, SegmentClosed, Segmenter, SegmentPausing, SpeechOnset
@@ -48,6 +49,13 @@ PREVIOUS_CHARS = 200
 CHEAP_AFTER_S = 1.0
 #: A final is decoded ahead of the endpoint (at the first pause) only while the decoders are this idle.
 SPECULATE_BELOW_LOAD = 0.5
+#: A final this short (seconds of segment, pre-roll and endpoint silence included) is decoded after
+#: the speaker's previous finals (:meth:`WhisperEngine.transcribe_after`): alone it is too little context.
+SHORT_FINAL_S = 2.0
+#: Most of the speaker's earlier audio a short final is decoded after.
+LEAD_MAX_S = 4.0
+#: How many of a speaker's recent finals (audio and words) are kept for that.
+RECENT_FINALS = 2
 
 Send = Callable[[bytes], Awaitable[None]]
 OutItem = bytes | asyncio.Future[bytes | None] | Callable[[], bytes | None]
@@ -103,6 +111,8 @@ class ListenSession:
         self.hotwords = ", ".join(params.keyterms)
         #: The end of what this speaker said so far: the decoder's context for the next segment.
         self._previous = ""
+        #: This speaker's latest finals, audio and aligned words: the lead of a short final.
+        self._recent: deque[tuple[np.ndarray, tuple[EngineWord, ...]]] = deque(maxlen=RECENT_FINALS)
         #: A final decoded ahead of the endpoint: (segment, voiced end, its decode).
         self._ahead: tuple[int, float, asyncio.Future[Hypothesis | None]] | None = None
         endpoint = params.endpointing_ms
@@ -219,6 +229,16 @@ class ListenSession:
             if time.monotonic() - queued > CHEAP_AFTER_S and (engine, beam) != (self.engine, 1):
                 engine, beam = self.engine, 1
                 self.scheduler.cheap_finals += 1
+            lead = lead_context(self._recent, LEAD_MAX_S) if duration < SHORT_FINAL_S else None
+            if lead is not None:
+                previous = self._previous
+                if previous.endswith(lead[1]):
+                    previous = previous[: -len(lead[1])]
+                hyp = engine.transcribe_after(audio, lead[0], lead[1], beam_size=beam, hotwords=self.hotwords,
+                                              previous=previous)  # fmt: skip
+                if hyp is not None:
+                    self.scheduler.context_finals += 1
+                    return hyp
             return engine.transcribe(
                 audio, beam_size=beam, align=True, context_seconds=engine.partial_context(duration),
                 hotwords=self.hotwords, previous=self._previous,
@@ -288,6 +308,7 @@ class ListenSession:
             if hyp is not None:
                 self._last_word_end = ev.start + hyp.words[-1].end
                 self._previous = (self._previous + " " + hyp.text).strip()[-PREVIOUS_CHARS:]
+                self._recent.append((ev.audio, hyp.words))
             out.set_result(
                 self._results(start, ev.end, hyp, final=True, speech_final=speech_final,
                               from_finalize=from_finalize, offset=ev.start)
@@ -407,6 +428,39 @@ class ListenSession:
 
     def cancel(self) -> None:
         self.scheduler.cancel_stream(self.request_id)
+
+
+def lead_context(
+    recent: deque[tuple[np.ndarray, tuple[EngineWord, ...]]], max_s: float
+) -> tuple[np.ndarray, str] | None:
+    """The speaker's latest audio (at most ``max_s``, cut between words) and what was said in it.
+
+    Recent finals are joined newest-first while they fit; the oldest one kept may be cut to its
+    last words, so the text forced as the decoder's prefix is exactly what the audio holds.
+    """
+    audios: list[np.ndarray] = []
+    texts: list[str] = []
+    room = max_s
+    for audio, words in reversed(recent):
+        length = audio.size / SAMPLE_RATE
+        if not words:
+            break
+        if length > room:
+            keep = [i for i, w in enumerate(words) if w.start >= length - room]
+            if not keep:
+                break
+            i = keep[0]
+            cut = words[i].start if i == 0 else (words[i - 1].end + words[i].start) / 2
+            audio, words = audio[int(cut * SAMPLE_RATE):], words[i:]
+            audios.insert(0, audio)
+            texts.insert(0, " ".join(w.text for w in words))
+            break
+        audios.insert(0, audio)
+        texts.insert(0, " ".join(w.text for w in words))
+        room -= length
+    if not audios:
+        return None
+    return np.concatenate(audios), " ".join(texts)
 
 
 def partial_interval(load: float) -> float:
