@@ -254,13 +254,13 @@ class WhisperEngine:
         )
         seconds = joined.size / SAMPLE_RATE
         tokens, _, confidence, no_speech = self._generate(encoded, prompt, seconds, beam_size)
-        new = tokens[len(forced):]
+        new = tokens[len(forced) :]
         if tokens[: len(forced)] != forced or not new:
             return None
         text = self.tokenizer.decode(new).strip()
         said = [plain_word(w) for w in text.split() if plain_word(w)]
         led = [plain_word(w) for w in lead_text.split() if plain_word(w)]
-        if not said or said == led[-len(said):]:  # nothing new, or the lead said again
+        if not said or said == led[-len(said) :]:  # nothing new, or the lead said again
             return None
         span = audio.size / SAMPLE_RATE
         words = [

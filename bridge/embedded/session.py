@@ -229,20 +229,10 @@ class ListenSession:
             if time.monotonic() - queued > CHEAP_AFTER_S and (engine, beam) != (self.engine, 1):
                 engine, beam = self.engine, 1
                 self.scheduler.cheap_finals += 1
-            lead = lead_context(self._recent, LEAD_MAX_S) if duration < SHORT_FINAL_S else None
-            if lead is not None:
-                previous = self._previous
-                if previous.endswith(lead[1]):
-                    previous = previous[: -len(lead[1])]
-                hyp = engine.transcribe_after(audio, lead[0], lead[1], beam_size=beam, hotwords=self.hotwords,
-                                              previous=previous)  # fmt: skip
-                if hyp is not None:
-                    self.scheduler.context_finals += 1
-                    return hyp
-            return engine.transcribe(
-                audio, beam_size=beam, align=True, context_seconds=engine.partial_context(duration),
-                hotwords=self.hotwords, previous=self._previous,
-            )
+            hyp, in_context = decode_final(engine, audio, duration, self._recent, beam_size=beam,
+                                           hotwords=self.hotwords, previous=self._previous)  # fmt: skip
+            self.scheduler.context_finals += in_context
+            return hyp
 
         def run_many(audios: list[np.ndarray]) -> list[Hypothesis]:
             return accurate.transcribe_packed(audios, beam_size=self.final_beam, hotwords=self.hotwords)
@@ -430,6 +420,34 @@ class ListenSession:
         self.scheduler.cancel_stream(self.request_id)
 
 
+def decode_final(
+    engine: WhisperEngine,
+    audio: np.ndarray,
+    duration: float,
+    recent: deque[tuple[np.ndarray, tuple[EngineWord, ...]]],
+    *,
+    beam_size: int,
+    hotwords: str,
+    previous: str,
+) -> tuple[Hypothesis, bool]:
+    """A final's hypothesis, and whether it was decoded after the speaker's earlier audio.
+
+    A short final goes after its lead (:func:`lead_context`), whose text is then taken out of the
+    prompt's previous words (it is the forced prefix already); if that decode gives nothing new
+    or echoes the lead, the segment is decoded alone as any other final.
+    """
+    lead = lead_context(recent, LEAD_MAX_S) if duration < SHORT_FINAL_S else None
+    if lead is not None:
+        before = previous[: -len(lead[1])] if previous.endswith(lead[1]) else previous
+        hyp = engine.transcribe_after(audio, lead[0], lead[1], beam_size=beam_size, hotwords=hotwords,
+                                      previous=before)  # fmt: skip
+        if hyp is not None:
+            return hyp, True
+    hyp = engine.transcribe(audio, beam_size=beam_size, align=True, context_seconds=engine.partial_context(duration),
+                            hotwords=hotwords, previous=previous)  # fmt: skip
+    return hyp, False
+
+
 def lead_context(
     recent: deque[tuple[np.ndarray, tuple[EngineWord, ...]]], max_s: float
 ) -> tuple[np.ndarray, str] | None:
@@ -451,7 +469,7 @@ def lead_context(
                 break
             i = keep[0]
             cut = words[i].start if i == 0 else (words[i - 1].end + words[i].start) / 2
-            audio, words = audio[int(cut * SAMPLE_RATE):], words[i:]
+            audio, words = audio[int(cut * SAMPLE_RATE) :], words[i:]
             audios.insert(0, audio)
             texts.insert(0, " ".join(w.text for w in words))
             break
