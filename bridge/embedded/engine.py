@@ -262,13 +262,20 @@ class WhisperEngine:
         led = [plain_word(w) for w in lead_text.split() if plain_word(w)]
         if not said or said == led[-len(said) :]:  # nothing new, or the lead said again
             return None
+        aligned = self._align(tokens, encoded, seconds, skip=len(forced))
+        if [plain_word(w.text) for w in aligned if plain_word(w.text)] != said:
+            return None  # a new word fused with the prefix's last one: its times are unknown
+        # A word aligned to the lead's audio is the lead said again, not this segment's speech.
         span = audio.size / SAMPLE_RATE
         words = [
             EngineWord(w.text, min(max(w.start - at, 0.0), span), min(max(w.end - at, 0.0), span), w.probability)
-            for w in self._align(tokens, encoded, seconds, skip=len(forced))
+            for w in aligned
+            if (w.start + w.end) / 2 >= at - LEAD_GAP_S / 2
         ]
-        if [plain_word(w.text) for w in words if plain_word(w.text)] != said:
-            return None  # a new word fused with the prefix's last one: its times are unknown
+        if not words:
+            return None
+        if len(words) < len(aligned):
+            logger.debug("dropped %d echoed words of %r", len(aligned) - len(words), text)
         return Hypothesis(text=" ".join(w.text for w in words), words=tuple(words), confidence=confidence,
                           no_speech_prob=no_speech)  # fmt: skip
 

@@ -13,8 +13,7 @@ import logging
 import math
 import time
 import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -58,6 +57,8 @@ LEAD_MAX_S = 4.0
 RECENT_FINALS = 2
 
 Send = Callable[[bytes], Awaitable[None]]
+#: One of a speaker's recent finals: its segment audio and aligned words.
+Recent = tuple[np.ndarray, tuple[EngineWord, ...]]
 OutItem = bytes | asyncio.Future[bytes | None] | Callable[[], bytes | None]
 
 
@@ -112,7 +113,8 @@ class ListenSession:
         #: The end of what this speaker said so far: the decoder's context for the next segment.
         self._previous = ""
         #: This speaker's latest finals, audio and aligned words: the lead of a short final.
-        self._recent: deque[tuple[np.ndarray, tuple[EngineWord, ...]]] = deque(maxlen=RECENT_FINALS)
+        #: Replaced, never mutated: a decode thread reads it while the event loop adds finals.
+        self._recent: tuple[Recent, ...] = ()
         #: A final decoded ahead of the endpoint: (segment, voiced end, its decode).
         self._ahead: tuple[int, float, asyncio.Future[Hypothesis | None]] | None = None
         endpoint = params.endpointing_ms
@@ -298,7 +300,7 @@ class ListenSession:
             if hyp is not None:
                 self._last_word_end = ev.start + hyp.words[-1].end
                 self._previous = (self._previous + " " + hyp.text).strip()[-PREVIOUS_CHARS:]
-                self._recent.append((ev.audio, hyp.words))
+                self._recent = (*self._recent, (ev.audio, hyp.words))[-RECENT_FINALS:]
             out.set_result(
                 self._results(start, ev.end, hyp, final=True, speech_final=speech_final,
                               from_finalize=from_finalize, offset=ev.start)
@@ -424,7 +426,7 @@ def decode_final(
     engine: WhisperEngine,
     audio: np.ndarray,
     duration: float,
-    recent: deque[tuple[np.ndarray, tuple[EngineWord, ...]]],
+    recent: Sequence[Recent],
     *,
     beam_size: int,
     hotwords: str,
@@ -441,6 +443,7 @@ def decode_final(
         before = previous[: -len(lead[1])] if previous.endswith(lead[1]) else previous
         hyp = engine.transcribe_after(audio, lead[0], lead[1], beam_size=beam_size, hotwords=hotwords,
                                       previous=before)  # fmt: skip
+        logger.debug("short final after %r: %r", lead[1][-40:], hyp and hyp.text)
         if hyp is not None:
             return hyp, True
     hyp = engine.transcribe(audio, beam_size=beam_size, align=True, context_seconds=engine.partial_context(duration),
@@ -449,12 +452,13 @@ def decode_final(
 
 
 def lead_context(
-    recent: deque[tuple[np.ndarray, tuple[EngineWord, ...]]], max_s: float
+    recent: Sequence[Recent], max_s: float
 ) -> tuple[np.ndarray, str] | None:
     """The speaker's latest audio (at most ``max_s``, cut between words) and what was said in it.
 
     Recent finals are joined newest-first while they fit; the oldest one kept may be cut to its
     last words, so the text forced as the decoder's prefix is exactly what the audio holds.
+    Each final's text ends with a full stop (:func:`sentence`).
     """
     audios: list[np.ndarray] = []
     texts: list[str] = []
@@ -471,14 +475,24 @@ def lead_context(
             cut = words[i].start if i == 0 else (words[i - 1].end + words[i].start) / 2
             audio, words = audio[int(cut * SAMPLE_RATE) :], words[i:]
             audios.insert(0, audio)
-            texts.insert(0, " ".join(w.text for w in words))
+            texts.insert(0, sentence(words))
             break
         audios.insert(0, audio)
-        texts.insert(0, " ".join(w.text for w in words))
+        texts.insert(0, sentence(words))
         room -= length
     if not audios:
         return None
     return np.concatenate(audios), " ".join(texts)
+
+
+def sentence(words: Sequence[EngineWord]) -> str:
+    """A final's words as one sentence: a final ends at the speaker's pause, so it ends with a stop.
+
+    The prefix steers the continuation: after "Sure" Whisper hears the next "Yes." as "Yeah.",
+    after "Sure." as "Yes." (measured on the short-answer fixtures).
+    """
+    text = " ".join(w.text for w in words)
+    return text + "." if text and text[-1].isalnum() else text
 
 
 def partial_interval(load: float) -> float:

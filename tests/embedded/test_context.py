@@ -7,7 +7,6 @@ with its text forced as the prefix, it is heard right, and an echo of the lead f
 from __future__ import annotations
 
 import json
-from collections import deque
 from functools import cache
 
 import numpy as np
@@ -16,7 +15,7 @@ import pytest
 from bridge.audio import mulaw_to_pcm16, read_wav
 from bridge.embedded.engine import SAMPLE_RATE, EngineWord, WhisperEngine, load_engine, plain_word
 from bridge.embedded.segmenter import SegmentClosed, Segmenter
-from bridge.embedded.session import SHORT_FINAL_S, decode_final, lead_context
+from bridge.embedded.session import SHORT_FINAL_S, decode_final, lead_context, sentence
 from tests.support import FIXTURES
 
 pytestmark = pytest.mark.timeout(180)
@@ -50,7 +49,7 @@ def test_a_short_yes_after_the_speakers_earlier_answer_is_heard_as_yes() -> None
     assert yes.end - yes.start < SHORT_FINAL_S
     first = base().transcribe(sure.audio, beam_size=5)
     assert words(first.text) == ["sure"]
-    recent: deque[tuple[np.ndarray, tuple[EngineWord, ...]]] = deque([(sure.audio, first.words)])
+    recent = [(sure.audio, first.words)]
     hyp, in_context = decode_final(base(), yes.audio, yes.end - yes.start, recent, beam_size=5, hotwords="",
                                    previous=first.text)  # fmt: skip
     assert in_context
@@ -65,7 +64,7 @@ def test_an_echo_of_the_lead_falls_back_to_decoding_the_segment_alone() -> None:
     # The same words again: the contextual decode can only repeat the lead, so it gives up...
     assert base().transcribe_after(sure.audio, sure.audio, first.text, beam_size=5) is None
     # ...and the final is decoded alone, as before the lever.
-    recent: deque[tuple[np.ndarray, tuple[EngineWord, ...]]] = deque([(sure.audio, first.words)])
+    recent = [(sure.audio, first.words)]
     hyp, in_context = decode_final(base(), sure.audio, sure.end - sure.start, recent, beam_size=5, hotwords="",
                                    previous=first.text)  # fmt: skip
     assert not in_context
@@ -84,9 +83,19 @@ def test_the_lead_is_the_latest_audio_cut_between_words() -> None:
 
     older = final(3.0, ("Good", 0.3, 0.6), ("morning,", 0.7, 1.1), ("this", 1.5, 1.8), ("is", 1.9, 2.0))
     newer = final(1.0, ("Sure.", 0.3, 0.6))
-    assert lead_context(deque(), 4.0) is None
-    audio, text = lead_context(deque([older, newer]), 3.0) or (None, "")
-    assert text == "this is Sure."
+    assert lead_context([], 4.0) is None
+    audio, text = lead_context([older, newer], 3.0) or (None, "")
+    assert text == "this is. Sure."
     assert audio is not None and audio.size == int((3.0 - 1.3) * SAMPLE_RATE) + newer[0].size
-    audio, text = lead_context(deque([older, newer]), 5.0) or (None, "")
-    assert text == "Good morning, this is Sure." and audio is not None and audio.size == 4 * SAMPLE_RATE
+    audio, text = lead_context([older, newer], 5.0) or (None, "")
+    assert text == "Good morning, this is. Sure." and audio is not None and audio.size == 4 * SAMPLE_RATE
+
+
+def test_each_final_of_the_lead_ends_with_a_stop() -> None:
+    # After "Sure" (no stop) base hears the caller's next "Yes." as "Yeah."; after "Sure." as "Yes.".
+    said = (EngineWord("Sure", 0.3, 0.6, 1.0),)
+    assert sentence(said) == "Sure."
+    assert sentence((EngineWord("Really?", 0.3, 0.6, 1.0),)) == "Really?"
+    assert sentence(()) == ""
+    audio = np.zeros(SAMPLE_RATE, np.float32)
+    assert (lead_context([(audio, said), (audio, said)], 4.0) or (None, ""))[1] == "Sure. Sure."
