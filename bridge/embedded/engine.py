@@ -265,12 +265,13 @@ class WhisperEngine:
         aligned = self._align(tokens, encoded, seconds, skip=len(forced))
         if [plain_word(w.text) for w in aligned if plain_word(w.text)] != said:
             return None  # a new word fused with the prefix's last one: its times are unknown
-        # A word aligned to the lead's audio is the lead said again, not this segment's speech.
+        # A word aligned wholly inside the lead's audio is the lead said again, not this segment's
+        # speech. (The first new word often aligns early, into the seam: that one is kept.)
         span = audio.size / SAMPLE_RATE
         words = [
             EngineWord(w.text, min(max(w.start - at, 0.0), span), min(max(w.end - at, 0.0), span), w.probability)
             for w in aligned
-            if (w.start + w.end) / 2 >= at - LEAD_GAP_S / 2
+            if w.end > at - LEAD_GAP_S
         ]
         if not words:
             return None
