@@ -440,7 +440,7 @@ def decode_final(
     """
     lead = lead_context(recent, LEAD_MAX_S) if duration < SHORT_FINAL_S else None
     if lead is not None:
-        before = previous[: -len(lead[1])] if previous.endswith(lead[1]) else previous
+        before = without_lead(previous, lead[1])
         hyp = engine.transcribe_after(audio, lead[0], lead[1], beam_size=beam_size, hotwords=hotwords,
                                       previous=before)  # fmt: skip
         logger.debug("short final after %r: %r", lead[1][-40:], hyp and hyp.text)
@@ -483,6 +483,16 @@ def lead_context(
     if not audios:
         return None
     return np.concatenate(audios), " ".join(texts)
+
+
+def without_lead(previous: str, lead_text: str) -> str:
+    """The speaker's previous words without the lead's (forced as the prefix, they would be said
+    twice), compared word by word without punctuation (the lead's finals gained a stop)."""
+    led = [plain_word(w) for w in lead_text.split()]
+    words = previous.split()
+    if led and len(words) >= len(led) and [plain_word(w) for w in words[-len(led) :]] == led:
+        return " ".join(words[: -len(led)])
+    return previous
 
 
 def sentence(words: Sequence[EngineWord]) -> str:

@@ -15,7 +15,7 @@ import pytest
 from bridge.audio import mulaw_to_pcm16, read_wav
 from bridge.embedded.engine import SAMPLE_RATE, EngineWord, WhisperEngine, load_engine, plain_word
 from bridge.embedded.segmenter import SegmentClosed, Segmenter
-from bridge.embedded.session import SHORT_FINAL_S, decode_final, lead_context, sentence
+from bridge.embedded.session import SHORT_FINAL_S, decode_final, lead_context, sentence, without_lead
 from tests.support import FIXTURES
 
 pytestmark = pytest.mark.timeout(180)
@@ -99,3 +99,11 @@ def test_each_final_of_the_lead_ends_with_a_stop() -> None:
     assert sentence(()) == ""
     audio = np.zeros(SAMPLE_RATE, np.float32)
     assert (lead_context([(audio, said), (audio, said)], 4.0) or (None, ""))[1] == "Sure. Sure."
+
+
+def test_regression_the_lead_is_taken_out_of_the_previous_words_despite_its_added_stop() -> None:
+    # The lead's finals gain a stop, so an exact string match never found them in the previous words,
+    # and the lead was given to the decoder twice (prompt and prefix).
+    assert without_lead("Good morning. Sure I can do that", "Sure I can do that.") == "Good morning."
+    assert without_lead("Good morning. Sure", "I can.") == "Good morning. Sure"
+    assert without_lead("", "Yes.") == ""
