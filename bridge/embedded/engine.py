@@ -42,6 +42,8 @@ MIN_PARTIAL_CONTEXT_S = 6.0
 PARTIAL_PAD_S = 3.0
 #: Longest ``<|startofprev|>`` prompt (keyterms + previous words): enough context, little decoder cost.
 MAX_CONTEXT_TOKENS = 64
+#: Silence between a speaker's earlier audio and a short final decoded after it: the seam of packed windows.
+LEAD_GAP_S = PACK_SEAM_S
 
 
 class ModelLoadError(RuntimeError):
@@ -222,6 +224,62 @@ class WhisperEngine:
             words = estimate_words(text, 0.0, seconds)
         return Hypothesis(text=text, words=tuple(words), confidence=confidence, no_speech_prob=no_speech)
 
+    def transcribe_after(
+        self,
+        audio: np.ndarray,
+        lead: np.ndarray,
+        lead_text: str,
+        *,
+        beam_size: int = 1,
+        hotwords: str = "",
+        previous: str = "",
+    ) -> Hypothesis | None:
+        """Decode ``audio`` as the continuation of ``lead``, the same speaker's earlier audio.
+
+        A short final ("Yes.") decoded alone gives Whisper too little to go on; placed after the
+        speaker's previous words, with their already-committed text forced as the prefix, the
+        decoder continues from real context. Only the tokens after the forced prefix are kept, and
+        their aligned times are mapped back onto ``audio``'s own clock. ``None`` when the decode
+        adds nothing new or merely echoes the lead (the caller then decodes ``audio`` alone).
+        """
+        at = lead.size / SAMPLE_RATE + LEAD_GAP_S
+        gap = np.zeros(int(LEAD_GAP_S * SAMPLE_RATE), dtype=np.float32)
+        joined = np.concatenate([lead.astype(np.float32), gap, audio.astype(np.float32)])
+        if joined.size / SAMPLE_RATE > self.max_segment_seconds or not lead_text.strip():
+            return None
+        encoded = self._encode(joined, self.context_seconds)
+        forced: list[int] = self.tokenizer.encode(" " + lead_text.strip())
+        prompt = self.model.get_prompt(
+            self.tokenizer, self.context_tokens(hotwords, previous), without_timestamps=True, prefix=lead_text
+        )
+        seconds = joined.size / SAMPLE_RATE
+        tokens, _, confidence, no_speech = self._generate(encoded, prompt, seconds, beam_size)
+        new = tokens[len(forced) :]
+        if tokens[: len(forced)] != forced or not new:
+            return None
+        text = self.tokenizer.decode(new).strip()
+        said = [plain_word(w) for w in text.split() if plain_word(w)]
+        led = [plain_word(w) for w in lead_text.split() if plain_word(w)]
+        if not said or said == led[-len(said) :]:  # nothing new, or the lead said again
+            return None
+        aligned = self._align(tokens, encoded, seconds, skip=len(forced))
+        if [plain_word(w.text) for w in aligned if plain_word(w.text)] != said:
+            return None  # a new word fused with the prefix's last one: its times are unknown
+        # A word aligned wholly inside the lead's audio is the lead said again, not this segment's
+        # speech. (The first new word often aligns early, into the seam: that one is kept.)
+        span = audio.size / SAMPLE_RATE
+        words = [
+            EngineWord(w.text, min(max(w.start - at, 0.0), span), min(max(w.end - at, 0.0), span), w.probability)
+            for w in aligned
+            if w.end > at - LEAD_GAP_S
+        ]
+        if not words:
+            return None
+        if len(words) < len(aligned):
+            logger.debug("dropped %d echoed words of %r", len(aligned) - len(words), text)
+        return Hypothesis(text=" ".join(w.text for w in words), words=tuple(words), confidence=confidence,
+                          no_speech_prob=no_speech)  # fmt: skip
+
     def transcribe_packed(
         self, audios: list[np.ndarray], *, beam_size: int = 5, hotwords: str = ""
     ) -> list[Hypothesis]:
@@ -297,12 +355,19 @@ class WhisperEngine:
             tokens = self.tokenizer.encode(" " + text) if text else []
         return tokens, text, float(math.exp(min(0.0, avg_logprob))), float(res.no_speech_prob)
 
-    def _align(self, tokens: list[int], encoded: Any, duration: float) -> list[EngineWord]:
-        """Word times by cross-attention alignment, punctuation attached to the word before it."""
+    def _align(self, tokens: list[int], encoded: Any, duration: float, skip: int = 0) -> list[EngineWord]:
+        """Word times by cross-attention alignment, punctuation attached to the word before it.
+
+        Words among the first ``skip`` tokens (a forced prefix) are aligned but not returned.
+        """
         frames = max(1, round(duration * 100))
         aligned = self.model.find_alignment(self.tokenizer, [tokens], encoded, frames)[0]
         words: list[EngineWord] = []
+        seen = 0
         for w in aligned:
+            first, seen = seen, seen + len(w.get("tokens", ()))
+            if first < skip:
+                continue
             wt = str(w["word"]).strip()
             if not wt:
                 continue

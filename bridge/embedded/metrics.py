@@ -50,6 +50,9 @@ class RecognizerMetrics:
         self.cheap_finals = Gauge(
             "recognizer_cheap_finals", "Finals decoded with the fast model because finals were queuing up", registry=r
         )
+        self.context_finals = Gauge(
+            "recognizer_context_finals", "Short finals decoded after the speaker's earlier audio", registry=r
+        )
 
     def observe_decode(self, kind: str, waited: float, ran: float) -> None:
         self.queue_wait_seconds.labels(kind).observe(waited)
@@ -64,6 +67,7 @@ class RecognizerMetrics:
         self.skipped.set(s.skipped_partials)
         self.replaced.set(s.replaced_partials)
         self.cheap_finals.set(s.cheap_finals)
+        self.context_finals.set(s.context_finals)
         self.packed_finals.set(s.packed_finals)
         self.ahead.labels("used").set(s.used_ahead)
         self.ahead.labels("wasted").set(s.wasted_ahead)

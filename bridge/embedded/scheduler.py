@@ -61,6 +61,7 @@ class SchedulerStats:
     packed_finals: int = 0
     used_ahead: int = 0
     wasted_ahead: int = 0
+    context_finals: int = 0
 
 
 class DecodeScheduler:
@@ -95,6 +96,8 @@ class DecodeScheduler:
         self.replaced_partials = 0
         #: Finals decoded with the fast model because finals were queuing up (two-pass fallback).
         self.cheap_finals = 0
+        #: Short finals decoded after the speaker's earlier audio (see ``transcribe_after``).
+        self.context_finals = 0
         self._on_done = on_done
         self._closed = False
 
@@ -113,6 +116,7 @@ class DecodeScheduler:
             packed_finals=self.packed_finals,
             used_ahead=self.used_ahead,
             wasted_ahead=self.wasted_ahead,
+            context_finals=self.context_finals,
         )
 
     @property
