@@ -276,7 +276,7 @@ class WhisperEngine:
         if not words:
             return None
         if len(words) < len(aligned):
-            logger.debug("dropped %d echoed words of %r", len(aligned) - len(words), text)
+            logger.debug("dropped %d echoed words", len(aligned) - len(words))  # never the words: card data
         return Hypothesis(text=" ".join(w.text for w in words), words=tuple(words), confidence=confidence,
                           no_speech_prob=no_speech)  # fmt: skip
 

@@ -443,7 +443,7 @@ def decode_final(
         before = without_lead(previous, lead[1])
         hyp = engine.transcribe_after(audio, lead[0], lead[1], beam_size=beam_size, hotwords=hotwords,
                                       previous=before)  # fmt: skip
-        logger.debug("short final after %r: %r", lead[1][-40:], hyp and hyp.text)
+        logger.debug("short final after %d lead words: %s", len(lead[1].split()), "kept" if hyp else "alone")
         if hyp is not None:
             return hyp, True
     hyp = engine.transcribe(audio, beam_size=beam_size, align=True, context_seconds=engine.partial_context(duration),
