@@ -412,11 +412,32 @@ def cut_repeats(text: str, longest: int = 12) -> str:
             if not any(group):
                 continue
             need = {1: 4, 2: 3}.get(n, 2)
+            digits = spoken_digits(group)
+            if digits:  # "4111 1111 1111 1111": a card repeats its groups; a loop runs past any card
+                need = max(need, -(-(MAX_CARD_DIGITS + 1) // digits))
             if i + need * n > len(words):
                 continue
             if all(bare[i + k * n : i + (k + 1) * n] == group for k in range(1, need)):
                 return " ".join(words[: i + n])
     return text
+
+
+#: The longest card number (ISO/IEC 7812): digits repeating beyond it are a loop, not a number.
+MAX_CARD_DIGITS = 19
+_DIGIT_WORDS = frozenset("zero oh o one two three four five six seven eight nine".split())
+
+
+def spoken_digits(group: list[str]) -> int:
+    """How many digits a group of words says (0 unless every word is digits or a digit's name)."""
+    total = 0
+    for word in group:
+        if word.isdigit():
+            total += len(word)
+        elif word in _DIGIT_WORDS:
+            total += 1
+        else:
+            return 0
+    return total
 
 
 def plain_word(word: str) -> str:

@@ -194,3 +194,11 @@ def test_outage_bench_runs_and_reports(redis_url: str, tmp_path: Path, fallback:
     names = [span["recognizer"] for span in result["served"]]
     assert names == (["deepgram", "elevenlabs"] if fallback else ["deepgram"])
     assert (result["time_to_current_s"] is None) is fallback
+
+
+def test_regression_a_card_number_is_not_counted_as_a_looping_partial() -> None:
+    from bridge.bench.recognizer import loops
+
+    assert not loops("Sure it is 4111 1111 1111 1111 It expires 0928")
+    assert loops("is there anything else I is there anything else I")
+    assert loops("1111 " * 6)  # 24 digits: more than any card

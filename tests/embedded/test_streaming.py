@@ -109,6 +109,18 @@ def test_looping_tail_is_cut() -> None:
     assert cut_repeats("four five seven two nine") == "four five seven two nine"
 
 
+def test_regression_a_card_number_is_not_cut_as_a_loop() -> None:
+    # "1111" four times read as a loop: the live final kept "4111 1111" and dropped the rest of the
+    # card (so the redactor, which needs the whole Luhn-valid number, could not recognise it either).
+    card = "Sure, it is 4111, 1111, 1111, 1111. It expires 09 28."
+    assert cut_repeats(card) == card
+    assert cut_repeats("1111 1111 1111 1111") == "1111 1111 1111 1111"
+    assert cut_repeats("one one one one one one") == "one one one one one one"
+    # Digits repeating past the longest card number (19) are still a loop.
+    assert cut_repeats("1111 " * 8 + "thanks") == "1111"
+    assert cut_repeats("7, " * 25) == "7,"
+
+
 async def test_early_partial_arrives_before_the_first_final(recognizer_url: str) -> None:
     audio = read_wav(FIXTURES / "audio" / "clips" / "00.wav").channel_bytes(0)
     received: list[dg.ServerMessage] = []
