@@ -44,6 +44,9 @@ PARTIAL_PAD_S = 3.0
 MAX_CONTEXT_TOKENS = 64
 #: Silence between a speaker's earlier audio and a short final decoded after it: the seam of packed windows.
 LEAD_GAP_S = PACK_SEAM_S
+#: Repetition penalty of the second decode of a repeating hypothesis (:meth:`WhisperEngine._generate`):
+#: 1.1 ends the loops seen on the fixtures and still hears a card's repeated digits.
+LOOP_RETRY_PENALTY = 1.1
 
 
 class ModelLoadError(RuntimeError):
@@ -328,7 +331,29 @@ class WhisperEngine:
     def _generate(
         self, encoded: Any, prompt: list[int], seconds: float, beam_size: int
     ) -> tuple[list[int], str, float, float]:
-        """Tokens, text, confidence and no-speech probability of one decode, a looping tail cut."""
+        """Tokens, text, confidence and no-speech probability of one decode, a looping tail cut.
+
+        A decode whose new words repeat a group (:func:`repeats`, card numbers not excepted) is
+        either a speaker reading repeated digits or the decoder looping; both read the same. It is
+        decoded once more with a mild repetition penalty: a loop goes away (the decoder moves on to
+        the words it skipped), a number the speaker said is heard again, and the first decode stays.
+        """
+        fresh = next((i for i, t in enumerate(reversed(prompt)) if t >= self.tokenizer.eot), len(prompt))  # prefix
+        tokens, text, score, no_speech = self._run(encoded, prompt, seconds, beam_size, 1.0)
+        if repeats(self.tokenizer.decode(tokens[fresh:])):
+            again = self._run(encoded, prompt, seconds, beam_size, LOOP_RETRY_PENALTY)
+            if not repeats(self.tokenizer.decode(again[0][fresh:])):
+                logger.debug("a repeating decode was decoded again: %d tokens -> %d", len(tokens), len(again[0]))
+                tokens, text, score, no_speech = again
+        cut = cut_repeats(text)
+        if cut != text:
+            text = cut
+            tokens = self.tokenizer.encode(" " + text) if text else []
+        return tokens, text, score, no_speech
+
+    def _run(
+        self, encoded: Any, prompt: list[int], seconds: float, beam_size: int, penalty: float
+    ) -> tuple[list[int], str, float, float]:
         budget = math.ceil(TOKENS_PER_SECOND * seconds) + TOKEN_SLACK
         res = self.model.model.generate(
             encoded,
@@ -341,7 +366,7 @@ class WhisperEngine:
             return_no_speech_prob=True,
             suppress_blank=False,
             suppress_tokens=self.suppress,
-            repetition_penalty=1.0,
+            repetition_penalty=penalty,
             no_repeat_ngram_size=0,
         )[0]
         # CTranslate2 returns the forced prefix tokens as part of the sequence.
@@ -349,10 +374,6 @@ class WhisperEngine:
         seq_len = max(1, len(res.sequences_ids[0]))
         avg_logprob = float(res.scores[0]) * seq_len / (seq_len + 1) if res.scores else -1.0
         text = self.tokenizer.decode(tokens).strip()
-        cut = cut_repeats(text)
-        if cut != text:
-            text = cut
-            tokens = self.tokenizer.encode(" " + text) if text else []
         return tokens, text, float(math.exp(min(0.0, avg_logprob))), float(res.no_speech_prob)
 
     def _align(self, tokens: list[int], encoded: Any, duration: float, skip: int = 0) -> list[EngineWord]:
@@ -397,12 +418,13 @@ def estimate_words(text: str, start: float, end: float) -> list[EngineWord]:
     return out
 
 
-def cut_repeats(text: str, longest: int = 12) -> str:
+def cut_repeats(text: str, longest: int = 12, *, cards: bool = True) -> str:
     """Cut a decoder loop: the tail from where one word group starts repeating.
 
     A single word must come four times in a row, a pair three times, a group of three words or
     more twice (people say "no, no, no" or "thank you, thank you", but not the same sentence twice).
     Punctuation and case are ignored when comparing (a loop often repeats "please." as "please,").
+    With ``cards``, digits may repeat up to the length of a card number ("4111 1111 1111 1111").
     """
     words = text.split()
     bare = [plain_word(w) for w in words]
@@ -412,7 +434,7 @@ def cut_repeats(text: str, longest: int = 12) -> str:
             if not any(group):
                 continue
             need = {1: 4, 2: 3}.get(n, 2)
-            digits = spoken_digits(group)
+            digits = spoken_digits(group) if cards else 0
             if digits:  # "4111 1111 1111 1111": a card repeats its groups; a loop runs past any card
                 need = max(need, -(-(MAX_CARD_DIGITS + 1) // digits))
             if i + need * n > len(words):
@@ -420,6 +442,11 @@ def cut_repeats(text: str, longest: int = 12) -> str:
             if all(bare[i + k * n : i + (k + 1) * n] == group for k in range(1, need)):
                 return " ".join(words[: i + n])
     return text
+
+
+def repeats(text: str) -> bool:
+    """Whether a word group repeats as a loop would, digits included (see :func:`cut_repeats`)."""
+    return cut_repeats(text, cards=False) != text
 
 
 #: The longest card number (ISO/IEC 7812): digits repeating beyond it are a loop, not a number.
