@@ -333,16 +333,18 @@ class WhisperEngine:
     ) -> tuple[list[int], str, float, float]:
         """Tokens, text, confidence and no-speech probability of one decode, a looping tail cut.
 
-        A decode whose new words repeat a group (:func:`repeats`, card numbers not excepted) is
-        either a speaker reading repeated digits or the decoder looping; both read the same. It is
-        decoded once more with a mild repetition penalty: a loop goes away (the decoder moves on to
-        the words it skipped), a number the speaker said is heard again, and the first decode stays.
+        A decode whose new words repeat a group (:func:`loop_level`) is either a speaker reading
+        repeated digits or the decoder looping; the two read alike. It is decoded once more with a
+        mild repetition penalty and the second decode is kept when it loops less: a loop goes away
+        (the decoder moves on to the words it skipped), while a number the speaker said is heard
+        again and the first decode stands.
         """
         fresh = next((i for i, t in enumerate(reversed(prompt)) if t >= self.tokenizer.eot), len(prompt))  # prefix
         tokens, text, score, no_speech = self._run(encoded, prompt, seconds, beam_size, 1.0)
-        if repeats(self.tokenizer.decode(tokens[fresh:])):
+        level = loop_level(self.tokenizer.decode(tokens[fresh:]))
+        if level:
             again = self._run(encoded, prompt, seconds, beam_size, LOOP_RETRY_PENALTY)
-            if not repeats(self.tokenizer.decode(again[0][fresh:])):
+            if loop_level(self.tokenizer.decode(again[0][fresh:])) < level:
                 logger.debug("a repeating decode was decoded again: %d tokens -> %d", len(tokens), len(again[0]))
                 tokens, text, score, no_speech = again
         cut = cut_repeats(text)
@@ -444,9 +446,12 @@ def cut_repeats(text: str, longest: int = 12, *, cards: bool = True) -> str:
     return text
 
 
-def repeats(text: str) -> bool:
-    """Whether a word group repeats as a loop would, digits included (see :func:`cut_repeats`)."""
-    return cut_repeats(text, cards=False) != text
+def loop_level(text: str) -> int:
+    """0: no word group repeats; 1: one repeats as a loop would, but as a card number's digits may
+    ("4111 1111 1111 1111"); 2: one repeats past any card number (:func:`cut_repeats` cuts it)."""
+    if cut_repeats(text) != text:
+        return 2
+    return 1 if cut_repeats(text, cards=False) != text else 0
 
 
 #: The longest card number (ISO/IEC 7812): digits repeating beyond it are a loop, not a number.

@@ -21,7 +21,7 @@ from bridge.embedded.engine import (
     cut_repeats,
     load_engine,
     plain_word,
-    repeats,
+    loop_level,
 )
 from bridge.embedded.segmenter import SegmentClosed, Segmenter
 from tests.support import FIXTURES
@@ -53,15 +53,16 @@ def digits(text: str) -> str:
 def test_repeats_sees_digit_loops_that_the_card_rule_keeps() -> None:
     loop = "It is the one ending in 3, 4, 2, 3, 2, 3, 2, 3, 2"
     assert cut_repeats(loop) == loop  # under the card rule: could be a number
-    assert repeats(loop)
-    assert not repeats("It is the one ending in 742, sent on Monday.")
-    assert repeats("thank you. thank you. thank you.")
+    assert loop_level(loop) == 1
+    assert loop_level("It is the one ending in 742, sent on Monday.") == 0
+    assert loop_level("thank you. thank you. thank you.") == 2
+    assert loop_level("it is 411 " + "11 " * 10) == 2  # past any card number
 
 
 def test_regression_a_digit_loop_is_decoded_again_and_the_turn_kept() -> None:
     audio, duration = turn_audio("sets/robotic/r03_delivery", "It is the one ending")
     hyp = base().transcribe(audio, beam_size=5, context_seconds=base().partial_context(duration))
-    assert not repeats(hyp.text), hyp.text
+    assert loop_level(hyp.text) == 0, hyp.text
     assert len(digits(hyp.text)) <= 4, hyp.text
     said = [plain_word(w) for w in hyp.text.split()]
     assert said[:6] == ["it", "is", "the", "one", "ending", "in"], hyp.text
@@ -110,6 +111,15 @@ def test_a_card_number_heard_again_keeps_the_first_decode(engine: WhisperEngine)
     penalties = scripted(engine, card, "It is 4, " + "1, " * 12 + "1.")
     _, text, _, _ = engine._generate(None, prompt(), 6.0, 5)
     assert text == card
+    assert len(penalties) == 2
+
+
+def test_regression_a_card_past_its_length_takes_the_retry_that_fits_a_card(engine: WhisperEngine) -> None:
+    # card_call: base read the card as "411" and "11" ten times, which the loop guard cut to
+    # "411 11"; the penalised decode, "4111 1111 1111 1111 1111", loops less and is kept whole.
+    penalties = scripted(engine, "Sure it is 411" + " 11" * 10, "Sure, it is 4111 1111 1111 1111 1111")
+    _, text, _, _ = engine._generate(None, prompt(), 5.6, 5)
+    assert text == "Sure, it is 4111 1111 1111 1111 1111"
     assert len(penalties) == 2
 
 
