@@ -20,8 +20,8 @@ from bridge.embedded.engine import (
     WhisperEngine,
     cut_repeats,
     load_engine,
-    plain_word,
     loop_level,
+    plain_word,
 )
 from bridge.embedded.segmenter import SegmentClosed, Segmenter
 from tests.support import FIXTURES
