@@ -12,10 +12,13 @@ import dataclasses
 import json
 from pathlib import Path
 
-from bridge.audio import read_wav
+import numpy as np
+
+from bridge.audio import SAMPLE_RATE, mulaw_to_pcm16, read_wav
 from bridge.data import call_path
 
 TRACKS = ("inbound", "outbound")
+FRAME = SAMPLE_RATE // 50
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +44,35 @@ class FixtureCall:
         """Each track's mu-law bytes, as Twilio would stream them."""
         wav = read_wav(self.wav)
         return {track: wav.channel_bytes(i) for i, track in enumerate(TRACKS[: wav.channels])}
+
+    def spoken_turns(self, track: str, audio: bytes) -> list[Turn]:
+        """The track's turns narrowed to where speech is heard (:func:`speech_span`)."""
+        return [speech_span(t, audio) for t in self.turns if t.track == track]
+
+
+#: A 20 ms frame is speech once its RMS is within 30 dB of the turn's loudest frame.
+SPEECH_FLOOR_DB = -30.0
+
+
+def speech_span(turn: Turn, audio: bytes) -> Turn:
+    """``turn`` from its first to its last audible 20 ms frame.
+
+    The first fixtures' turn times are those of the TTS files, which hold 0.2-0.35 s of breath and
+    silence before the first word; latency measured from there would credit the recognizer with
+    time nobody was speaking (and final lag would be measured from a late end).
+    """
+    pcm = np.frombuffer(mulaw_to_pcm16(audio), dtype=np.int16).astype(np.float32)
+    a, b = int(turn.start * SAMPLE_RATE), min(int(turn.end * SAMPLE_RATE), pcm.size)
+    frames = (b - a) // FRAME
+    if frames <= 0:
+        return turn
+    rms = np.sqrt((pcm[a : a + frames * FRAME].reshape(frames, FRAME) ** 2).mean(axis=1))
+    loud = np.flatnonzero(rms >= rms.max() * 10 ** (SPEECH_FLOOR_DB / 20))
+    if loud.size == 0:
+        return turn
+    start = turn.start + loud[0] * FRAME / SAMPLE_RATE
+    end = turn.start + (loud[-1] + 1) * FRAME / SAMPLE_RATE
+    return dataclasses.replace(turn, start=start, end=min(end, turn.end))
 
 
 def load_call(json_path: Path, set_name: str) -> FixtureCall:
@@ -74,4 +106,4 @@ def load_sets(fixtures: str | Path, names: list[str] | None = None) -> dict[str,
     return sets
 
 
-__all__ = ["TRACKS", "FixtureCall", "Turn", "load_call", "load_sets"]
+__all__ = ["TRACKS", "FixtureCall", "Turn", "load_call", "load_sets", "speech_span"]

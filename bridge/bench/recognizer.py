@@ -5,7 +5,8 @@ silence, a real human reading, the eval calls…), each call is streamed the way
 ``/v1/listen`` connection per track, 20 ms mu-law frames at real-time pace), one call at a time, and
 scored: the WER of the live finals next to the WER of the batch pass (the same Whisper batch engine the
 worker runs) on the same audio, time to first partial after each turn's speech onset, partial latency,
-final lag after each turn's end, partial churn and looping partials. Then the capacity ramp: N calls at
+final lag after each turn's end, partial churn and looping partials (onset and end: the turn's first and
+last audible frame, :func:`bridge.bench.fixture_sets.speech_span`). Then the capacity ramp: N calls at
 once until p95 final lag reaches 1.5 s. Latencies are wall-clock, against the instant the audio was sent.
 """
 
@@ -183,7 +184,7 @@ async def score_calls(url: str, sets: dict[str, list[FixtureCall]], speed: float
         score = scores.setdefault(set_name, SetScore())
         for call in calls:
             audio = call.audio()
-            runs = {track: TrackRun([t for t in call.turns if t.track == track]) for track in audio}
+            runs = {track: TrackRun(call.spoken_turns(track, audio[track])) for track in audio}
             await asyncio.gather(*(stream_track(url, audio[t], runs[t], speed, query) for t in audio))
             score.calls += 1
             score.audio += call.duration
@@ -243,13 +244,15 @@ async def run_concurrent(url: str, calls: list[FixtureCall], n: int, speed: floa
                          server_pid: int | None) -> dict[str, Any]:  # fmt: skip
     """``n`` calls at once (cycling through ``calls``): latency under load, CPU per call."""
     runs: list[TrackRun] = []
+    refs: list[str] = []
     jobs = []
     audio_seconds = 0.0
     for c in range(n):
         call = calls[c % len(calls)]
         for track, audio in call.audio().items():
-            run = TrackRun([t for t in call.turns if t.track == track])
+            run = TrackRun(call.spoken_turns(track, audio))
             runs.append(run)
+            refs.append(call.references.get(track, ""))
             jobs.append(stream_track(url, audio, run, speed, query))
             audio_seconds += call.duration
     cpu0 = _cpu_seconds(server_pid) if server_pid else 0.0
@@ -259,9 +262,12 @@ async def run_concurrent(url: str, calls: list[FixtureCall], n: int, speed: floa
     wall = time.monotonic() - wall0
     after = await recognizer_counters(url)
     lat = Latency()
-    for run in runs:
+    live = ZERO
+    for run, ref in zip(runs, refs, strict=True):
         lat.add(analyse(run, speed))
+        live = live + wer(ref, run.final_text())
     summary: dict[str, Any] = {"calls": n, "streams": len(runs), "wall_seconds": round(wall, 2)}
+    summary["live_wer"] = round(live.rate, 4)  # the accuracy kept under this load
     summary["recognizer"] = {k: round(after[k] - before.get(k, 0.0), 3) for k in after}
     for name, values in (("ttfp", lat.ttfp), ("partial_latency", lat.partial), ("final_lag", lat.final)):
         summary[name] = {"p50": pct(values, 50), "p95": pct(values, 95), "n": len(values)}
@@ -321,12 +327,13 @@ def render(rows: list[dict[str, Any]], ramp: list[dict[str, Any]], best: int | N
             f"| {r['looping_partials']}/{r['partials']} |"
         )
     if ramp:
-        lines += ["", "| concurrent calls | streams | first partial p50 | partial p95 | final lag p50 / p95 | RTF |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += ["", "| concurrent calls | streams | first partial p50 | partial p95 | final lag p50 / p95 | live WER "
+                  "| RTF |", "|---|---|---|---|---|---|---|"]  # fmt: skip
         for s in ramp:
             lines.append(
                 f"| {s['calls']} | {s['streams']} | {ms(s['ttfp']['p50'])} ms | {ms(s['partial_latency']['p95'])} ms "
-                f"| {ms(s['final_lag']['p50'])} / {ms(s['final_lag']['p95'])} ms | {s.get('real_time_factor', '-')} |"
+                f"| {ms(s['final_lag']['p50'])} / {ms(s['final_lag']['p95'])} ms | {s['live_wer'] * 100:.1f} % "
+                f"| {s.get('real_time_factor', '-')} |"
             )
     if best is not None:
         lines.append(f"\nlargest N with p95 final lag < 1.5 s: {best} calls ({2 * best} streams)")

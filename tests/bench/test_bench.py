@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bridge.bench import common, e2e
@@ -202,3 +203,19 @@ def test_regression_a_card_number_is_not_counted_as_a_looping_partial() -> None:
     assert not loops("Sure it is 4111 1111 1111 1111 It expires 0928")
     assert loops("is there anything else I is there anything else I")
     assert loops("1111 " * 6)  # 24 digits: more than any card
+
+
+def test_latency_is_measured_from_the_first_audible_frame_of_a_turn() -> None:
+    # The first fixtures' turn times include the TTS files' leading breath (0.2-0.35 s): time to
+    # first partial measured from there credited the recognizer with time nobody spoke.
+    from bridge.audio import pcm16_to_mulaw, silence
+    from bridge.bench.fixture_sets import Turn, speech_span
+
+    t = np.arange(8000) / 8000
+    tone = pcm16_to_mulaw((8000 * np.sin(2 * np.pi * 300 * t)).astype(np.int16).tobytes())
+    audio = silence(1.0) + silence(0.3) + tone + silence(0.5)
+    span = speech_span(Turn("inbound", 1.0, 2.8, "hello"), audio)
+    assert span.start == pytest.approx(1.3, abs=0.021)
+    assert span.end == pytest.approx(2.3, abs=0.021)
+    quiet = Turn("inbound", 0.0, 0.9, "")
+    assert speech_span(quiet, audio) == quiet  # nothing audible: the turn as written
