@@ -204,6 +204,7 @@ class WhisperEngine:
         context_seconds: float | None = None,
         hotwords: str = "",
         previous: str = "",
+        retry_loops: bool = True,
     ) -> Hypothesis:
         """Decode up to ``context_seconds`` of 16 kHz float audio.
 
@@ -211,7 +212,9 @@ class WhisperEngine:
         ``align`` computes word times by cross-attention alignment, otherwise they are estimated
         from character counts over the audio span. Either way a looping tail is cut
         (:func:`cut_repeats`). ``context_seconds`` narrows the encoder context for this call;
-        ``hotwords`` and ``previous`` go in the prompt (:meth:`context_tokens`).
+        ``hotwords`` and ``previous`` go in the prompt (:meth:`context_tokens`). ``retry_loops``: a
+        repeating decode is decoded again (:meth:`_generate`); partials, shown for a moment and
+        re-decoded soon, skip that cost and only have their looping tail cut.
         """
         ctx = min(self.context_seconds, context_seconds or self.context_seconds)
         encoded = self._encode(audio, ctx)
@@ -219,7 +222,7 @@ class WhisperEngine:
             self.tokenizer, self.context_tokens(hotwords, previous), without_timestamps=True, prefix=prefix or None
         )
         seconds = min(audio.size / SAMPLE_RATE, ctx)
-        tokens, text, confidence, no_speech = self._generate(encoded, prompt, seconds, beam_size)
+        tokens, text, confidence, no_speech = self._generate(encoded, prompt, seconds, beam_size, retry=retry_loops)
         words: list[EngineWord] = []
         if tokens and align:
             words = self._align(tokens, encoded, seconds)
@@ -329,7 +332,7 @@ class WhisperEngine:
         return self.model.model.encode(storage, to_cpu=False)
 
     def _generate(
-        self, encoded: Any, prompt: list[int], seconds: float, beam_size: int
+        self, encoded: Any, prompt: list[int], seconds: float, beam_size: int, *, retry: bool = True
     ) -> tuple[list[int], str, float, float]:
         """Tokens, text, confidence and no-speech probability of one decode, a looping tail cut.
 
@@ -341,7 +344,7 @@ class WhisperEngine:
         """
         fresh = next((i for i, t in enumerate(reversed(prompt)) if t >= self.tokenizer.eot), len(prompt))  # prefix
         tokens, text, score, no_speech = self._run(encoded, prompt, seconds, beam_size, 1.0)
-        level = loop_level(self.tokenizer.decode(tokens[fresh:]))
+        level = loop_level(self.tokenizer.decode(tokens[fresh:])) if retry else 0
         if level:
             again = self._run(encoded, prompt, seconds, beam_size, LOOP_RETRY_PENALTY)
             if loop_level(self.tokenizer.decode(again[0][fresh:])) < level:

@@ -193,7 +193,7 @@ class ListenSession:
         def work() -> Hypothesis:
             return self.engine.transcribe(
                 ev.audio, prefix=self._agree.prefix(ev.segment), align=False, context_seconds=context,
-                hotwords=self.hotwords, previous=previous,
+                hotwords=self.hotwords, previous=previous, retry_loops=False,
             )
 
         fut = self.scheduler.submit_partial(self.request_id, work)

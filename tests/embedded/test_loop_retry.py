@@ -135,3 +135,10 @@ def test_a_repetition_inside_the_forced_prefix_asks_for_no_retry(engine: Whisper
     penalties = scripted(engine, "1111 1111 1111 1111 thanks")
     engine._generate(None, [*prompt(), *prefix], 3.0, 5)
     assert penalties == [1.0]
+
+
+def test_partials_do_not_pay_for_a_second_decode(engine: WhisperEngine) -> None:
+    penalties = scripted(engine, "ending in 3, 4, 2, 3, 2, 3, 2, 3, 2")
+    _, text, _, _ = engine._generate(None, prompt(), 3.0, 1, retry=False)
+    assert penalties == [1.0]
+    assert text == "ending in 3, 4, 2, 3, 2, 3, 2, 3, 2"  # shown as decoded; the final decodes again
