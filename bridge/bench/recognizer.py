@@ -106,6 +106,8 @@ class Latency:
     shown: int = 0
     partials: int = 0
     looping: int = 0
+    #: The looping partials themselves, to see what looped.
+    loop_texts: list[str] = field(default_factory=list)
 
     def add(self, other: Latency) -> None:
         self.ttfp += other.ttfp
@@ -115,6 +117,7 @@ class Latency:
         self.shown += other.shown
         self.partials += other.partials
         self.looping += other.looping
+        self.loop_texts += other.loop_texts
 
 
 def analyse(run: TrackRun, speed: float) -> Latency:
@@ -128,7 +131,9 @@ def analyse(run: TrackRun, speed: float) -> Latency:
         if m.is_final or not text:
             continue
         out.partials += 1
-        out.looping += loops(text)
+        if loops(text):
+            out.looping += 1
+            out.loop_texts.append(text)
         out.partial.append(t - (run.t0 + (m.start + m.duration) * scale))
         words = text.split()
         before = previous.get(m.start, [])
@@ -174,6 +179,7 @@ class SetScore:
             "final_lag_p50": pct(lat.final, 50), "final_lag_p95": pct(lat.final, 95),
             "partial_churn": round(lat.rewritten / lat.shown, 4) if lat.shown else None,
             "looping_partials": lat.looping, "partials": lat.partials, "looping_finals": self.final_loops,
+            "looping_examples": lat.loop_texts[:5],
         }  # fmt: skip
 
 
