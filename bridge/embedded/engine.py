@@ -423,18 +423,19 @@ def estimate_words(text: str, start: float, end: float) -> list[EngineWord]:
     return out
 
 
-def cut_repeats(text: str, longest: int = 12, *, cards: bool = True) -> str:
+def cut_repeats(text: str, longest: int = 40, *, cards: bool = True) -> str:
     """Cut a decoder loop: the tail from where one word group starts repeating.
 
     A single word must come four times in a row, a pair three times, a group of three words or
     more twice (people say "no, no, no" or "thank you, thank you", but not the same sentence twice).
-    Punctuation and case are ignored when comparing (a loop often repeats "please." as "please,").
-    With ``cards``, digits may repeat up to the length of a card number ("4111 1111 1111 1111").
+    Punctuation and case are ignored when comparing (a loop often repeats "please." as "please,"),
+    and hyphens part words as spaces do (a loop may come as "I-I-I-I-I-"). With ``cards``, digits
+    may repeat up to the length of a card number ("4111 1111 1111 1111").
     """
-    words = text.split()
-    bare = [plain_word(w) for w in words]
-    for i in range(len(words)):
-        for n in range(1, min(longest, (len(words) - i) // 2) + 1):
+    spans = [m.span() for m in _UNIT.finditer(text)]
+    bare = [plain_word(text[a:b]) for a, b in spans]
+    for i in range(len(spans)):
+        for n in range(1, min(longest, (len(spans) - i) // 2) + 1):
             group = bare[i : i + n]
             if not any(group):
                 continue
@@ -442,11 +443,15 @@ def cut_repeats(text: str, longest: int = 12, *, cards: bool = True) -> str:
             digits = spoken_digits(group) if cards else 0
             if digits:  # "4111 1111 1111 1111": a card repeats its groups; a loop runs past any card
                 need = max(need, -(-(MAX_CARD_DIGITS + 1) // digits))
-            if i + need * n > len(words):
+            if i + need * n > len(spans):
                 continue
             if all(bare[i + k * n : i + (k + 1) * n] == group for k in range(1, need)):
-                return " ".join(words[: i + n])
+                return text[: spans[i + n - 1][1]].strip()
     return text
+
+
+#: The units :func:`cut_repeats` compares: words, with hyphens parting them.
+_UNIT = re.compile(r"[^\s-]+")
 
 
 def loop_level(text: str) -> int:

@@ -109,6 +109,17 @@ def test_looping_tail_is_cut() -> None:
     assert cut_repeats("four five seven two nine") == "four five seven two nine"
 
 
+def test_regression_loops_the_guard_missed() -> None:
+    # Looping partials the recognizer bench counted: a loop written with hyphens (one "word" for a
+    # whitespace split), and a fifteen-word turn said twice (longer than the twelve words compared).
+    assert cut_repeats("I-I-I-I-I-I-I-") == "I"
+    assert cut_repeats("and foration and when-d-I-I-I-I-I-I-I-I-I-I-") == "and foration and when-d-I"
+    turn = "I am sorry about that. I can see both accounts here. I will close."
+    assert cut_repeats(f"{turn} {turn}") == turn
+    assert cut_repeats("a well-known, well-liked shop") == "a well-known, well-liked shop"
+    assert cut_repeats("it is 4111-1111-1111-1111.") == "it is 4111-1111-1111-1111."
+
+
 def test_regression_a_card_number_is_not_cut_as_a_loop() -> None:
     # "1111" four times read as a loop: the live final kept "4111 1111" and dropped the rest of the
     # card (so the redactor, which needs the whole Luhn-valid number, could not recognise it either).
