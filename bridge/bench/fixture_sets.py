@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bridge.audio import SAMPLE_RATE, mulaw_to_pcm16, read_wav
+from bridge.audio import SAMPLE_RATE, mulaw_to_float, read_wav
 from bridge.data import call_path
 
 TRACKS = ("inbound", "outbound")
@@ -47,7 +47,8 @@ class FixtureCall:
 
     def spoken_turns(self, track: str, audio: bytes) -> list[Turn]:
         """The track's turns narrowed to where speech is heard (:func:`speech_span`)."""
-        return [speech_span(t, audio) for t in self.turns if t.track == track]
+        samples = mulaw_to_float(audio)  # once per track, not once per turn
+        return [_speech_span(t, samples) for t in self.turns if t.track == track]
 
 
 #: A 20 ms frame is speech once its RMS is within 30 dB of the turn's loudest frame.
@@ -61,7 +62,10 @@ def speech_span(turn: Turn, audio: bytes) -> Turn:
     silence before the first word; latency measured from there would credit the recognizer with
     time nobody was speaking (and final lag would be measured from a late end).
     """
-    pcm = np.frombuffer(mulaw_to_pcm16(audio), dtype=np.int16).astype(np.float32)
+    return _speech_span(turn, mulaw_to_float(audio))
+
+
+def _speech_span(turn: Turn, pcm: np.ndarray) -> Turn:
     a, b = int(turn.start * SAMPLE_RATE), min(int(turn.end * SAMPLE_RATE), pcm.size)
     frames = (b - a) // FRAME
     if frames <= 0:

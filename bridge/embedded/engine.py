@@ -436,6 +436,8 @@ def cut_repeats(text: str, longest: int = 40, *, cards: bool = True) -> str:
     bare = [plain_word(text[a:b]) for a, b in spans]
     for i in range(len(spans)):
         for n in range(1, min(longest, (len(spans) - i) // 2) + 1):
+            if bare[i + n] != bare[i]:  # cannot repeat: spares the slices below (every decode runs this)
+                continue
             group = bare[i : i + n]
             if not any(group):
                 continue
