@@ -26,6 +26,7 @@ from bridge.files import check_writable
 from bridge.recognizers.base import Recognizer
 from bridge.recognizers.resilience import RetryPolicy
 from bridge.settings import Settings, SettingsError
+from bridge.twilio.rawsocket import upgrade_protocol
 
 log = logging.getLogger("bridge")
 
@@ -109,6 +110,7 @@ def serve(settings: Settings, *, drain_seconds: float, sock: socket.socket | Non
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, ws_max_size=settings.max_frame_bytes * 2,
         timeout_graceful_shutdown=5, proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips,
+        ws=upgrade_protocol(app),
     )  # fmt: skip
     server = DrainingServer(config, app, drain_seconds=drain_seconds)
     _tune_gc()
@@ -129,7 +131,7 @@ async def running_bridge(
     ``recognizer``/``fallback`` replace the configured clients (tools that tune their timeouts)."""
     app = create_app(settings, recognizer=recognizer, fallback=fallback, retry_policy=retry_policy)
     config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on",
-                            forwarded_allow_ips=settings.forwarded_allow_ips)  # fmt: skip
+                            forwarded_allow_ips=settings.forwarded_allow_ips, ws=upgrade_protocol(app))  # fmt: skip
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:

@@ -22,6 +22,7 @@ import logging
 from typing import Any, Literal, Protocol
 
 import msgspec
+from starlette.requests import HTTPConnection
 from starlette.responses import PlainTextResponse
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
@@ -33,6 +34,7 @@ from bridge.twilio.auth import SignatureError, check_signature, verify_stream_to
 logger = logging.getLogger(__name__)
 
 WS_NORMAL = 1000
+WS_PROTOCOL_ERROR = 1002
 WS_UNSUPPORTED_DATA = 1003
 WS_INVALID_PAYLOAD = 1007
 WS_POLICY_VIOLATION = 1008
@@ -42,6 +44,7 @@ WS_TRY_AGAIN_LATER = 1013
 
 #: ``bridge_streams_rejected_total`` reason of each close code.
 _REJECT_REASONS = {
+    WS_PROTOCOL_ERROR: "protocol_error",
     WS_UNSUPPORTED_DATA: "unsupported_data",
     WS_INVALID_PAYLOAD: "invalid_payload",
     WS_POLICY_VIOLATION: "policy",
@@ -122,11 +125,12 @@ class StreamProtocol:
     def call_sid(self) -> str | None:
         return self.start.start.call_sid if self.start is not None else None
 
-    def receive(self, text: str) -> ProtocolEvent:
-        """Validate one text frame against the protocol and the current state."""
+    def receive(self, text: str | bytes) -> ProtocolEvent:
+        """Validate one text frame (as ``str``, or as its UTF-8 bytes) against the protocol and the
+        current state."""
         limit = self.max_frame_bytes
         size = len(text)
-        if size > limit or (size * 4 > limit and len(text.encode()) > limit):
+        if size > limit or (size * 4 > limit and type(text) is str and len(text.encode()) > limit):
             raise ProtocolViolation(WS_MESSAGE_TOO_BIG, f"frame larger than {limit} bytes")
         try:
             msg = tm.parse(text)
@@ -204,8 +208,8 @@ def _reason(text: str) -> str:
     return text if len(data) <= 123 else data[:120].decode(errors="ignore") + "..."
 
 
-def _rejected(websocket: WebSocket, reason: str) -> None:
-    metrics = getattr(websocket.app.state, "metrics", None)
+def _rejected(state: Any, reason: str) -> None:
+    metrics = getattr(state, "metrics", None)
     if metrics is not None:
         metrics.frames_rejected.labels(reason).inc()
 
@@ -234,63 +238,142 @@ class AdmissionLike(Protocol):
     def refuse(self, where: Literal["voice", "media"]) -> RefusalLike | None: ...
 
 
-async def _deny(websocket: WebSocket, status: int, text: str) -> None:
-    """Refuse the upgrade with an HTTP status (a proxy can retry another instance), or a plain 403
-    from servers without the WebSocket Denial Response extension."""
-    if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(PlainTextResponse(text, status_code=status))
-    else:
-        await websocket.close(code=WS_TRY_AGAIN_LATER)
+class Refused(msgspec.Struct, frozen=True):
+    """Why an upgrade is refused: with an HTTP ``status`` before the handshake (a proxy can retry
+    another instance), or, with ``status`` 0, accepted and closed at once with ``code``."""
+
+    status: int
+    text: str = ""
+    code: int = WS_POLICY_VIOLATION
 
 
-async def media_endpoint(websocket: WebSocket) -> None:
-    settings: Settings = websocket.app.state.settings
+def screen_upgrade(conn: HTTPConnection, state: Any) -> Refused | None:
+    """The checks before a media socket is accepted: Twilio's signature, admission, the socket cap."""
+    settings: Settings = state.settings
     try:
-        check_signature(websocket, settings)
+        check_signature(conn, settings)
     except SignatureError as exc:
         logger.warning("media stream refused before accept: %s", exc, extra={"call_sid": None})
-        _rejected(websocket, "signature")
-        await websocket.close(code=WS_POLICY_VIOLATION)  # before accept: the client sees HTTP 403
-        return
-    admission: AdmissionLike | None = getattr(websocket.app.state, "admission", None)
+        _rejected(state, "signature")
+        return Refused(403)
+    admission: AdmissionLike | None = getattr(state, "admission", None)
     refusal = admission.refuse("media") if admission is not None else None
     if refusal is not None:
         logger.warning("media stream refused before the upgrade (503): %s", refusal.detail, extra={"call_sid": None})
-        await _deny(websocket, 503, f"{refusal.detail}: try another instance")
-        return
-    sockets = _sockets(websocket.app.state)
-    metrics = getattr(websocket.app.state, "metrics", None)
+        return Refused(503, f"{refusal.detail}: try another instance", WS_TRY_AGAIN_LATER)
+    sockets = _sockets(state)
     if sockets.open >= settings.max_media_streams:
         logger.warning("media stream refused: %d sockets open (BRIDGE_MAX_MEDIA_STREAMS)", sockets.open,
                        extra={"call_sid": None})  # fmt: skip
-        _rejected(websocket, "capacity")
-        await websocket.accept()
-        await websocket.close(code=WS_TRY_AGAIN_LATER, reason="too many media streams on this instance")
-        return
+        _rejected(state, "capacity")
+        return Refused(0, "too many media streams on this instance", WS_TRY_AGAIN_LATER)
+    return None
+
+
+class PeerGone(Exception):
+    """The peer's side of the socket is gone (``code`` as received, 1005 without one, 1006 on a drop)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class MediaSocket(Protocol):
+    """One accepted media WebSocket as :class:`MediaSession` drives it, whatever carries it: Starlette's
+    ASGI WebSocket (:func:`media_endpoint`) or the bridge's own RFC 6455 server
+    (:mod:`bridge.twilio.rawsocket`)."""
+
+    async def receive(self) -> str | bytes:
+        """The next whole text message; raises :class:`PeerGone`, or :class:`ProtocolViolation`
+        for a binary one."""
+        ...
+
+    async def close(self, code: int, reason: str) -> None:
+        """Send a close frame unless the socket is already closed; never raises."""
+        ...
+
+
+async def run_media_socket(socket: MediaSocket, state: Any) -> None:
+    """Drive an accepted socket to its end, counted against ``BRIDGE_MAX_MEDIA_STREAMS``."""
+    sockets = _sockets(state)
+    metrics = getattr(state, "metrics", None)
     sockets.open += 1
     if metrics is not None:
         metrics.media_streams.set(sockets.open)
     try:
-        await websocket.accept()
-        session = _StreamSession(websocket, settings)
-        await session.run()
+        await MediaSession(socket, state).run()
     finally:
         sockets.open -= 1
         if metrics is not None:
             metrics.media_streams.set(sockets.open)
 
 
-class _StreamSession:
+class _AsgiSocket:
+    """:class:`MediaSocket` over Starlette's WebSocket."""
+
+    __slots__ = ("ws",)
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self.ws = websocket
+
+    async def receive(self) -> str | bytes:
+        message = await self.ws.receive()
+        if message["type"] == "websocket.disconnect":
+            raise PeerGone(message.get("code", 1005))
+        text: str | None = message.get("text")
+        if text is None:
+            raise ProtocolViolation(WS_UNSUPPORTED_DATA, "binary frames are not supported")
+        return text
+
+    async def close(self, code: int, reason: str) -> None:
+        ws = self.ws
+        if ws.client_state is WebSocketState.DISCONNECTED or ws.application_state is WebSocketState.DISCONNECTED:
+            return
+        try:
+            await ws.close(code=code, reason=reason)
+        except Exception:  # the peer may already be gone
+            logger.debug("close did not complete", extra={"call_sid": None})
+
+
+async def media_endpoint(websocket: WebSocket) -> None:
+    """The media socket as an ASGI route (any ASGI server; ``bridge serve`` answers this path with
+    :mod:`bridge.twilio.rawsocket` instead, which costs a fraction per frame)."""
+    state = websocket.app.state
+    refused = screen_upgrade(websocket, state)
+    if refused is not None:
+        if refused.status == 403:
+            await websocket.close(code=WS_POLICY_VIOLATION)  # before accept: the client sees HTTP 403
+        elif refused.status:
+            await _deny(websocket, refused.status, refused.text)
+        else:
+            await websocket.accept()
+            await websocket.close(code=refused.code, reason=refused.text)
+        return
+    await websocket.accept()
+    await run_media_socket(_AsgiSocket(websocket), state)
+
+
+async def _deny(websocket: WebSocket, status: int, text: str) -> None:
+    """Refuse the upgrade with an HTTP status, or a close (uvicorn answers 403) from servers without
+    the WebSocket Denial Response extension."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(PlainTextResponse(text, status_code=status))
+    else:
+        await websocket.close(code=WS_TRY_AGAIN_LATER)
+
+
+class MediaSession:
     """Drives one accepted socket; guarantees ``on_stop`` exactly once after a successful open.
 
     A watchdog (one timer per socket, nothing per frame but a counter) closes a socket that sends no
     ``start`` in time, or stops sending frames while we wait for them.
     """
 
-    def __init__(self, websocket: WebSocket, settings: Settings) -> None:
-        self.ws = websocket
-        self.settings = settings
-        self.protocol = StreamProtocol(max_frame_bytes=settings.max_frame_bytes)
+    def __init__(self, socket: MediaSocket, state: Any) -> None:
+        self.socket = socket
+        self.state = state
+        self.settings: Settings = state.settings
+        self.protocol = StreamProtocol(max_frame_bytes=self.settings.max_frame_bytes)
         self.handler: StreamHandler | None = None
         self._frames = 0
         self._seen = 0
@@ -349,25 +432,20 @@ class _StreamSession:
         task.cancel()
 
     async def _loop(self) -> None:
-        ws = self.ws
         protocol = self.protocol
-        receive = ws.receive
+        receive = self.socket.receive
         while True:
             self._receiving = True
-            message = await receive()
+            try:
+                text = await receive()
+            except PeerGone as gone:
+                self._receiving = False
+                await self._stop(clean=False, reason=f"socket closed by peer ({gone.code})")
+                logger.info("media stream dropped before stop (code %s)", gone.code,
+                            extra={"call_sid": protocol.call_sid})  # fmt: skip
+                return
             self._receiving = False
             self._frames += 1
-            if message["type"] == "websocket.disconnect":
-                await self._stop(clean=False, reason=f"socket closed by peer ({message.get('code', 1005)})")
-                logger.info(
-                    "media stream dropped before stop (code %s)",
-                    message.get("code"),
-                    extra={"call_sid": protocol.call_sid},
-                )
-                return
-            text = message.get("text")
-            if text is None:
-                raise ProtocolViolation(WS_UNSUPPORTED_DATA, "binary frames are not supported")
             event = protocol.receive(text)
             handler = self.handler
             if type(event) is MediaFrame:
@@ -384,10 +462,7 @@ class _StreamSession:
             elif type(event) is tm.Stop:
                 await self._stop(clean=True, reason="twilio stop")
                 logger.info("media stream stopped", extra={"call_sid": protocol.call_sid})
-                try:
-                    await ws.close(code=WS_NORMAL, reason="stream stopped")
-                except Exception:  # Twilio may hang up first; the stream already ended cleanly
-                    logger.debug("close after stop did not complete", extra={"call_sid": protocol.call_sid})
+                await self.socket.close(WS_NORMAL, "stream stopped")  # Twilio may hang up first: fine
                 return
 
     async def _open(self, start: tm.Start) -> None:
@@ -397,7 +472,7 @@ class _StreamSession:
             token = start.start.custom_parameters.get("token", "")
             if not verify_stream_token(settings.twilio_auth_token, call_sid, token):
                 raise ProtocolViolation(WS_POLICY_VIOLATION, "missing or invalid stream token")
-        opener: StreamOpener = self.ws.app.state.calls
+        opener: StreamOpener = self.state.calls
         self.handler = await opener.open_stream(start)
         logger.info(
             "media stream started: %s tracks=%s",
@@ -413,29 +488,26 @@ class _StreamSession:
 
     async def _fail(self, code: int, reason: str, *, log_level: int | None, label: str = "") -> None:
         call_sid = self.protocol.call_sid
-        _rejected(self.ws, label or _REJECT_REASONS.get(code, str(code)))
+        _rejected(self.state, label or _REJECT_REASONS.get(code, str(code)))
         if log_level is not None:
             logger.log(log_level, "closing media stream %s: %s", code, reason, extra={"call_sid": call_sid})
         try:
             await self._stop(clean=False, reason=f"{code} {reason}")
         except Exception:
             logger.exception("on_stop failed", extra={"call_sid": call_sid})
-        if (
-            self.ws.client_state is not WebSocketState.DISCONNECTED
-            and self.ws.application_state is not WebSocketState.DISCONNECTED
-        ):
-            try:
-                await self.ws.close(code=code, reason=_reason(reason))
-            except Exception:  # the peer may already be gone
-                logger.debug("close after failure did not complete", extra={"call_sid": call_sid})
+        await self.socket.close(code, _reason(reason))
 
 
 media_route = WebSocketRoute("/twilio/media", media_endpoint, name="twilio_media")
 
 __all__ = [
     "MediaFrame",
+    "MediaSession",
+    "MediaSocket",
+    "PeerGone",
     "ProtocolEvent",
     "ProtocolViolation",
+    "Refused",
     "StreamHandler",
     "StreamOpener",
     "StreamProtocol",
@@ -443,4 +515,6 @@ __all__ = [
     "StreamState",
     "media_endpoint",
     "media_route",
+    "run_media_socket",
+    "screen_upgrade",
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from bridge.settings import Settings
 from bridge.twilio import models as tm
 from bridge.twilio.media import StreamHandler, StreamRejected, media_route
+from bridge.twilio.rawsocket import upgrade_protocol
 from bridge.twilio.webhooks import routes
 from tests.support import FIXTURES
 
@@ -109,11 +110,27 @@ def make_app(settings: Settings, calls: RecordingOpener | None = None) -> Starle
     return app
 
 
+#: How ``/twilio/media`` is served: "raw" (``bridge serve``'s own RFC 6455 server) or "asgi" (the
+#: Starlette route under uvicorn's WebSockets). Tests that use :func:`media_transport` run on both.
+_transport = ["raw"]
+
+
+@pytest.fixture(params=["raw", "asgi"])
+def media_transport(request: pytest.FixtureRequest) -> Iterator[str]:
+    _transport[0] = request.param
+    try:
+        yield request.param
+    finally:
+        _transport[0] = "raw"
+
+
 @contextlib.asynccontextmanager
 async def serve(app: Starlette) -> AsyncIterator[Bridge]:
     """Run ``app`` under uvicorn on a free 127.0.0.1 port for the duration of the block."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    ws: Any = upgrade_protocol(app) if _transport[0] == "raw" else "auto"
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", ws=ws)
     server = uvicorn.Server(config)
+    app.state.uvicorn_server = server
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:

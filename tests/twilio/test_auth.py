@@ -15,6 +15,8 @@ from bridge.settings import Settings
 from bridge.twilio.auth import sign, stream_token, verify_stream_token
 from tests.twilio.conftest import AUTH_TOKEN, CALL_SID, Bridge, fixture_text, make_app, serve
 
+pytestmark = pytest.mark.usefixtures("media_transport")
+
 FORM = fixture_text("call_status_completed.form")
 FORM_HEADERS = {"content-type": "application/x-www-form-urlencoded"}
 

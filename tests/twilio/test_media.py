@@ -34,6 +34,8 @@ from tests.twilio.conftest import (
     serve,
 )
 
+pytestmark = pytest.mark.usefixtures("media_transport")
+
 CONNECTED = fixture_text("connected.json")
 START_BOTH = fixture_text("start_both.json")
 START_INBOUND = fixture_text("start_inbound.json")

@@ -183,8 +183,11 @@ ACCOUNT_SID = "AC" + "3f" * 16
         ("/twilio/stream-status", {"AccountSid": ACCOUNT_SID, "CallSid": CALL_SID}, "StreamSid"),
         # SIDs not shaped like Twilio's never reach the store (nor a file name, nor a key name).
         ("/twilio/status", {"AccountSid": ACCOUNT_SID, "CallSid": "CA1", "CallStatus": "completed"}, "CallSid"),
-        ("/twilio/status", {"AccountSid": ACCOUNT_SID, "CallSid": CALL_SID + ":finals", "CallStatus": "completed"},
-         "CallSid"),
+        (
+            "/twilio/status",
+            {"AccountSid": ACCOUNT_SID, "CallSid": CALL_SID + ":finals", "CallStatus": "completed"},
+            "CallSid",
+        ),
         ("/twilio/status", {"AccountSid": "AC1", "CallSid": CALL_SID, "CallStatus": "completed"}, "AccountSid"),
         ("/twilio/voice", {"AccountSid": ACCOUNT_SID, "CallSid": "../" + CALL_SID}, "CallSid"),
         (
