@@ -45,6 +45,15 @@ return seq
 """
 
 
+# No KEYS (channels are not keys: pub/sub reaches every node). ARGV: channel, message, channel, message...
+_PUBLISH_MANY = """
+for i = 1, #ARGV, 2 do
+  redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
+end
+return #ARGV / 2
+"""
+
+
 def audio_order(final: events.Final) -> tuple[float, int, float, str]:
     """Sort key of finals in audio order: start time, then caller before agent."""
     return (final.start, TRACK_ORDER.get(final.track, 9), final.end, final.id)
@@ -84,6 +93,18 @@ class FinalLog(SearchIndex):
     async def publish(self, event: events.LiveEvent) -> None:
         """Publish an ephemeral live event on its call's channel (finals go through :meth:`add_final`)."""
         await self.client.publish(self.keys.channel(event.call_sid), events.encode(event))
+
+    @functools.cached_property
+    def _publish_many_script(self) -> AsyncScript:
+        return self.client.register_script(_PUBLISH_MANY)
+
+    async def publish_many(self, batch: list[events.LiveEvent]) -> None:
+        """Publish several ephemeral events in one round trip, in order (a script: redis-py's cluster
+        pipeline refuses PUBLISH)."""
+        args: list[str | bytes] = []
+        for event in batch:
+            args += [self.keys.channel(event.call_sid), events.encode(event)]
+        await self._publish_many_script(keys=[], args=args)
 
     @contextlib.asynccontextmanager
     async def subscribe(self, call_sid: str) -> AsyncIterator[AsyncIterator[events.LiveEvent]]:

@@ -27,6 +27,7 @@ class StoreWrites(Protocol):
 
     async def add_final(self, final: events.Final) -> int | None: ...
     async def publish(self, event: events.LiveEvent) -> None: ...
+    async def publish_many(self, batch: list[events.LiveEvent]) -> None: ...
 
 
 class _Op(msgspec.Struct):
@@ -34,6 +35,12 @@ class _Op(msgspec.Struct):
     what: str
     call_sid: str
     ephemeral: bool
+    #: A partial to publish: consecutive ones go to Redis in one round trip.
+    partial: events.LiveEvent | None = None
+
+
+#: Most partials published in one round trip.
+PUBLISH_BATCH = 64
 
 
 class FinalsWriter:
@@ -121,7 +128,8 @@ class FinalsWriter:
         if ephemeral and self._redis_down:
             self.dropped_ephemeral += 1
             return
-        self._enqueue(_Op(lambda: self.store.publish(event), type(event).__name__, event.call_sid, ephemeral))
+        self._enqueue(_Op(lambda: self.store.publish(event), type(event).__name__, event.call_sid, ephemeral,
+                          event if ephemeral else None))  # fmt: skip
 
     def call(self, call_sid: str, what: str, write: Callable[[], Awaitable[object]]) -> None:
         """Any other store write of the call path, e.g. ``lambda: store.call_ended(sid, ended_at=t)``."""
@@ -156,11 +164,21 @@ class FinalsWriter:
             return False
         return True
 
-    async def _finish(self) -> None:
-        self._queue.popleft()
-        self._done += 1
+    async def _finish(self, count: int = 1) -> None:
+        for _ in range(count):
+            self._queue.popleft()
+        self._done += count
         async with self._progress:
             self._progress.notify_all()
+
+    def _partials_at_head(self) -> list[events.LiveEvent]:
+        """The partials queued at the head, in order (at most :data:`PUBLISH_BATCH`)."""
+        batch: list[events.LiveEvent] = []
+        for op in self._queue:
+            if op.partial is None or len(batch) >= PUBLISH_BATCH:
+                break
+            batch.append(op.partial)
+        return batch
 
     async def _run(self) -> None:
         attempt = 0
@@ -170,8 +188,12 @@ class FinalsWriter:
                 await self._wakeup.wait()
                 continue
             op = self._queue[0]
+            batch = self._partials_at_head() if op.partial is not None else []
             try:
-                await op.run()
+                if len(batch) > 1:  # partials come a few per second per track: one round trip for all queued
+                    await self.store.publish_many(batch)
+                else:
+                    await op.run()
             except UNAVAILABLE as exc:
                 if not self._redis_down:
                     self.outages += 1
@@ -181,8 +203,9 @@ class FinalsWriter:
                                    extra={"call_sid": op.call_sid})  # fmt: skip
                 self._redis_down = True
                 if op.ephemeral:
-                    self.dropped_ephemeral += 1
-                    await self._finish()
+                    dropped = max(1, len(batch))
+                    self.dropped_ephemeral += dropped
+                    await self._finish(dropped)
                     self._drop_ephemeral()
                     continue
                 await asyncio.sleep(self.backoff.delay(attempt))
@@ -193,13 +216,13 @@ class FinalsWriter:
                 self.failed += 1
                 logger.exception("store write failed: %s", op.what, extra={"call_sid": op.call_sid})
             else:
-                self.written += 1
+                self.written += max(1, len(batch))
                 if self._redis_down:
                     logger.info("redis reachable again, %d writes pending", len(self._queue) - 1,
                                 extra={"call_sid": op.call_sid})  # fmt: skip
                 self._redis_down = False
                 attempt = 0
-            await self._finish()
+            await self._finish(max(1, len(batch)))
 
     def _drop_ephemeral(self) -> None:
         """While Redis is down, queued partials are worthless: drop them (keep the head)."""

@@ -96,3 +96,31 @@ async def test_call_writes_go_through_writer(outage_store: Store) -> None:
     info = await outage_store.get_call("CA1")
     assert info is not None and info.status == "ended" and info.finals == 1
     await writer.aclose()
+
+
+async def test_queued_partials_go_out_in_one_round_trip_in_order_between_finals(outage_store: Store) -> None:
+    """Partials that queued up behind a write are published together (one pipeline), in submit order,
+    and never overtake the final queued before or after them."""
+    rounds: list[int] = []
+    publish_many = outage_store.publish_many
+
+    async def counting(batch: list[events.LiveEvent]) -> None:
+        rounds.append(len(batch))
+        await publish_many(batch)
+
+    outage_store.publish_many = counting  # type: ignore[method-assign]
+    writer = FinalsWriter(outage_store)
+    async with outage_store.subscribe("CA1") as live:
+        writer.submit(final(0.0, "one"))  # the writer task has not run yet: everything below queues
+        for i in range(10):
+            writer.publish(partial(1.0 + i))
+        writer.submit(final(20.0, "two"))
+        writer.publish(partial(21.0))
+        writer.start()
+        assert await writer.flush(5)
+        got = [await asyncio.wait_for(anext(live), 5) for _ in range(13)]
+    kinds = [(type(e).__name__, e.start) for e in got]
+    assert kinds == [("Final", 0.0), *[("Partial", 1.0 + i) for i in range(10)], ("Final", 20.0), ("Partial", 21.0)]
+    assert rounds == [10]  # the lone partial after the last final went alone
+    assert writer.written == 13
+    await writer.aclose()
