@@ -353,6 +353,9 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     r.add_argument("--min-calls", type=int, default=1, help="first N of --ramp")
     r.add_argument("--max-calls", type=int, default=12)
     r.add_argument("--capacity-set", default="basic", help="the fixture set the capacity calls cycle through")
+    r.add_argument("--duplicate-lead", type=float, default=1.7,
+                   help="capacity: seconds each further copy of a fixture call starts later (0: lock-step)")
+    r.add_argument("--seconds", type=float, default=120.0, help="capacity: how long N calls stay on the line")
     r.add_argument("--url", default="", help="benchmark a running recognizer instead of starting one")
     r.add_argument("--fixtures", default="fixtures", help="the repository's fixtures/ directory")
     r.add_argument("--out", default="", help="directory for bench_recognizer.json and report.md")

@@ -219,3 +219,24 @@ def test_latency_is_measured_from_the_first_audible_frame_of_a_turn() -> None:
     assert span.end == pytest.approx(2.3, abs=0.021)
     quiet = Turn("inbound", 0.0, 0.9, "")
     assert speech_span(quiet, audio) == quiet  # nothing audible: the turn as written
+
+
+def test_regression_capacity_keeps_n_calls_on_the_line_for_the_whole_window(tmp_path: Path, scripted_url: str) -> None:
+    """Playing each fixture call once left two of eight calls on for the last third of a capacity run
+    (the calls last 15-60 s), so "8 calls" measured about 4.5 on average. Each slot now plays calls
+    back to back for the window, and only calls that ended inside it are scored."""
+    import soundfile as sf
+
+    from bridge.bench.fixture_sets import FixtureCall, Turn
+    from bridge.bench.recognizer import QUERY, run_concurrent
+
+    t = np.arange(16000) / 8000
+    speech = (0.3 * np.sin(2 * np.pi * 300 * t) * (t > 0.5) * (t < 1.5)).astype(np.float32)
+    wav = tmp_path / "two_seconds.wav"
+    sf.write(wav, np.stack([speech, np.zeros_like(speech)], axis=1), 8000, subtype="ULAW")
+    call = FixtureCall("tiny", "two_seconds", wav, 2.0, {"inbound": "hello", "outbound": ""},
+                       (Turn("inbound", 0.5, 1.5, "hello"),))  # fmt: skip
+    summary = asyncio.run(run_concurrent(scripted_url, [call], 2, 1.0, QUERY, None, duplicate_lead=0.0, seconds=5.0))
+    assert summary["calls_scored"] == 4  # two slots, each with calls at 0-2 s and 2-4 s; the one at 4-6 s ends late
+    assert summary["wall_seconds"] >= 5.0
+    assert summary["final_lag"]["n"] >= 4
