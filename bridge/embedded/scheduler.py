@@ -7,6 +7,8 @@ GIL), never more than ``workers`` at once. Rules:
 * a stream has at most one queued partial: a newer request replaces the older (coalescing);
 * a partial that waited longer than ``partial_max_wait`` is dropped, so under load partials are
   skipped before finals are delayed;
+* among partials, a segment's first (nothing on the agent's screen yet) goes before updates of
+  segments already shown: under load the first words appear on time and updates wait;
 * finals that queued up are decoded together when they can be (:class:`Packable`: one encoder pass
   for several finals), so under load the cost of a final shrinks instead of its lag growing.
 """
@@ -46,6 +48,8 @@ class _Job(Generic[T]):
     kind: str
     queued_at: float = field(default_factory=time.monotonic)
     pack: Packable | None = None
+    #: A segment's first partial (see the module's rules).
+    first: bool = False
 
 
 @dataclass
@@ -143,14 +147,16 @@ class DecodeScheduler:
         self._dispatch()
         return fut
 
-    def submit_partial(self, stream: str, fn: Callable[[], T]) -> asyncio.Future[T | None]:
-        """Queue a partial decode; resolves to ``None`` if replaced by a newer one or skipped."""
+    def submit_partial(self, stream: str, fn: Callable[[], T], *, first: bool = False) -> asyncio.Future[T | None]:
+        """Queue a partial decode (``first``: the segment has shown nothing yet); resolves to ``None``
+        if replaced by a newer one or skipped."""
         fut: asyncio.Future[T | None] = asyncio.get_running_loop().create_future()
-        old = self._partials.get(stream)
+        old = self._partials.get(stream)  # a replacement keeps its place in the queue
         if old is not None:
             self.replaced_partials += 1
             _resolve(old.future, None)
-        self._partials[stream] = _Job(stream, fn, fut, "partial")
+            first = first or old.first
+        self._partials[stream] = _Job(stream, fn, fut, "partial", first=first)
         self._dispatch()
         return fut
 
@@ -182,14 +188,16 @@ class DecodeScheduler:
 
     def _next(self) -> _Job[Any] | None:
         now = time.monotonic()
-        while self._partials:
-            _, job = self._partials.popitem(last=False)
-            if now - job.queued_at > self.partial_max_wait:
-                self.skipped_partials += 1
-                _resolve(job.future, None)
-                continue
-            return job
-        return None
+        partials = self._partials
+        for stream in [s for s, j in partials.items() if now - j.queued_at > self.partial_max_wait]:
+            self.skipped_partials += 1
+            _resolve(partials.pop(stream).future, None)
+        if not partials:
+            return None
+        urgent = next((s for s, j in partials.items() if j.first), None)
+        if urgent is None:
+            return partials.popitem(last=False)[1]
+        return partials.pop(urgent)
 
     def _dispatch(self) -> None:
         if self._closed:

@@ -117,6 +117,8 @@ class ListenSession:
         self._recent: tuple[Recent, ...] = ()
         #: A final decoded ahead of the endpoint: (segment, voiced end, its decode).
         self._ahead: tuple[int, float, asyncio.Future[Hypothesis | None]] | None = None
+        #: The last segment a partial was shown for (the next segment's first partial goes first).
+        self._shown_segment: int | None = None
         endpoint = params.endpointing_ms
         gap = NO_ENDPOINT_GAP_S if endpoint is None else max(MIN_ENDPOINT_S, endpoint / 1000)
         self.segmenter = Segmenter(
@@ -196,7 +198,8 @@ class ListenSession:
                 hotwords=self.hotwords, previous=previous, retry_loops=False,
             )
 
-        fut = self.scheduler.submit_partial(self.request_id, work)
+        first = self._shown_segment != ev.segment
+        fut = self.scheduler.submit_partial(self.request_id, work, first=first)
         out: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
 
         def done(f: asyncio.Future[Hypothesis | None]) -> None:
@@ -213,6 +216,7 @@ class ListenSession:
                     self.segmenter.retry_partial(ev.segment, RETRY_PARTIAL_S)
                 return
             self._agree.update(ev.segment, hyp.text.split())
+            self._shown_segment = ev.segment
             out.set_result(self._results(ev.start, ev.end, hyp, final=False))
 
         fut.add_done_callback(done)

@@ -110,3 +110,27 @@ async def test_finals_that_queued_up_share_one_decode() -> None:
     assert list(await asyncio.gather(*waiting)) == ["A", "B", "C", "alone-4", "alone-5", "alone-6"]
     assert batches == [["a", "b", "c"]]
     assert sched.stats().packed_finals == 3
+
+
+async def test_a_segments_first_partial_goes_before_updates_of_shown_segments() -> None:
+    """Under load the agent sees a new speaker's first words on time; updates of text already on
+    screen wait (and, past ``partial_max_wait``, are skipped)."""
+    sched = DecodeScheduler(1, partial_max_wait=60)
+    gate = threading.Event()
+    order: list[str] = []
+
+    def job(name: str) -> str:
+        order.append(name)
+        return name
+
+    busy = sched.submit_final("x", lambda: gate.wait(10))
+    update_a = sched.submit_partial("a", lambda: job("update-a"))
+    update_b = sched.submit_partial("b", lambda: job("update-b"))
+    first_c = sched.submit_partial("c", lambda: job("first-c"), first=True)
+    first_d = sched.submit_partial("d", lambda: job("first-d"), first=True)
+    replaced = sched.submit_partial("d", lambda: job("first-d, newer audio"))  # still the segment's first
+    gate.set()
+    await busy
+    await asyncio.gather(update_a, update_b, first_c, first_d, replaced)
+    assert order == ["first-c", "first-d, newer audio", "update-a", "update-b"]
+    sched.close()
