@@ -112,8 +112,9 @@ class MediaWebSocket(asyncio.Protocol):
         self._request: bytes | None = None
         self._messages: collections.deque[bytes | Exception] = collections.deque()
         self._fragments: list[bytes] | None = None
+        self._fragment_bytes = 0
         self._waiter: asyncio.Future[None] | None = None
-        self._max = int(getattr(app.state.settings, "max_frame_bytes", 64 * 1024))
+        self._max: int = app.state.settings.max_frame_bytes
         self._upgraded = False
         self._read_paused = False
         self._parse_stopped = False
@@ -406,7 +407,8 @@ class MediaWebSocket(asyncio.Protocol):
                 self._violation(WS_PROTOCOL_ERROR, "continuation frame without a message to continue")
                 return False
             self._fragments.append(payload)
-            if sum(map(len, self._fragments)) > self._max:
+            self._fragment_bytes += len(payload)
+            if self._fragment_bytes > self._max:
                 self._violation(WS_MESSAGE_TOO_BIG, f"frame larger than {self._max} bytes")
                 return False
             if fin:
@@ -418,6 +420,7 @@ class MediaWebSocket(asyncio.Protocol):
             return False
         if opcode == _OP_TEXT:
             self._fragments = [payload]  # not fin: the first fragment
+            self._fragment_bytes = len(payload)
             return True
         if opcode == _OP_BINARY:
             self._violation(WS_UNSUPPORTED_DATA, "binary frames are not supported")
