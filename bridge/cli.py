@@ -368,7 +368,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     b.add_argument("--beam", type=int, default=5)
     b.add_argument("--no-vad", action="store_true")
     b.add_argument("--context", type=float, default=10.0, help="encoder context seconds (30 = Whisper's own)")
-    b.add_argument("--no-fallback", action="store_true", help="beam search only, no warmer retries")
+    b.add_argument("--no-fallback", action="store_true", help="beam search only, no second decode of a looping window")
     b.add_argument("--long", type=int, default=0, help="instead: one stereo call of the fixture calls N times over")
     b.add_argument("--fixtures", default="fixtures", help="the repository's fixtures/ directory")
     b.set_defaults(func=_bench("batch"))

@@ -13,6 +13,7 @@ from bridge.audio import WAVE_FORMAT_MULAW, Wav, read_wav
 from bridge.batch.engine import transcribe_recording
 from bridge.batch.whisper import WhisperBatchEngine
 from bridge.bench.common import call_fixture
+from bridge.embedded.engine import LOOP_RETRY_PENALTY
 from bridge.wer import ZERO, wer
 
 
@@ -58,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
         workers=args.workers,
         vad=not args.no_vad,
         context_seconds=args.context,
-        temperatures=(0.0,) if args.no_fallback else (0.0, 0.2, 0.4, 0.6),
+        retry_penalty=1.0 if args.no_fallback else LOOP_RETRY_PENALTY,
     )
     pairs = _fixture_pairs(Path(args.fixtures))
     recs = [(read_wav(p), refs, p) for p, refs in pairs]
