@@ -15,7 +15,14 @@ import pytest
 from bridge.audio import mulaw_to_pcm16, read_wav
 from bridge.embedded.engine import SAMPLE_RATE, EngineWord, WhisperEngine, load_engine, plain_word
 from bridge.embedded.segmenter import SegmentClosed, Segmenter
-from bridge.embedded.session import SHORT_FINAL_S, decode_final, lead_context, sentence, without_lead
+from bridge.embedded.session import (
+    SHORT_FINAL_S,
+    UNSURE_FINAL,
+    decode_final,
+    lead_context,
+    sentence,
+    without_lead,
+)
 from tests.support import FIXTURES
 
 pytestmark = pytest.mark.timeout(180)
@@ -26,15 +33,15 @@ def base() -> WhisperEngine:
     return load_engine("base", workers=1)
 
 
-def segments(call: str, channel: int) -> list[SegmentClosed]:
+def segments(call: str, channel: int, fixture_set: str = "short_answers") -> list[SegmentClosed]:
     """The caller's answers in one call, cut as the live recognizer cuts them (300 ms endpoint).
 
     Only segments holding a turn of the script count (the line noise opens segments of its own).
     """
-    doc = json.loads((FIXTURES / "sets" / "short_answers" / f"{call}.json").read_text())
+    doc = json.loads((FIXTURES / "sets" / fixture_set / f"{call}.json").read_text())
     track = doc["channels"][channel]
     turns = [(t["start"], t["end"]) for t in doc["turns"] if t["track"] == track]
-    wav = read_wav(FIXTURES / "sets" / "short_answers" / f"{call}.wav")
+    wav = read_wav(FIXTURES / "sets" / fixture_set / f"{call}.wav")
     seg = Segmenter(8000, endpoint_s=0.3, max_segment_s=base().max_segment_seconds)
     events = [e for e in seg.feed(mulaw_to_pcm16(wav.channel_bytes(channel))) if isinstance(e, SegmentClosed)]
     return [e for e in events if e.has_speech and any(e.start < b and a < e.end for a, b in turns)]
@@ -69,6 +76,27 @@ def test_an_echo_of_the_lead_falls_back_to_decoding_the_segment_alone() -> None:
                                    previous=first.text)  # fmt: skip
     assert not in_context
     assert words(hyp.text) == ["sure"]
+
+
+def test_an_unsure_final_is_decoded_again_after_the_speakers_earlier_turn() -> None:
+    # An espeak-ng caller: "It is the one ending in seven four two, sent on Monday." decoded alone
+    # comes out unsure and wrong ("... 3-4-2, and on my main."); after the caller's first turn the
+    # decoder has heard the voice, and the number comes out right.
+    first, second, third = segments("r03_delivery", 0, "robotic")
+    duration = second.end - second.start
+    assert duration >= SHORT_FINAL_S
+    before = base().transcribe(first.audio, beam_size=5)
+    alone = base().transcribe(second.audio, beam_size=5, previous=before.text)
+    assert alone.confidence < UNSURE_FINAL and "742" not in alone.text
+    hyp, in_context = decode_final(base(), second.audio, duration, [(first.audio, before.words)], beam_size=5,
+                                   hotwords="", previous=before.text)  # fmt: skip
+    assert in_context
+    assert "742" in hyp.text, hyp.text
+    # A final the decoder is sure of alone is not decoded twice.
+    sure, in_context = decode_final(base(), third.audio, third.end - third.start, [(second.audio, hyp.words)],
+                                    beam_size=5, hotwords="", previous=hyp.text)  # fmt: skip
+    assert not in_context
+    assert words(sure.text) == ["that", "would", "be", "wonderful", "thank", "you"]
 
 
 def test_silence_after_the_lead_adds_nothing() -> None:
