@@ -49,6 +49,8 @@ class _Decoded(NamedTuple):
     avg_logprob: float
     no_speech_prob: float
     compression: float
+    #: The text without its looping tail when one was cut (kept instead of ``tokens``), else None.
+    cut: str | None
 
 
 class WhisperBatchEngine:
@@ -128,9 +130,10 @@ class WhisperBatchEngine:
         avg = float(res.scores[0]) * n / (n + 1) if res.scores else -1.0
         text = self._tokenizer.decode(tokens)
         compression = get_compression_ratio(text) if text else 0.0
-        if cut_repeats(text) != text:  # a loop too short for the gzip test: retried like one
+        cut = cut_repeats(text)
+        if cut != text:  # a loop too short for the gzip test: retried like one
             compression = max(compression, COMPRESSION_CEILING + 1.0)
-        return _Decoded(tokens, avg, float(res.no_speech_prob), compression)
+        return _Decoded(tokens, avg, float(res.no_speech_prob), compression, cut if cut != text else None)
 
     def _decode(self, encoded: Any, seconds: float) -> _Decoded | None:
         """Beam search, and once more with a repetition penalty when it loops or is unsure.
@@ -166,9 +169,9 @@ class WhisperBatchEngine:
         best = self._decode(encoded, window.content)
         if best is None:
             return []
-        text = self._tokenizer.decode(best.tokens)
-        cut = cut_repeats(text)
-        tokens = best.tokens if cut == text else self._tokenizer.encode(" " + cut.strip()) if cut.strip() else []
+        tokens = best.tokens
+        if best.cut is not None:
+            tokens = self._tokenizer.encode(" " + best.cut.strip()) if best.cut.strip() else []
         if not tokens:
             return []
         frames = max(1, round(window.content * 100))

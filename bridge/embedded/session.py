@@ -463,7 +463,7 @@ def decode_final(
             return hyp, True
     alone = engine.transcribe(audio, beam_size=beam_size, align=True, context_seconds=engine.partial_context(duration),
                               hotwords=hotwords, previous=previous)  # fmt: skip
-    unsure = alone.text and alone.confidence < UNSURE_FINAL
+    unsure = bool(alone.text) and alone.confidence < UNSURE_FINAL
     if second_decode and lead is not None and duration >= SHORT_FINAL_S and unsure:
         hyp = _after_lead(engine, audio, lead, beam_size=beam_size, hotwords=hotwords, previous=previous)
         if hyp is not None:
