@@ -12,6 +12,7 @@ matched to the send time of the frame that contains ``end``.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections import deque
@@ -147,23 +148,27 @@ class SendClock:
     FRAME = 0.02
 
     def __init__(self, horizon_seconds: float = 120.0) -> None:
-        self._times: deque[float] = deque(maxlen=int(horizon_seconds / self.FRAME))
+        self._maxlen = int(horizon_seconds / self.FRAME)
+        self._times: deque[float] = deque(maxlen=self._maxlen)
         self._first_index = 0  # frame index of _times[0]
         self.first_sent: float | None = None
 
     def sent(self, audio_end: float, now: float | None = None) -> None:
         """Record that audio up to ``audio_end`` seconds (connection-independent clock) was sent."""
+        times = self._times
+        missing = int(audio_end / self.FRAME + 1e-6) + 1 - self._first_index - len(times)
+        if missing <= 0:  # called every frame: the common case is one new frame, or none
+            return
         t = time.monotonic() if now is None else now
         if self.first_sent is None:
             self.first_sent = t
-        index = int(audio_end / self.FRAME + 1e-6)
-        next_index = self._first_index + len(self._times)
-        if index < next_index:
+        if missing == 1 and len(times) < self._maxlen:
+            times.append(t)
             return
-        for _ in range(index - next_index + 1):
-            if len(self._times) == self._times.maxlen:
-                self._first_index += 1
-            self._times.append(t)
+        room = self._maxlen - len(times)
+        if missing > room:
+            self._first_index += missing - room
+        times.extend(itertools.repeat(t, missing))
 
     def latency(self, audio_end: float, now: float | None = None) -> float | None:
         """Seconds since the frame holding ``audio_end`` was sent, or None when it is unknown."""

@@ -118,8 +118,13 @@ class TrackPipeline:
         ))  # fmt: skip
 
     async def feed(self, offset_bytes: int, payload: bytes) -> None:
+        """:meth:`put`, for an asynchronous caller."""
+        self.put(offset_bytes, payload)
+
+    def put(self, offset_bytes: int, payload: bytes) -> None:
         """Send ``payload`` found at byte ``offset_bytes`` of this stream's track (a failed stream
-        only counts it, so the call record's gaps reach the end of the track)."""
+        only counts it, so the call record's gaps reach the end of the track). Never waits: the
+        resilience layer buffers, so this runs inside the media socket's read callback."""
         gap = offset_bytes - self.sent
         if gap > 0 and not self._silence_allowed(gap):
             # A leap no real stream makes (or more silence than the wall clock allows): don't synthesize it.
@@ -133,12 +138,12 @@ class TrackPipeline:
             self.silence_sent += gap
             while gap > 0:  # a lost or late frame: keep the recognizer's clock on Twilio's
                 n = min(gap, _FILL_CHUNK)
-                await self._send(bytes([MULAW_SILENCE]) * n)
+                self._send(bytes([MULAW_SILENCE]) * n)
                 gap -= n
         elif offset_bytes < self.sent:
             payload = payload[self.sent - offset_bytes :]
         if payload:
-            await self._send(payload)
+            self._send(payload)
 
     def _silence_allowed(self, gap: int) -> bool:
         if gap > MAX_GAP_BYTES:
@@ -146,8 +151,8 @@ class TrackPipeline:
         budget = (time.monotonic() - self._created + SILENCE_SLACK_SECONDS) * SAMPLE_RATE
         return self.silence_sent + gap <= budget
 
-    async def _send(self, audio: bytes) -> None:
-        await self.stream.send(audio)
+    def _send(self, audio: bytes) -> None:
+        self.stream.send_nowait(audio)
         self.sent += len(audio)
         self.clock.sent(self.origin + self.sent / SAMPLE_RATE)
 

@@ -120,6 +120,7 @@ class StreamHandle:
         # Per-frame work is the bridge's cost per call: look the labelled counters up once, and time
         # one frame in FRAME_SAMPLE (the histogram's quantiles are the same; its count is not frames).
         self._frame_counters = {t: metrics.frames.labels(t) for t in tracks}
+        self._uncounted = dict.fromkeys(tracks, 0)  # frames not yet added to their counter
         self._frame_handling = metrics.frame_handling
         self._frames = 0
         self.closed = False
@@ -141,6 +142,10 @@ class StreamHandle:
         await asyncio.gather(*(p.start() for p in self.pipelines.values()))
 
     async def on_media(self, track: Track, timestamp_ms: int, payload: bytes) -> None:
+        self.on_media_nowait(track, timestamp_ms, payload)
+
+    def on_media_nowait(self, track: Track, timestamp_ms: int, payload: bytes) -> None:
+        """Every frame of the call, from the media socket's read callback: nothing here waits."""
         pipeline = self.pipelines.get(track)
         if pipeline is None or self.closed:
             return
@@ -148,7 +153,9 @@ class StreamHandle:
         timed = not self._frames % FRAME_SAMPLE
         t0 = time.perf_counter() if timed else 0.0
         pos = self.origin_bytes + timestamp_ms * (SAMPLE_RATE // 1000)  # on the call clock
-        self._frame_counters[track].inc()
+        self._uncounted[track] += 1
+        if timed:
+            self._count_frames()
         if self.watch is not None:
             self.watch.feed(track, timestamp_ms, pos, payload)
         if pos < self._begin_bytes:  # heard by the stream this one replaces
@@ -174,7 +181,7 @@ class StreamHandle:
         end = (pos + len(payload)) / SAMPLE_RATE
         if end > self.audio_end:
             self.audio_end = end
-        await pipeline.feed(pos - self._begin_bytes, payload)
+        pipeline.put(pos - self._begin_bytes, payload)
         if timed:
             self._frame_handling.observe(time.perf_counter() - t0)
 
@@ -188,10 +195,20 @@ class StreamHandle:
     async def on_stop(self, *, clean: bool, reason: str) -> None:
         await self.session.stream_stopped(self, clean=clean, reason=reason)
 
+    def _count_frames(self) -> None:
+        """Add the frames seen since last time to ``bridge_frames_total`` (a counter's lock per frame
+        costs more than the rest of the frame's bookkeeping)."""
+        uncounted = self._uncounted
+        for track, n in uncounted.items():
+            if n:
+                self._frame_counters[track].inc(n)
+                uncounted[track] = 0
+
     async def close(self, timeout: float) -> None:
         if self.closed:
             return
         self.closed = True
+        self._count_frames()
         await asyncio.gather(*(p.close(timeout) for p in self.pipelines.values()))
 
 

@@ -148,6 +148,17 @@ class RecognizerStream(Protocol):
         ...
 
 
+@runtime_checkable
+class SendsNow(Protocol):
+    """A stream that can also write audio from a synchronous caller (the media socket's read
+    callback), sparing a task switch and a coroutine chain per message on the hot path."""
+
+    def send_nowait(self, audio: bytes) -> bool:
+        """Write ``audio`` now if the connection takes it without waiting (open, not pushing back);
+        False: nothing was written, use :meth:`RecognizerStream.send`."""
+        ...
+
+
 class Recognizer(Protocol):
     """A factory of streams: one per call track."""
 
@@ -172,6 +183,7 @@ __all__ = [
     "RecognizerRejected",
     "RecognizerStream",
     "RecognizerThrottled",
+    "SendsNow",
     "SpeechStarted",
     "StreamOptions",
     "Transcript",

@@ -41,6 +41,7 @@ from bridge.recognizers.base import (
     RecognizerEvent,
     RecognizerStream,
     RecognizerThrottled,
+    SendsNow,
     SpeechStarted,
     StreamOptions,
     Transcript,
@@ -117,6 +118,7 @@ class ResilientStream:
         self._error: RecognizerError | None = None
         self._failures: collections.deque[float] = collections.deque()
         self._stream: RecognizerStream | None = None
+        self._send_now: Callable[[bytes], bool] | None = None  # the stream's send_nowait, if it has one
         self._task: asyncio.Task[None] | None = None
         self._marks = CommitMarks()
 
@@ -141,6 +143,10 @@ class ResilientStream:
 
     async def send(self, audio: bytes) -> None:
         """Buffer ``audio`` and wake the pump; never waits on the network."""
+        self.send_nowait(audio)
+
+    def send_nowait(self, audio: bytes) -> None:
+        """:meth:`send` for a synchronous caller (the media socket's read callback)."""
         if not audio:
             return
         if self._closing.is_set() or self._error is not None:  # not transcribed live: say so
@@ -153,10 +159,11 @@ class ResilientStream:
             self._trim(self._total - self._max_buf)
         if self._pump_idle and self._pace_rate is None and self.state == "connected":
             # Fast path (the steady state): the pump is parked, so everything pending was held here to
-            # coalesce; send from here once a chunk's worth is in (or when the flush timer fires) and
-            # spare the pump a task switch per frame.
-            if not self._holding(self._total - self._sent):
-                await self._send_pending()
+            # coalesce; once a chunk's worth is in (or the flush timer fired) it is written from here
+            # when the connection takes it at once, sparing the pump a task switch per chunk.
+            if not self._holding(self._total - self._sent) and not self._send_held():
+                self._due = True
+                self._audio.set()
             return
         self._audio.set()
 
@@ -175,23 +182,47 @@ class ResilientStream:
         self._due = True
         self._audio.set()
 
-    async def _send_pending(self) -> None:
-        """Send the held audio from the caller's task (the pump is parked). The bytes stay buffered
-        until a final covers them, so a failed send is replayed after the reconnect like any other."""
+    def _take_held(self) -> bytes:
+        """The held audio, marked as sent (its bytes stay buffered until a final covers them, so a
+        failed send is replayed after the reconnect like any other)."""
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
+        self._sent = max(self._sent, self._buf_start)
+        chunk = bytes(self._buf[self._sent - self._buf_start :])
+        if chunk:
+            self._sent = self._total
+            self._due = False
+            self._last_send = self._loop.time()
+        return chunk
+
+    def _send_held(self) -> bool:
+        """Write the held audio without waiting; False if the connection cannot take it now (then
+        the pump sends it, waiting as it must)."""
+        send_now = self._send_now
+        if send_now is None or self._stream is None:
+            return False
+        sent, due = self._sent, self._due
+        chunk = self._take_held()
+        if not chunk:
+            return True
+        try:
+            if send_now(chunk):
+                return True
+        except Exception:
+            self._audio.set()  # the reader sees the broken connection; the supervisor reconnects
+            return True
+        self._sent, self._due = sent, due  # not written: the pump sends it
+        return False
+
+    async def _send_pending(self) -> None:
+        """Send the held audio from the caller's task (the pump is parked)."""
         stream = self._stream
         if stream is None:
             return
-        self._sent = max(self._sent, self._buf_start)
-        offset = self._sent - self._buf_start
-        chunk = bytes(self._buf[offset:])
+        chunk = self._take_held()
         if not chunk:
             return
-        self._sent = self._total
-        self._due = False
-        self._last_send = self._loop.time()
         try:
             await stream.send(chunk)
         except Exception:
@@ -379,6 +410,7 @@ class ResilientStream:
         to the fallback: its backlog is bounded by ``fallback_after`` and loses nothing); the
         connection's time 0 is that byte."""
         self._stream = stream
+        self._send_now = stream.send_nowait if isinstance(stream, SendsNow) else None
         bps = self._bps
         lost_from = max(self._lost_to, round(self._covered * bps))
         self._gap(lost_from, self._buf_start, "buffer")

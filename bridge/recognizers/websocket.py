@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
@@ -19,6 +20,12 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.protocol import State
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # websockets built without its C extension
+    from websockets.utils import apply_mask
 
 from bridge.recognizers.base import (
     RecognizerConnectError,
@@ -79,6 +86,40 @@ async def open_socket(
         where = url.split("?")[0]
         logger.warning("cannot connect to %s: %r", where, exc, extra=log_extra)
         raise RecognizerConnectError(f"cannot connect to {where}: {exc!r}") from exc
+
+
+class _MaskKeys:
+    """Client masking keys (RFC 6455 section 5.3: fresh, unpredictable, from a strong source of
+    entropy) drawn from the operating system's CSPRNG a page at a time, not one system call each."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._pool = b""
+        self._at = size
+
+    def next(self) -> bytes:
+        at = self._at
+        if at >= self._size:
+            self._pool = os.urandom(self._size)
+            at = 0
+        self._at = at + 4
+        return self._pool[at : at + 4]
+
+
+_mask_keys = _MaskKeys()
+
+
+def binary_frame(payload: bytes) -> bytes:
+    """One masked client frame holding ``payload`` as a whole binary message (RFC 6455 section 5.2)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x82, 0x80 | n))
+    elif n < 65536:
+        head = bytes((0x82, 0xFE)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x82, 0xFF)) + n.to_bytes(8, "big")
+    key = _mask_keys.next()
+    return head + key + apply_mask(payload, key)
 
 
 class WebSocketStream:
@@ -152,6 +193,21 @@ class WebSocketStream:
         return RecognizerConnectError(f"{self.vendor} connection closed: {code} {reason}".rstrip(), code=code,
                                       reason=reason)  # fmt: skip
 
+    def _send_nowait(self, data: bytes) -> bool:
+        """Write a binary message without waiting: only while the connection is open, no fragmented
+        message is under way and the transport is not pushing back (otherwise :meth:`_send` waits
+        as it should). The frame is built here (:func:`binary_frame`), not by ``websockets``' sans-I/O
+        protocol, which tracks no state for a whole data frame: its frame object and a system call
+        for every mask key cost more than the rest of the hot path's send."""
+        ws = self._ws
+        if ws.protocol.state is not State.OPEN or ws.send_in_progress is not None or ws.paused:
+            return False
+        transport = ws.transport
+        if transport.is_closing():
+            return False
+        transport.write(binary_frame(data))
+        return True
+
     async def _send(self, data: str | bytes) -> None:
         try:
             await self._ws.send(data)
@@ -202,4 +258,4 @@ class WebSocketStream:
             self._queue.put_nowait(end)
 
 
-__all__ = ["END", "WebSocketStream", "open_socket"]
+__all__ = ["END", "WebSocketStream", "binary_frame", "open_socket"]

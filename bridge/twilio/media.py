@@ -19,7 +19,8 @@ import asyncio
 import binascii
 import enum
 import logging
-from typing import Any, Literal, Protocol
+from collections.abc import Callable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 from starlette.requests import HTTPConnection
@@ -66,6 +67,15 @@ class StreamHandler(Protocol):
 
     async def on_stop(self, *, clean: bool, reason: str) -> None:
         """Called exactly once: ``clean`` on Twilio ``stop``, False on a drop or a violation."""
+
+
+@runtime_checkable
+class ImmediateHandler(Protocol):
+    """A :class:`StreamHandler` that can take a frame without waiting, from the socket's read
+    callback: the steady state then costs no task switch and no coroutine chain per frame."""
+
+    def on_media_nowait(self, track: Literal["inbound", "outbound"], timestamp_ms: int, payload: bytes) -> None:
+        """:meth:`StreamHandler.on_media`, with nothing in it that waits."""
 
 
 class StreamOpener(Protocol):
@@ -128,31 +138,44 @@ class StreamProtocol:
     def receive(self, text: str | bytes) -> ProtocolEvent:
         """Validate one text frame (as ``str``, or as its UTF-8 bytes) against the protocol and the
         current state."""
+        msg = self._parse(text)
+        if type(msg) is tm.Media:
+            return self._media(msg)
+        return self._control(msg)
+
+    def receive_media(self, text: str | bytes) -> MediaFrame | None:
+        """:meth:`receive` for a ``media`` message; ``None`` (and no state change) for any other."""
+        msg = self._parse(text)
+        return self._media(msg) if type(msg) is tm.Media else None
+
+    def _parse(self, text: str | bytes) -> tm.TwilioMessage:
         limit = self.max_frame_bytes
         size = len(text)
         if size > limit or (size * 4 > limit and type(text) is str and len(text.encode()) > limit):
             raise ProtocolViolation(WS_MESSAGE_TOO_BIG, f"frame larger than {limit} bytes")
         try:
-            msg = tm.parse(text)
+            return tm.parse(text)
         except tm.UnknownEvent as exc:
             raise ProtocolViolation(WS_UNSUPPORTED_DATA, str(exc)) from None
         except tm.TwilioParseError as exc:
             raise ProtocolViolation(WS_INVALID_PAYLOAD, f"invalid message: {exc}") from None
 
+    def _media(self, msg: tm.Media) -> MediaFrame:
+        if self.state is not StreamState.STREAMING:
+            raise self._out_of_order("media")
+        media = msg.media
+        if media.track not in self.tracks:
+            raise ProtocolViolation(WS_POLICY_VIOLATION, f"media on track {media.track!r} not in start")
+        self._check_stream(msg)
+        try:
+            payload = binascii.a2b_base64(media.payload, strict_mode=True)
+            timestamp = int(media.timestamp)
+        except (binascii.Error, ValueError):
+            raise ProtocolViolation(WS_INVALID_PAYLOAD, "media payload/timestamp is not valid") from None
+        return MediaFrame(media.track, timestamp, payload)
+
+    def _control(self, msg: tm.TwilioMessage) -> ProtocolEvent:
         state = self.state
-        if type(msg) is tm.Media:
-            if state is not StreamState.STREAMING:
-                raise self._out_of_order("media")
-            media = msg.media
-            if media.track not in self.tracks:
-                raise ProtocolViolation(WS_POLICY_VIOLATION, f"media on track {media.track!r} not in start")
-            self._check_stream(msg)
-            try:
-                payload = binascii.a2b_base64(media.payload, strict_mode=True)
-                timestamp = int(media.timestamp)
-            except (binascii.Error, ValueError):
-                raise ProtocolViolation(WS_INVALID_PAYLOAD, "media payload/timestamp is not valid") from None
-            return MediaFrame(media.track, timestamp, payload)
         if type(msg) is tm.Connected:
             if state is not StreamState.AWAIT_CONNECTED:
                 raise self._out_of_order("connected")
@@ -293,6 +316,15 @@ class MediaSocket(Protocol):
         ...
 
 
+@runtime_checkable
+class ImmediateSocket(Protocol):
+    """A :class:`MediaSocket` that can offer each whole text message to a synchronous taker as it is
+    read (the bridge's own RFC 6455 server does); what the taker declines is queued for ``receive``."""
+
+    def offer_messages(self, taker: Callable[[bytes], bool] | None) -> None:
+        """From now on offer every message to ``taker`` while nothing is queued (``None``: stop)."""
+
+
 async def run_media_socket(socket: MediaSocket, state: Any) -> None:
     """Drive an accepted socket to its end, counted against ``BRIDGE_MAX_MEDIA_STREAMS``."""
     sockets = _sockets(state)
@@ -380,6 +412,7 @@ class MediaSession:
         self._receiving = False
         self._expired: tuple[int, str, str] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        self._now: Callable[[Literal["inbound", "outbound"], int, bytes], None] | None = None
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -404,8 +437,27 @@ class MediaSession:
             logger.exception("media stream failed", extra={"call_sid": self.protocol.call_sid})
             await self._fail(WS_INTERNAL_ERROR, "internal error", log_level=None)
         finally:
+            self._now = None
+            if isinstance(self.socket, ImmediateSocket):
+                self.socket.offer_messages(None)
             if self._watchdog is not None:
                 self._watchdog.cancel()
+
+    def _take_now(self, text: bytes) -> bool:
+        """A ``media`` message handled inside the socket's read callback (the steady state). Anything
+        else, or anything wrong, is declined: the session task takes it in order and says why."""
+        now = self._now
+        if now is None or self._expired is not None:
+            return False
+        try:
+            frame = self.protocol.receive_media(text)
+        except ProtocolViolation:
+            return False  # raised again by the task, after the messages before it
+        if frame is None:
+            return False
+        self._frames += 1
+        now(frame.track, frame.timestamp_ms, frame.payload)  # what it raises, the socket queues
+        return True
 
     def _watch(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], period: float) -> None:
         now = loop.time()
@@ -473,7 +525,10 @@ class MediaSession:
             if not verify_stream_token(settings.twilio_auth_token, call_sid, token):
                 raise ProtocolViolation(WS_POLICY_VIOLATION, "missing or invalid stream token")
         opener: StreamOpener = self.state.calls
-        self.handler = await opener.open_stream(start)
+        self.handler = handler = await opener.open_stream(start)
+        if isinstance(handler, ImmediateHandler) and isinstance(self.socket, ImmediateSocket):
+            self._now = handler.on_media_nowait
+            self.socket.offer_messages(self._take_now)
         logger.info(
             "media stream started: %s tracks=%s",
             start.start.stream_sid,
@@ -482,6 +537,7 @@ class MediaSession:
         )
 
     async def _stop(self, *, clean: bool, reason: str) -> None:
+        self._now = None
         handler, self.handler = self.handler, None
         if handler is not None:
             await handler.on_stop(clean=clean, reason=reason)
@@ -501,6 +557,8 @@ class MediaSession:
 media_route = WebSocketRoute("/twilio/media", media_endpoint, name="twilio_media")
 
 __all__ = [
+    "ImmediateHandler",
+    "ImmediateSocket",
     "MediaFrame",
     "MediaSession",
     "MediaSocket",

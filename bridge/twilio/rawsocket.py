@@ -24,6 +24,7 @@ import binascii
 import collections
 import hashlib
 import logging
+from collections.abc import Callable
 from typing import Any, ClassVar, cast
 from urllib.parse import unquote
 
@@ -125,6 +126,7 @@ class MediaWebSocket(asyncio.Protocol):
         self._lost = False
         self._close_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
+        self._taker: Callable[[bytes], bool] | None = None
 
     # ---------------------------------------------------------------- asyncio.Protocol
 
@@ -204,6 +206,9 @@ class MediaWebSocket(asyncio.Protocol):
     async def close(self, code: int, reason: str) -> None:
         if not self._close_sent and not self._lost:
             self._send_close(code, reason)
+
+    def offer_messages(self, taker: Callable[[bytes], bool] | None) -> None:
+        self._taker = taker
 
     # ---------------------------------------------------------------- internals
 
@@ -373,7 +378,17 @@ class MediaWebSocket(asyncio.Protocol):
             pos = end
             opcode = b0 & 0x0F
             if opcode == _OP_TEXT and b0 & 0x80 and self._fragments is None and not self._failing:
-                messages.append(payload)  # the steady state: one whole text message per frame
+                # The steady state: one whole text message per frame, taken here when nothing is
+                # queued before it (the session's media path), or queued for the session task.
+                taker = self._taker
+                if taker is not None and not messages:
+                    try:
+                        if taker(payload):
+                            continue
+                    except Exception as exc:  # the session task raises it, in order
+                        messages.append(exc)
+                        continue
+                messages.append(payload)
             elif not self._frame(bool(b0 & 0x80), opcode, payload):
                 break
         if pos and not self._parse_stopped:

@@ -390,3 +390,31 @@ async def test_an_unparseable_vendor_message_is_logged_without_its_content(caplo
         await reader
     assert stream.garbage_count == 1
     assert "unparseable" in caplog.text and "4111" not in caplog.text
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 70000])
+def test_binary_frames_built_for_the_hot_path_are_what_websockets_reads(size: int) -> None:
+    """The frames :func:`binary_frame` writes parse as one whole masked binary message, each with a
+    fresh mask key (RFC 6455 section 5.3)."""
+    from websockets.frames import Frame, Opcode
+    from websockets.streams import StreamReader
+
+    from bridge.recognizers.websocket import binary_frame
+
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    frames = [binary_frame(payload) for _ in range(3)]
+    keys = set()
+    for raw in frames:
+        reader = StreamReader()
+        reader.feed_data(raw)
+        reader.feed_eof()
+        parser = Frame.parse(reader.read_exact, mask=True)
+        try:
+            next(parser)
+        except StopIteration as done:
+            frame = done.value
+        assert frame.opcode is Opcode.BINARY and frame.fin and frame.data == payload
+        head = 2 + (0 if size < 126 else 2 if size < 65536 else 8)
+        keys.add(raw[head : head + 4])
+        assert len(raw) == head + 4 + size
+    assert len(keys) == 3

@@ -379,3 +379,48 @@ async def test_finalize_sends_the_held_audio_first(server: ScriptedDeepgramServe
     assert conn.frames == [480] and conn.controls == ["Finalize"]
     assert run.finals == [(ORIGIN, round(ORIGIN + 0.06, 3), scripted_finals(AUDIO[:480])[0][2])]
     await run.close()
+
+
+class _PushyStream(_ListStream):
+    """Takes audio without waiting only every other time, as a connection whose transport pushes
+    back now and then does; records what arrives by which path."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.received = bytearray()
+        self.paths: list[str] = []
+        self._refuse = False
+
+    def send_nowait(self, audio: bytes) -> bool:
+        self._refuse = not self._refuse
+        if self._refuse:
+            return False
+        self.received += audio
+        self.paths.append("nowait")
+        return True
+
+    async def send(self, audio: bytes) -> None:
+        self.received += audio
+        self.paths.append("pump")
+
+
+class _PushyRecognizer(_ListRecognizer):
+    def __init__(self) -> None:
+        super().__init__([])
+        self.stream = _PushyStream()
+
+    async def open(self, options: StreamOptions) -> _PushyStream:
+        return self.stream
+
+
+async def test_audio_the_connection_cannot_take_at_once_goes_out_through_the_pump_in_order_once() -> None:
+    recognizer = _PushyRecognizer()
+    stream = ResilientStream(recognizer, OPTIONS, policy=dataclasses.replace(FAST, send_chunk_seconds=0.06))
+    await stream.start()
+    audio = AUDIO[: 2 * BPS]
+    for i in range(0, len(audio), 160):
+        stream.send_nowait(audio[i : i + 160])
+        await asyncio.sleep(0.002)
+    await stream.close()
+    assert bytes(recognizer.stream.received) == audio
+    assert {"nowait", "pump"} <= set(recognizer.stream.paths)

@@ -234,3 +234,99 @@ async def test_server_shutdown_closes_open_streams_1012(settings: Settings) -> N
         [handler] = bridge.calls.handlers
         await asyncio.wait_for(handler.stopped.wait(), 5)
         assert handler.events[-1][:2] == ("stop", False)
+
+
+class ImmediateHandler(RecordingHandler):
+    """Takes media frames in the socket's read callback too (as the call layer does)."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        super().__init__()
+        self.fail_at = fail_at
+        self.taken_now = 0
+
+    def on_media_nowait(self, track: str, timestamp_ms: int, payload: bytes) -> None:
+        if timestamp_ms == self.fail_at:
+            raise RuntimeError("a bug in the call layer")
+        self.taken_now += 1
+        self.events.append(("media", track, timestamp_ms, payload))
+
+
+class ImmediateOpener(RecordingOpener):
+    def __init__(self, fail_at: int | None = None) -> None:
+        super().__init__()
+        self.fail_at = fail_at
+
+    async def open_stream(self, start: object) -> ImmediateHandler:
+        handler = ImmediateHandler(self.fail_at)
+        self.starts.append(start)  # type: ignore[arg-type]
+        self.handlers.append(handler)
+        self.opened.set()
+        return handler
+
+
+def _media(timestamp: int, payload: str | None = None) -> str:
+    text = MEDIA_IN.replace('"timestamp":"5"', f'"timestamp":"{timestamp}"')
+    if payload is not None:
+        start = text.index('"payload":"') + len('"payload":"')
+        text = text[:start] + payload + text[text.index('"', start) :]
+    return text
+
+
+DTMF = fixture_text("dtmf.json")
+MARK = fixture_text("mark.json")
+
+
+async def test_media_taken_in_the_read_callback_keeps_its_order_with_everything_else(settings: Settings) -> None:
+    async with serve(make_app(settings, ImmediateOpener())) as bridge:
+        status, _, client = await open_raw(bridge)
+        assert status == 101
+        client.writer.write(b"".join(frame(0x1, m.encode()) for m in [CONNECTED, START_BOTH]))
+        await asyncio.wait_for(bridge.calls.opened.wait(), 5)
+        await asyncio.sleep(0.05)
+        script = [_media(20 * i) for i in range(1, 4)] + [DTMF] + [_media(20 * i) for i in range(4, 6)] + [MARK]
+        script += [_media(20 * i) for i in range(6, 40)]
+        for i in range(0, len(script), 3):  # a few messages per read, as TCP delivers them
+            client.writer.write(b"".join(frame(0x1, m.encode()) for m in script[i : i + 3]))
+            await asyncio.sleep(0.005)
+        client.writer.write(frame(0x1, STOP.encode()))
+        assert await asyncio.wait_for(client.read_close(), 5) == (1000, "stream stopped")
+        [handler] = bridge.calls.handlers
+        kinds = [e[0] if e[0] != "media" else e[2] for e in handler.events]
+        assert kinds == [20, 40, 60, "dtmf", 80, 100, "mark", *range(120, 800, 20), "stop"]
+        assert handler.taken_now >= 30  # the steady state: most frames never wait for the session task
+        client.writer.close()
+
+
+async def test_a_bad_frame_after_good_ones_taken_at_once_closes_in_order(settings: Settings) -> None:
+    async with serve(make_app(settings, ImmediateOpener())) as bridge:
+        status, _, client = await open_raw(bridge)
+        assert status == 101
+        client.writer.write(b"".join(frame(0x1, m.encode()) for m in [CONNECTED, START_BOTH]))
+        await asyncio.wait_for(bridge.calls.opened.wait(), 5)
+        await asyncio.sleep(0.05)
+        script = [_media(20), _media(40), _media(60), _media(80, payload="not base64!"), _media(100)]
+        client.writer.write(b"".join(frame(0x1, m.encode()) for m in script))
+        assert (await client.read_close())[0] == 1007
+        [handler] = bridge.calls.handlers
+        await asyncio.wait_for(handler.stopped.wait(), 5)
+        assert [t for t, _ in handler.media("inbound")] == [20, 40, 60]
+        assert handler.taken_now == 3 and handler.events[-1][:2] == ("stop", False)
+        client.writer.close()
+
+
+async def test_a_call_layer_bug_in_the_read_callback_closes_1011_and_the_server_lives_on(settings: Settings) -> None:
+    async with serve(make_app(settings, ImmediateOpener(fail_at=60))) as bridge:
+        status, _, client = await open_raw(bridge)
+        assert status == 101
+        client.writer.write(b"".join(frame(0x1, m.encode()) for m in [CONNECTED, START_BOTH]))
+        await asyncio.wait_for(bridge.calls.opened.wait(), 5)
+        await asyncio.sleep(0.05)
+        client.writer.write(b"".join(frame(0x1, _media(20 * i).encode()) for i in range(1, 6)))
+        assert await client.read_close() == (1011, "internal error")
+        [handler] = bridge.calls.handlers
+        await asyncio.wait_for(handler.stopped.wait(), 5)
+        assert [t for t, _ in handler.media("inbound")] == [20, 40]
+        client.writer.close()
+        status, _, again = await open_raw(bridge)  # the next call is served as before
+        assert status == 101
+        again.writer.close()

@@ -197,6 +197,9 @@ class DeepgramStream(WebSocketStream):
         if audio:
             await self._send(audio)
 
+    def send_nowait(self, audio: bytes) -> bool:
+        return self._send_nowait(audio) if audio else True
+
     async def keepalive(self) -> None:
         await self._send(_KEEPALIVE)
 
