@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 _FLUSH_BYTES = SAMPLE_RATE
 #: A leg that stops sending is padded with silence once the other is this far ahead.
 _MAX_SKEW_BYTES = 2 * SAMPLE_RATE
+#: Only a track that grew to this many pending bytes can make a flush or the skew pad due: the
+#: shortest track has to reach ``_FLUSH_BYTES``, the longest to pass ``_MAX_SKEW_BYTES``.
+_CHECK_BYTES = min(_FLUSH_BYTES, _MAX_SKEW_BYTES)
 #: A single timestamp jump larger than this is treated as bogus, not as a gap to fill.
 _MAX_GAP_BYTES = 600 * SAMPLE_RATE
 #: Silence filled per track may exceed the wall-clock time of the call by this much (network jitter).
@@ -201,7 +204,8 @@ class CallRecording:
             buf.extend(payload[overlap:])
         else:
             buf.extend(payload)
-        self._maybe_flush()
+        if len(buf) >= _CHECK_BYTES:  # below it neither a flush nor the skew pad can be due
+            self._maybe_flush()
 
     def _maybe_flush(self) -> None:
         lengths = [len(b) for b in self._pending.values()]
