@@ -393,6 +393,9 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ld.add_argument("--redis-url", default=None, help="default: an embedded redis started for the run")
     ld.add_argument("--bridge-checkout", default="", metavar="DIR",
                     help="run the bridge of another checkout (e.g. a git worktree of an older commit)")
+    ld.add_argument("--results", choices=("staggered", "together"), default="staggered",
+                    help="when each call's recognizer results come: at a random phase per call (as independent "
+                         "calls' speech does), or at the same moment for every call started together")
     ld.add_argument("--out", default=None)
     ld.set_defaults(func=_bench("load"))
 

@@ -318,10 +318,12 @@ class BridgeProcess:
 class NullRecognizerProcess:
     """The null recognizer (:mod:`bridge.bench.null_recognizer`) in its own process."""
 
-    def __init__(self, *, window: float = 1.0, partial: float = 0.2, text_bytes: int = 0) -> None:
+    def __init__(
+        self, *, window: float = 1.0, partial: float = 0.2, text_bytes: int = 0, stagger: bool = False
+    ) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bridge.bench.null_recognizer", "--window", str(window), "--partial",
-             str(partial), "--text-bytes", str(text_bytes)],
+             str(partial), "--text-bytes", str(text_bytes), *(["--stagger"] if stagger else [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )
         assert self.proc.stdout is not None

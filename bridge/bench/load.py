@@ -171,7 +171,7 @@ async def _run(args: argparse.Namespace, out: Path) -> tuple[LoadResult, dict[st
     capacity: dict[str, int] = {}
     index = itertools.count(1)
     deadline = time.monotonic() + args.max_seconds
-    null = common.NullRecognizerProcess()
+    null = common.NullRecognizerProcess(stagger=args.results == "staggered")
     progress(f"null recognizer (lean, probes only) pid {null.pid} on {null.url}")
     try:
         with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp, \
@@ -213,7 +213,8 @@ async def _run(args: argparse.Namespace, out: Path) -> tuple[LoadResult, dict[st
         null.stop()
     return LoadResult(
         kind="load", command=args.command, machine=common.machine(), bridge=_which(args.bridge_checkout),
-        recognizer="null recognizer (lean RFC 6455 server in its own process: counts bytes, reads probes)",
+        recognizer="null recognizer (lean RFC 6455 server in its own process: counts bytes, reads probes; "
+                   f"a partial every 0.2 s and a final every 1 s of each track's audio, {args.results})",
         definition=DEFINITION, target_p99_ms=args.target_ms, seconds_per_step=args.seconds, steps=steps,
         capacity=capacity,
     ), dists

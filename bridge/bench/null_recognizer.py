@@ -25,6 +25,7 @@ import array
 import asyncio
 import base64
 import hashlib
+import random
 import struct
 import sys
 import time
@@ -81,9 +82,14 @@ class Stats(msgspec.Struct):
 class NullRecognizer:
     """The server: per-connection protocols share these counters."""
 
-    def __init__(self, *, window_seconds: float = 1.0, partial_seconds: float = 0.2, text_bytes: int = 0) -> None:
+    def __init__(
+        self, *, window_seconds: float = 1.0, partial_seconds: float = 0.2, text_bytes: int = 0, stagger: bool = False
+    ) -> None:
         self.window_seconds = window_seconds
         self.partial_seconds = partial_seconds
+        #: Each connection's first final comes after a random number of frames (up to a whole
+        #: window), so calls started together do not all get their results in the same instant.
+        self.stagger = stagger
         #: Pad every transcript to about this many bytes (fanout: make subscribers' sockets fill).
         self.text_bytes = text_bytes
         self.connections = 0
@@ -209,7 +215,9 @@ class _Connection(asyncio.Protocol):
         )  # fmt: skip
         self.open = True
         self.partial_bytes = max(1, round(self.server.partial_seconds * 8000))
-        self.window_bytes = max(1, round(self.server.window_seconds * 8000))
+        self.full_window = self.window_bytes = max(1, round(self.server.window_seconds * 8000))
+        if self.server.stagger:  # a shorter first window, whole frames: this connection's phase
+            self.window_bytes = FRAME * random.randint(1, max(1, self.full_window // FRAME))
         self.next_partial = self.partial_bytes
 
     def _frames(self) -> None:
@@ -354,6 +362,7 @@ class _Connection(asyncio.Protocol):
         if self.key is not None:
             self.server.finals.append(FinalSent(self.key[0], self.key[1], start / 8000, sent))
         self.window_start = end
+        self.window_bytes = self.full_window
         self.next_partial = self.partial_bytes
 
     def _send(self, data: bytes) -> None:
@@ -371,8 +380,8 @@ class _Connection(asyncio.Protocol):
         self.closed = True
 
 
-async def _serve(port: int, window: float, partial: float, text_bytes: int) -> None:
-    server = NullRecognizer(window_seconds=window, partial_seconds=partial, text_bytes=text_bytes)
+async def _serve(port: int, window: float, partial: float, text_bytes: int, stagger: bool) -> None:
+    server = NullRecognizer(window_seconds=window, partial_seconds=partial, text_bytes=text_bytes, stagger=stagger)
     await server.start(port)
     out = sys.stdout
     out.write(msgspec.json.encode({"port": server.port}).decode() + "\n")
@@ -420,8 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=float, default=1.0, help="seconds of audio per final")
     p.add_argument("--partial", type=float, default=0.2, help="seconds of audio per partial")
     p.add_argument("--text-bytes", type=int, default=0)
+    p.add_argument("--stagger", action="store_true", help="a random phase for each connection's finals")
     args = p.parse_args(argv)
-    uvloop.run(_serve(args.port, args.window, args.partial, args.text_bytes))
+    uvloop.run(_serve(args.port, args.window, args.partial, args.text_bytes, args.stagger))
     return 0
 
 

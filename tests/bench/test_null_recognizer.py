@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import msgspec
@@ -50,3 +51,26 @@ async def test_silence_the_bridge_fills_in_is_not_a_probe() -> None:
         await server.stop()
     stats = server.stats()
     assert stats.probes == 1 and stats.frames == {"1:inbound": 1} and stats.gaps == 10
+
+
+async def test_staggered_connections_get_their_first_final_at_different_points_then_every_window() -> None:
+    """Calls started together must not all get their results in the same instant (a burst no real
+    calls make): each connection's first window is a random number of whole frames."""
+    server = NullRecognizer(window_seconds=0.5, partial_seconds=0.1, stagger=True)
+    await server.start()
+    audio = b"\xff" * 8000  # 1 s
+    firsts: list[float] = []
+    try:
+        for _ in range(8):
+            async with connect(f"ws://127.0.0.1:{server.port}/v1/listen?interim_results=true") as ws:
+                await ws.send(audio)
+                await ws.send(wire.encode(wire.CloseStream()).decode())
+                finals = [m for m in [msgspec.json.decode(m) async for m in ws]
+                          if m["type"] == "Results" and m["is_final"]]  # fmt: skip
+            ends = [round(f["start"] + f["duration"], 3) for f in finals]
+            assert 0.0 < ends[0] <= 0.5 and all(round(b - a, 3) == 0.5 for a, b in itertools.pairwise(ends[:-1]))
+            assert round(ends[0] * 1000) % 20 == 0
+            firsts.append(ends[0])
+    finally:
+        await server.stop()
+    assert len(set(firsts)) > 1
