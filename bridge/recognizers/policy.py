@@ -8,6 +8,7 @@ from the environment; tests shrink the timings.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from bridge.events import GapReason, LiveGap
 from bridge.retry import Backoff
@@ -52,6 +53,12 @@ class RetryPolicy:
     def backoff(self, attempt: int) -> float:
         """Seconds before reconnect attempt ``attempt`` (the bridge's one rule, :mod:`bridge.retry`)."""
         return Backoff(self.backoff_base, self.backoff_cap).delay(attempt)
+
+    def ingest_rate(self, recognizer_rate: float | None) -> float | None:
+        """Audio-seconds per second a recognizer with ``recognizer_rate`` is sent at most when behind
+        (``None``: no known limit)."""
+        rate = recognizer_rate if self.max_ingest_rate is None else self.max_ingest_rate
+        return None if rate is None or math.isinf(rate) else rate
 
 
 @dataclasses.dataclass

@@ -28,12 +28,9 @@ import collections
 import contextlib
 import dataclasses
 import logging
-import math
 from collections.abc import AsyncIterator, Callable
 
-import msgspec
-
-from bridge.events import GapReason, LiveGap, RecognizerState, ServedSpan, Word
+from bridge.events import GapReason, LiveGap, RecognizerState, ServedSpan
 from bridge.recognizers.base import (
     Recognizer,
     RecognizerConnectError,
@@ -48,12 +45,11 @@ from bridge.recognizers.base import (
     UtteranceEnded,
 )
 from bridge.recognizers.commits import CommitMarks
+from bridge.recognizers.dedup import EPS, rebase
 from bridge.recognizers.policy import ResilienceStats, RetryPolicy
 
 logger = logging.getLogger(__name__)
 
-#: Finals ending within this much of the covered time count as already covered (rounding slack).
-_EPS = 1e-3
 #: Characters of recent final text handed to a new connection as context (ElevenLabs ``previous_text``).
 _CONTEXT_CHARS = 500
 #: Put on the events queue when the stream has ended.
@@ -158,9 +154,8 @@ class ResilientStream:
         if len(self._buf) > self._max_buf + self._bps:
             self._trim(self._total - self._max_buf)
         if self._pump_idle and self._pace_rate is None and self.state == "connected":
-            # Fast path (the steady state): the pump is parked, so everything pending was held here to
-            # coalesce; once a chunk's worth is in (or the flush timer fired) it is written from here
-            # when the connection takes it at once, sparing the pump a task switch per chunk.
+            # Fast path (the steady state): the pump is parked, so what is pending was held here to coalesce;
+            # a chunk's worth (or a flush timer's) is written from here if the connection takes it at once.
             if not self._holding(self._total - self._sent) and not self._send_held():
                 self._due = True
                 self._audio.set()
@@ -217,14 +212,10 @@ class ResilientStream:
 
     async def _send_pending(self) -> None:
         """Send the held audio from the caller's task (the pump is parked)."""
-        stream = self._stream
-        if stream is None:
-            return
-        chunk = self._take_held()
-        if not chunk:
+        if self._stream is None or self._send_held() or not (chunk := self._take_held()):
             return
         try:
-            await stream.send(chunk)
+            await self._stream.send(chunk)
         except Exception:
             self._audio.set()  # the reader sees the broken connection; the supervisor reconnects
 
@@ -398,13 +389,6 @@ class ResilientStream:
             logger.warning("reconnect to %s failed: %s", self.recognizer.name, exc, extra=self._log)
             return exc
 
-    def _ingest_rate(self) -> float | None:
-        """Audio-seconds per second the current recognizer accepts (``None``: no known limit)."""
-        rate = self.policy.max_ingest_rate
-        if rate is None:
-            rate = getattr(self.recognizer, "max_ingest_rate", None)
-        return None if rate is None or math.isinf(rate) else rate
-
     def _begin_connection(self, stream: RecognizerStream, *, replay_all: bool = False) -> None:
         """Point the pump at the first uncovered byte (within the catch-up budget, except on a switch
         to the fallback: its backlog is bounded by ``fallback_after`` and loses nothing); the
@@ -415,7 +399,7 @@ class ResilientStream:
         lost_from = max(self._lost_to, round(self._covered * bps))
         self._gap(lost_from, self._buf_start, "buffer")
         start = self._buf_start
-        rate = self._ingest_rate()
+        rate = self.policy.ingest_rate(getattr(self.recognizer, "max_ingest_rate", None))
         if rate is not None and not replay_all:
             budget = round(self.policy.catchup_seconds * max(0.0, rate - 1.0) * bps) // self._width * self._width
             if self._total - start > budget:
@@ -439,7 +423,7 @@ class ResilientStream:
     def _connected_detail(self) -> str:
         detail = f"{self.recognizer.name}: replaying {(self._total - self._sent) / self._bps:.2f}s"
         gap = self.gaps[-1] if self.gaps else None
-        if gap is not None and gap.reason == "catchup" and abs(gap.end - (self.origin + self._conn_base)) < _EPS:
+        if gap is not None and gap.reason == "catchup" and abs(gap.end - (self.origin + self._conn_base)) < EPS:
             detail += f"; {gap.start:.2f}-{gap.end:.2f}s left to the batch pass (catch-up budget)"
         return detail
 
@@ -548,38 +532,23 @@ class ResilientStream:
     def _accept(self, event: RecognizerEvent) -> None:
         base = self.origin + self._conn_base
         if isinstance(event, Transcript):
-            start, end = self._conn_base + event.start, self._conn_base + event.end
+            out = rebase(event, conn_base=self._conn_base, covered=self._covered, origin=self.origin)
             if not event.is_final:
-                if event.text and end > self._covered + _EPS:
-                    self._queue.put_nowait(
-                        msgspec.structs.replace(event, start=self.origin + start, end=self.origin + end, words=())
-                    )
+                if out is not None:
+                    self._queue.put_nowait(out)
                 return
-            if end <= self._covered + _EPS:
+            end = self._conn_base + event.end
+            if out is None:
                 self.stats.duplicate_finals += 1
-                logger.debug("dropping final [%.3f, %.3f) already covered", start, end, extra=self._log)
+                logger.debug("dropping final [%.3f, %.3f) already covered", end - event.end + event.start, end,
+                             extra=self._log)  # fmt: skip
                 return
-            words = tuple(
-                Word(word=w.word, start=base + w.start, end=base + w.end, confidence=w.confidence,
-                     punctuated_word=w.punctuated_word)
-                for w in event.words
-                if self._conn_base + w.end > self._covered + _EPS
-            )  # fmt: skip
-            text = event.text
-            if start < self._covered - _EPS:  # partly covered: keep only the new words
-                if event.words:
-                    text = " ".join(w.punctuated_word or w.word for w in words)
-                start = self._covered
             self._covered = end
             self._trim(round(end * self._bps))
-            self._marks.covered(round((end + _EPS) * self._bps))  # times are rounded to the millisecond
-            if text:
-                self._recent.append(text)
-                self._queue.put_nowait(
-                    msgspec.structs.replace(
-                        event, start=self.origin + start, end=self.origin + end, text=text, words=words
-                    )
-                )
+            self._marks.covered(round((end + EPS) * self._bps))  # times are rounded to the millisecond
+            if out.text:
+                self._recent.append(out.text)
+                self._queue.put_nowait(out)
         elif isinstance(event, SpeechStarted):
             self._queue.put_nowait(SpeechStarted(timestamp=base + event.timestamp))
         elif isinstance(event, UtteranceEnded):
