@@ -540,7 +540,7 @@ class ResilientStream:
             end = self._conn_base + event.end
             if out is None:
                 self.stats.duplicate_finals += 1
-                logger.debug("dropping final [%.3f, %.3f) already covered", end - event.end + event.start, end,
+                logger.debug("dropping final [%.3f, %.3f) already covered", self._conn_base + event.start, end,
                              extra=self._log)  # fmt: skip
                 return
             self._covered = end

@@ -276,13 +276,19 @@ DTMF = fixture_text("dtmf.json")
 MARK = fixture_text("mark.json")
 
 
+async def _streaming(bridge: Bridge) -> RawClient:
+    """A media socket past ``start``, its handler open: what follows is the steady state."""
+    status, _, client = await open_raw(bridge)
+    assert status == 101
+    client.writer.write(b"".join(frame(0x1, m.encode()) for m in [CONNECTED, START_BOTH]))
+    await asyncio.wait_for(bridge.calls.opened.wait(), 5)
+    await asyncio.sleep(0.05)
+    return client
+
+
 async def test_media_taken_in_the_read_callback_keeps_its_order_with_everything_else(settings: Settings) -> None:
     async with serve(make_app(settings, ImmediateOpener())) as bridge:
-        status, _, client = await open_raw(bridge)
-        assert status == 101
-        client.writer.write(b"".join(frame(0x1, m.encode()) for m in [CONNECTED, START_BOTH]))
-        await asyncio.wait_for(bridge.calls.opened.wait(), 5)
-        await asyncio.sleep(0.05)
+        client = await _streaming(bridge)
         script = [_media(20 * i) for i in range(1, 4)] + [DTMF] + [_media(20 * i) for i in range(4, 6)] + [MARK]
         script += [_media(20 * i) for i in range(6, 40)]
         for i in range(0, len(script), 3):  # a few messages per read, as TCP delivers them
@@ -299,11 +305,7 @@ async def test_media_taken_in_the_read_callback_keeps_its_order_with_everything_
 
 async def test_a_bad_frame_after_good_ones_taken_at_once_closes_in_order(settings: Settings) -> None:
     async with serve(make_app(settings, ImmediateOpener())) as bridge:
-        status, _, client = await open_raw(bridge)
-        assert status == 101
-        client.writer.write(b"".join(frame(0x1, m.encode()) for m in [CONNECTED, START_BOTH]))
-        await asyncio.wait_for(bridge.calls.opened.wait(), 5)
-        await asyncio.sleep(0.05)
+        client = await _streaming(bridge)
         script = [_media(20), _media(40), _media(60), _media(80, payload="not base64!"), _media(100)]
         client.writer.write(b"".join(frame(0x1, m.encode()) for m in script))
         assert (await client.read_close())[0] == 1007
@@ -316,11 +318,7 @@ async def test_a_bad_frame_after_good_ones_taken_at_once_closes_in_order(setting
 
 async def test_a_call_layer_bug_in_the_read_callback_closes_1011_and_the_server_lives_on(settings: Settings) -> None:
     async with serve(make_app(settings, ImmediateOpener(fail_at=60))) as bridge:
-        status, _, client = await open_raw(bridge)
-        assert status == 101
-        client.writer.write(b"".join(frame(0x1, m.encode()) for m in [CONNECTED, START_BOTH]))
-        await asyncio.wait_for(bridge.calls.opened.wait(), 5)
-        await asyncio.sleep(0.05)
+        client = await _streaming(bridge)
         client.writer.write(b"".join(frame(0x1, _media(20 * i).encode()) for i in range(1, 6)))
         assert await client.read_close() == (1011, "internal error")
         [handler] = bridge.calls.handlers
