@@ -3,9 +3,12 @@
 Whisper is not a streaming model, so streaming is a policy around it: webrtcvad marks 20 ms frames
 as speech, an onset opens a segment (with a little pre-roll), silence of ``endpoint`` seconds closes
 it, partial decodes are requested periodically while it is open, and a segment is cut before it
-outgrows the encoder context. The first partial comes ``first_partial_s`` after the onset (not after
-the pre-roll) so a word shows early; the owner may shorten the next wait (:meth:`Segmenter.retry_partial`)
-or change :attr:`Segmenter.partial_frames` with load. All times are seconds of audio from stream start.
+outgrows the encoder context. The endpoint's silence counts from the end of the speech's energy: a
+frame :data:`QUIET_DB` below the segment's loudest is silence even while webrtcvad still calls it
+voiced (its decisions trail the last word by ~0.13 s, which every final used to wait out). The
+first partial comes ``first_partial_s`` after the onset (not after the pre-roll) so a word shows
+early; the owner may shorten the next wait (:meth:`Segmenter.retry_partial`) or change
+:attr:`Segmenter.partial_frames` with load. All times are seconds of audio from stream start.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from bridge.audio import Upsampler, pcm16_to_float
 FRAME_S = 0.02
 #: How many frames webrtcvad's decisions may trail the audio.
 VAD_LAG_FRAMES = 5
+#: A frame this far below the open segment's loudest counts as silence for the endpoint.
+QUIET_DB = -35.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ class Segmenter:
         preroll_s: float = 0.3,
         vad_mode: int = 2,
         pausing_s: float = 0.1,
+        quiet_db: float | None = QUIET_DB,
     ) -> None:
         if sample_rate not in (8000, 16000):
             raise ValueError("sample_rate must be 8000 or 16000")
@@ -101,8 +107,14 @@ class Segmenter:
         self._since_partial = 0
         self._due = self.first_partial_frames
         self._segment_id = 0
+        #: Level (RMS) under which a frame is silence for the endpoint: ``quiet_ratio`` x the loudest.
+        self.quiet_ratio = 0.0 if quiet_db is None else 10 ** (quiet_db / 20)
+        #: Whether quiet frames count as silence now (the owner turns it off under load: more,
+        #: shorter segments cost a busy recognizer decodes).
+        self.energy_endpoint = quiet_db is not None
+        self._peak = 0.0
         self.in_speech = False
-        #: End time of the last voiced frame (seconds).
+        #: End time (s) of the last frame of speech: voiced, and in a segment not quiet either.
         self.last_voiced_end = 0.0
 
     @property
@@ -131,10 +143,10 @@ class Segmenter:
         samples = self._to16k(frame)
         index = self._frames_seen
         self._frames_seen += 1
-        if voiced:
-            self.last_voiced_end = self._frames_seen * FRAME_S
         self._recent.append(voiced)
         if not self.in_speech:
+            if voiced:
+                self.last_voiced_end = self._frames_seen * FRAME_S
             self._preroll.append(samples)
             if sum(self._recent) >= 4:
                 self._open(index - len(self._preroll) + 1)
@@ -143,7 +155,14 @@ class Segmenter:
             return
         self._seg.append(samples)
         self._voiced.append(voiced)
-        self._silence_run = 0 if voiced else self._silence_run + 1
+        level = float(np.sqrt(np.mean(samples * samples)))
+        self._peak = max(self._peak, level)
+        silent = not voiced or (self.energy_endpoint and level < self._peak * self.quiet_ratio)
+        if silent:
+            self._silence_run += 1
+        else:
+            self._silence_run = 0
+            self.last_voiced_end = self._frames_seen * FRAME_S
         self._since_partial += 1
         if self._silence_run >= self.endpoint_frames:
             out.append(self._close("endpoint", len(self._seg)))
@@ -171,6 +190,7 @@ class Segmenter:
         self._segment_id += 1
         self._seg = list(self._preroll)
         self._voiced = [True] * len(self._seg)
+        self._peak = max(float(np.sqrt(np.mean(x * x))) for x in self._seg)
         self._preroll.clear()
         self._seg_start_frame = max(0, start_frame)
         self._silence_run = 0

@@ -46,8 +46,14 @@ RETRY_PARTIAL_S = 0.1
 PREVIOUS_CHARS = 200
 #: A final that waited this long for a worker is decoded with the fast model (a metric counts it).
 CHEAP_AFTER_S = 1.0
-#: A final is decoded ahead of the endpoint (at the first pause) only while the decoders are this idle.
-SPECULATE_BELOW_LOAD = 0.5
+#: The endpoint counts silence from the end of the speech's energy (not the VAD's trailing decision,
+#: ~0.13 s later: see :mod:`bridge.embedded.segmenter`) only while a worker is free: the pauses it
+#: finds inside turns mean more, shorter finals, which a busy recognizer packs together (without
+#: their context) and queues. Not 0.5: one call's own partial decode is often running as it stops.
+ENERGY_ENDPOINT_BELOW_LOAD = 1.0
+#: A final is decoded ahead of the endpoint (at the first pause) only while a worker is free for it:
+#: below 1, not 0.5, since mid-speech the other worker is nearly always decoding a partial.
+SPECULATE_BELOW_LOAD = 1.0
 #: A final this short (seconds of segment, pre-roll and endpoint silence included) is decoded after
 #: the speaker's previous finals (:meth:`WhisperEngine.transcribe_after`): alone it is too little context.
 SHORT_FINAL_S = 2.0
@@ -157,8 +163,10 @@ class ListenSession:
             buf = self._carry + data
             cut = len(buf) - len(buf) % 2
             pcm, self._carry = buf[:cut], buf[cut:]
+        load = self.scheduler.load
         if self.params.interim_results:
-            self.segmenter.set_partial_interval(partial_interval(self.scheduler.load))
+            self.segmenter.set_partial_interval(partial_interval(load))
+        self.segmenter.energy_endpoint = load < ENERGY_ENDPOINT_BELOW_LOAD
         for event in self.segmenter.feed(pcm):
             self._handle(event, from_finalize=False)
         self._check_utterance_end()
@@ -258,8 +266,8 @@ class ListenSession:
         """The speaker paused: start this segment's final now, while the endpoint silence runs.
 
         At the endpoint the decode is kept if nobody spoke since (it saw all the speech), and the
-        final arrives a pause-length sooner; otherwise it is thrown away. Only while the decoders
-        are idle, so it never costs a busy recognizer anything.
+        final arrives a pause-length sooner; otherwise it is thrown away. Only while a worker is
+        free to start it at once, so it never waits in (or lengthens) a busy recognizer's queue.
         """
         self._discard_ahead()
         if ev.audio.size and self.scheduler.load < SPECULATE_BELOW_LOAD:

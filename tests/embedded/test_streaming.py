@@ -6,16 +6,19 @@ import asyncio
 import contextlib
 import itertools
 import threading
+from typing import cast
 
+import numpy as np
 import pytest
 import websockets
 from websockets.asyncio.client import connect
 
 from bridge.audio import mulaw_to_pcm16, read_wav
-from bridge.embedded.engine import Hypothesis, cut_repeats
+from bridge.embedded.engine import EngineWord, Hypothesis, WhisperEngine, cut_repeats
+from bridge.embedded.params import ListenParams
 from bridge.embedded.scheduler import DecodeScheduler
-from bridge.embedded.segmenter import PartialDue, SegmentClosed, Segmenter, SpeechOnset
-from bridge.embedded.session import PARTIAL_INTERVALS, keep_partial, partial_interval
+from bridge.embedded.segmenter import PartialDue, SegmentClosed, Segmenter, SegmentEvent, SegmentPausing, SpeechOnset
+from bridge.embedded.session import PARTIAL_INTERVALS, ListenSession, keep_partial, partial_interval
 from bridge.recognizers.deepgram import wire as dg
 from tests.support import FIXTURES
 
@@ -28,8 +31,8 @@ def clip_pcm(index: int) -> bytes:
     return mulaw_to_pcm16(read_wav(FIXTURES / "audio" / "clips" / f"{index:02d}.wav").channel_bytes(0))
 
 
-def events(seg: Segmenter, pcm: bytes) -> list[SpeechOnset | PartialDue | SegmentClosed]:
-    out: list[SpeechOnset | PartialDue | SegmentClosed] = []
+def events(seg: Segmenter, pcm: bytes) -> list[SegmentEvent]:
+    out: list[SegmentEvent] = []
     for i in range(0, len(pcm), 320):
         out.extend(seg.feed(pcm[i : i + 320]))
     return out
@@ -167,7 +170,9 @@ def test_a_segment_at_the_encoders_limit_is_cut_at_its_longest_pause() -> None:
         return b"\x00\x00" * (8 * ms)  # digital silence: surely unvoiced
 
     pcm = speech[: int(2.4 * second)] + pause(160) + speech[: int(0.6 * second)] + pause(60) + speech
-    seg = Segmenter(8000, max_segment_s=4.0, endpoint_s=0.3)
+    # The VAD's decisions alone: to the energy gate, the 160 ms pause and the clip's own 0.16 s of
+    # leading silence after it are one endpoint (see the test below).
+    seg = Segmenter(8000, max_segment_s=4.0, endpoint_s=0.3, quiet_db=None)
     closed = [e for e in events(seg, pcm) if isinstance(e, SegmentClosed)]
     last = seg.flush()
     assert last is not None
@@ -178,3 +183,103 @@ def test_a_segment_at_the_encoders_limit_is_cut_at_its_longest_pause() -> None:
     for a, b in itertools.pairwise(closed):  # each piece starts where the one before ended: nothing dropped
         assert b.start == pytest.approx(a.end)
     assert closed[-1].end == pytest.approx(len(pcm) / 2 / 8000, abs=0.02)
+
+
+def speech_only(pcm: bytes) -> bytes:
+    """``pcm`` up to its last frame within 30 dB of its loudest (the end of the speech)."""
+    x = np.frombuffer(pcm, np.int16).astype(np.float64)
+    frames = x[: x.size // 160 * 160].reshape(-1, 160)
+    rms = np.sqrt((frames**2).mean(axis=1))
+    last = int(np.flatnonzero(rms >= rms.max() * 10 ** (-30 / 20))[-1])
+    return pcm[: (last + 1) * 320]
+
+
+@pytest.mark.parametrize("clip", [0, 1])
+def test_regression_the_endpoint_waited_for_the_vads_trailing_decision(clip: int) -> None:
+    """The endpoint's silence counts from the end of the speech's energy: the segment closes the
+    endpoint after the last word, not the ~0.1 s more webrtcvad holds "voiced" on top of it; and
+    the decode started at the pause is still the one kept (it saw all the speech)."""
+    speech = speech_only(clip_pcm(clip))
+    end = len(speech) / 2 / 8000
+    closes = {}
+    for quiet_db in (-35.0, None):
+        seg = Segmenter(8000, endpoint_s=0.3, quiet_db=quiet_db)
+        got = events(seg, speech + b"\x00\x00" * 8000)
+        pausing = [e for e in got if isinstance(e, SegmentPausing)]
+        closed = [e for e in got if isinstance(e, SegmentClosed)]
+        assert len(closed) == 1 and closed[0].reason == "endpoint"
+        assert pausing and pausing[-1].voiced_end == seg.last_voiced_end  # the decode ahead is used
+        closes[quiet_db] = closed[0].end - end
+    assert closes[-35.0] == pytest.approx(0.3, abs=0.021)
+    assert closes[None] >= 0.38  # the VAD alone: what every final used to wait
+
+
+class _OneAnswerEngine:
+    """Stands in for :class:`WhisperEngine` in the session: counts decodes, always hears one sentence."""
+
+    max_segment_seconds = 9.5
+
+    def __init__(self) -> None:
+        self.decodes = 0
+
+    def partial_context(self, duration: float) -> float:
+        return 10.0
+
+    def transcribe(self, audio: object, **_: object) -> Hypothesis:
+        self.decodes += 1
+        words = (EngineWord("Hello", 0.2, 0.6, 0.9), EngineWord("there.", 0.6, 1.0, 0.9))
+        return Hypothesis("Hello there.", words, 0.9, 0.0)
+
+
+async def test_regression_no_final_was_decoded_ahead_while_a_partial_held_one_worker() -> None:
+    """At the speaker's pause the final starts at once when a worker is free, even while the other
+    decodes a partial (as it nearly always is mid-speech): it is then used at the endpoint, not
+    decoded again there."""
+    sched = DecodeScheduler(2)
+    gate = threading.Event()
+    busy = sched.submit_partial("other call", lambda: gate.wait(10))
+    engine = _OneAnswerEngine()
+    params = ListenParams(encoding="linear16", sample_rate=8000, endpointing_ms=300)
+    session = ListenSession(params=params, engine=cast(WhisperEngine, engine), scheduler=sched,
+                            request_id="r", model_name="m")  # fmt: skip
+    sender = asyncio.create_task(session.run_sender(lambda _: asyncio.sleep(0)))
+    try:
+        await asyncio.sleep(0.05)
+        assert sched.load == 0.5
+        speech = speech_only(clip_pcm(0))
+        for i in range(0, len(speech), 1600):  # 100 ms at a time, decodes finishing as they would
+            session.feed(speech[i : i + 1600])
+            await asyncio.sleep(0.01)
+        session.feed(b"\x00\x00" * 8 * 160)  # the pause has begun: 160 ms of silence
+        assert session._ahead is not None  # its final is on its way
+        session.feed(b"\x00\x00" * 8 * 400)  # ...and the endpoint
+        session.end_output()
+        await asyncio.wait_for(sender, 10)
+        # Used at the endpoint; the only other decodes were of pauses the speaker spoke on after.
+        assert sched.used_ahead == 1
+        assert engine.decodes == sched.wasted_ahead + 1
+    finally:
+        gate.set()
+        await busy
+        sched.close()
+
+
+async def test_a_busy_recognizer_leaves_the_endpoint_to_the_vad() -> None:
+    """Under load the energy endpoint is off: the pauses it finds inside turns would mean more,
+    shorter finals for decoders that are already queueing."""
+    sched = DecodeScheduler(2)
+    gate = threading.Event()
+    busy = [sched.submit_partial(f"call {n}", lambda: gate.wait(10)) for n in range(2)]
+    params = ListenParams(encoding="linear16", sample_rate=8000, endpointing_ms=300)
+    session = ListenSession(params=params, engine=cast(WhisperEngine, _OneAnswerEngine()), scheduler=sched,
+                            request_id="r", model_name="m")  # fmt: skip
+    try:
+        await asyncio.sleep(0.05)
+        session.feed(b"\x00\x00" * 160)
+        assert not session.segmenter.energy_endpoint
+    finally:
+        gate.set()
+        await asyncio.gather(*busy)
+    session.feed(b"\x00\x00" * 160)
+    assert session.segmenter.energy_endpoint
+    sched.close()
