@@ -8,12 +8,12 @@ import itertools
 import threading
 from typing import cast
 
-import numpy as np
 import pytest
 import websockets
 from websockets.asyncio.client import connect
 
 from bridge.audio import mulaw_to_pcm16, read_wav
+from bridge.bench.fixture_sets import Turn, speech_span
 from bridge.embedded.engine import EngineWord, Hypothesis, WhisperEngine, cut_repeats
 from bridge.embedded.params import ListenParams
 from bridge.embedded.scheduler import DecodeScheduler
@@ -185,13 +185,11 @@ def test_a_segment_at_the_encoders_limit_is_cut_at_its_longest_pause() -> None:
     assert closed[-1].end == pytest.approx(len(pcm) / 2 / 8000, abs=0.02)
 
 
-def speech_only(pcm: bytes) -> bytes:
-    """``pcm`` up to its last frame within 30 dB of its loudest (the end of the speech)."""
-    x = np.frombuffer(pcm, np.int16).astype(np.float64)
-    frames = x[: x.size // 160 * 160].reshape(-1, 160)
-    rms = np.sqrt((frames**2).mean(axis=1))
-    last = int(np.flatnonzero(rms >= rms.max() * 10 ** (-30 / 20))[-1])
-    return pcm[: (last + 1) * 320]
+def speech_only(index: int) -> bytes:
+    """Clip ``index`` as 16-bit PCM up to its last audible frame: the benchmark's end of a turn."""
+    mulaw = read_wav(FIXTURES / "audio" / "clips" / f"{index:02d}.wav").channel_bytes(0)
+    end = speech_span(Turn("inbound", 0.0, len(mulaw) / 8000, ""), mulaw).end
+    return mulaw_to_pcm16(mulaw)[: round(end * 8000) * 2]
 
 
 @pytest.mark.parametrize("clip", [0, 1])
@@ -199,7 +197,7 @@ def test_regression_the_endpoint_waited_for_the_vads_trailing_decision(clip: int
     """The endpoint's silence counts from the end of the speech's energy: the segment closes the
     endpoint after the last word, not the ~0.1 s more webrtcvad holds "voiced" on top of it; and
     the decode started at the pause is still the one kept (it saw all the speech)."""
-    speech = speech_only(clip_pcm(clip))
+    speech = speech_only(clip)
     end = len(speech) / 2 / 8000
     closes = {}
     for quiet_db in (-35.0, None):
@@ -246,7 +244,7 @@ async def test_regression_no_final_was_decoded_ahead_while_a_partial_held_one_wo
     try:
         await asyncio.sleep(0.05)
         assert sched.load == 0.5
-        speech = speech_only(clip_pcm(0))
+        speech = speech_only(0)
         for i in range(0, len(speech), 1600):  # 100 ms at a time, decodes finishing as they would
             session.feed(speech[i : i + 1600])
             await asyncio.sleep(0.01)
